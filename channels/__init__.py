@@ -1,0 +1,46 @@
+"""A small pub/sub broker behind one interface: in-memory for one process, Redis for many.
+
+It knows nothing of orders. Delivery is at-most-once; a :class:`Gap` in a subscription says
+messages may have been missed, and the caller repairs from its own durable log.
+
+Exception tree::
+
+    BrokerError            publishing failed: the broker is unreachable or closed
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from channels.base import Broker, BrokerError, Gap, Message
+from channels.fanout import Subscription
+from channels.heartbeat import Heartbeat
+
+__all__ = [
+    "Broker",
+    "BrokerError",
+    "Gap",
+    "Heartbeat",
+    "Message",
+    "Subscription",
+    "create_broker",
+]
+
+_SCHEMES = "memory://, redis:// or rediss://"
+
+
+def create_broker(url: str | None, **options: Any) -> Broker:
+    """Build the broker for ``url``: unset or memory:// in-process, redis:// or rediss:// Redis."""
+    if not url or url == "memory://":
+        from channels.memory import MemoryBroker
+
+        return MemoryBroker(**options)
+    scheme, separator, _ = url.partition("://")
+    if not separator:
+        # The URL itself is not echoed: it may carry a password.
+        raise ValueError(f"broker URL has no scheme: expected {_SCHEMES}")
+    if scheme.lower() in ("redis", "rediss"):
+        from channels.redis import RedisBroker
+
+        return RedisBroker(url, **options)
+    raise ValueError(f"unsupported broker URL scheme {scheme!r}: expected {_SCHEMES}")

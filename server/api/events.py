@@ -1,0 +1,113 @@
+"""GET /api/events?since=&wait= — the caller's stream over REST, with long-polling."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+
+from channels import Message
+from server import protocol
+from server.api.common import principal, query_int
+from server.services import Services, services
+from server.streams import StreamHead, ensure_stream, events_after, open_orders, read_head
+
+PAGE = 500
+
+
+async def _read(svc: Services, stream: str, since: int) -> tuple[StreamHead, list[dict[str, Any]]]:
+    async with svc.db.read() as session:
+        head = await read_head(session, stream)
+        if head is None:
+            head = StreamHead(stream, "", 0, 0)
+            return head, []
+        rows = await events_after(session, stream, since, limit=PAGE)
+    return head, [protocol.event_payload(stream, seq, event) for seq, event in rows]
+
+
+async def stream_events(request: Request) -> JSONResponse:
+    """
+    summary: The caller's stream after SEQ (the REST fallback of /ws), long-polling up to WAIT s
+    tags: [events]
+    security: [{bearer: []}]
+    parameters:
+      - {name: since, in: query, schema: {type: integer, minimum: 0}}
+      - {name: epoch, in: query, schema: {type: string}}
+      - {name: wait, in: query, schema: {type: integer, minimum: 0, maximum: 30}}
+    responses:
+      200: {description: "{stream, epoch, head_seq, events, more} or, if SEQ is gone, {reset: true, orders}"}
+      400: {description: Bad since or wait}
+      401: {description: Unauthenticated}
+    """
+    caller = principal(request)
+    svc = services(request)
+    svc.metrics.longpoll_requests.inc()
+    since = query_int(request, "since", 0, lo=0, hi=2**62)
+    wait = query_int(request, "wait", 0, lo=0, hi=int(svc.settings.longpoll_max_wait))
+    epoch = request.query_params.get("epoch") or None
+    stream = caller.stream
+    head, events = await _read(svc, stream, since)
+    if head.epoch and ((epoch and epoch != head.epoch) or not head.pruned_seq <= since <= head.head_seq):
+        return await _reset(svc, stream)
+    if not events and wait > 0:
+        head, events = await _wait_for_events(svc, stream, since, wait)
+    return JSONResponse(
+        {
+            "stream": stream,
+            "epoch": head.epoch or None,
+            "head_seq": head.head_seq,
+            "events": events,
+            "more": len(events) == PAGE,
+        }
+    )
+
+
+async def _reset(svc: Services, stream: str) -> JSONResponse:
+    async with svc.db.transaction() as session:
+        await ensure_stream(session, stream)
+    async with svc.db.snapshot() as session, session.begin():
+        head = await read_head(session, stream)
+        assert head is not None
+        orders = await open_orders(session, stream, limit=svc.settings.snapshot_max_orders)
+        snapshot = [protocol.order_snapshot(o) for o in orders]
+    return JSONResponse(
+        {
+            "stream": stream,
+            "epoch": head.epoch,
+            "head_seq": head.head_seq,
+            "events": [],
+            "reset": True,
+            "orders": snapshot,
+        }
+    )
+
+
+async def _wait_for_events(
+    svc: Services, stream: str, since: int, wait: int
+) -> tuple[StreamHead, list[dict[str, Any]]]:
+    deadline = time.monotonic() + wait
+    channel = svc.settings.redis_channel_prefix + stream
+    # Subscribe before re-reading, so an event committed in between wakes us.
+    async with svc.broker.subscribe(channel, maxsize=16) as sub:
+        while True:
+            head, events = await _read(svc, stream, since)
+            remaining = deadline - time.monotonic()
+            if events or remaining <= 0:
+                return head, events
+            # While the broker is not delivering, re-read the database every poll interval.
+            step = remaining if svc.heartbeat.delivering else min(remaining, svc.settings.hub_poll_interval)
+            try:
+                async with asyncio.timeout(step):
+                    item = await sub.get()
+            except TimeoutError:
+                continue
+            if isinstance(item, Message):
+                try:
+                    seq, _ = protocol.unpack(item.data)
+                except ValueError:
+                    continue
+                if seq <= since:
+                    continue

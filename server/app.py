@@ -1,0 +1,162 @@
+"""create_app(settings): the route table, middleware, and the lifespan that opens resources."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import secrets
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.routing import Mount, Route, WebSocketRoute
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from channels import Broker, Heartbeat, create_broker
+from server.api import demo, events, ops, orders, pos
+from server.auth import TokenVerifier
+from server.db import Database, migrate
+from server.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
+from server.hub import Hub
+from server.metrics import Metrics
+from server.services import Services
+from server.settings import Settings
+from server.writes import Publisher
+
+logger = logging.getLogger(__name__)
+
+DEMO_DIR = Path(__file__).resolve().parent.parent / "client-demo"
+
+
+class _RequestMetrics:
+    """Counts HTTP requests by endpoint and status (pure ASGI: no effect on streaming)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def send_wrapper(message: Any) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        finally:
+            endpoint = scope.get("endpoint")
+            route = getattr(endpoint, "__qualname__", "unmatched") if endpoint else "unmatched"
+            self.metrics.http_requests.labels(route=route, status=str(status)).inc()
+
+
+def create_app(
+    settings: Settings, *, broker: Broker | None = None, metrics: Metrics | None = None
+) -> Starlette:
+    """Build the ASGI app; nothing connects until its lifespan starts."""
+    settings.validate()
+    metrics = metrics or Metrics()
+    # On the embedded default with no configured key, tokens are signed with a per-process secret.
+    demo_secret = secrets.token_urlsafe(32) if settings.demo_tokens_enabled else None
+    verifier = TokenVerifier.from_settings(settings, demo_secret=demo_secret)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
+        if settings.migrate_on_start:
+            await migrate(settings.database_url)
+        db = Database(settings.database_url, pool_size=settings.db_pool_size)
+        own_broker = broker is None
+        the_broker = broker or create_broker(settings.redis_url)
+        async with contextlib.AsyncExitStack() as stack:
+            stack.push_async_callback(db.dispose)
+            if own_broker:
+                await the_broker.connect()
+                stack.push_async_callback(the_broker.disconnect)
+            heartbeat = Heartbeat(
+                the_broker,
+                channel=f"{settings.redis_channel_prefix}_heartbeat:{settings.instance_id}",
+                interval=settings.broker_heartbeat_interval,
+                stale_after=settings.broker_heartbeat_stale_after,
+            )
+            await stack.enter_async_context(heartbeat)
+            publisher = Publisher(db, the_broker, prefix=settings.redis_channel_prefix, metrics=metrics)
+            hub = Hub(
+                db=db,
+                broker=the_broker,
+                heartbeat=heartbeat,
+                verifier=verifier,
+                settings=settings,
+                metrics=metrics,
+            )
+            poller = asyncio.create_task(hub.run_poller(), name="hub-poller")
+            stack.push_async_callback(_cancel, poller)
+            stack.push_async_callback(hub.shutdown)
+            services = Services(
+                settings=settings,
+                db=db,
+                broker=the_broker,
+                heartbeat=heartbeat,
+                publisher=publisher,
+                verifier=verifier,
+                hub=hub,
+                metrics=metrics,
+            )
+            app.state.services = services  # for code outside a request (the embedded relay)
+            logger.info(
+                "orderstatus ready: database=%s broker=%s instance=%s",
+                db.dialect,
+                "redis" if settings.redis_url else "memory",
+                settings.instance_id,
+            )
+            yield {"services": services}
+
+    routes: list[Any] = [
+        Route("/api/orders", orders.create, methods=["POST"]),
+        Route("/api/orders", orders.list_mine, methods=["GET"]),
+        Route("/api/orders/{order_id}", orders.get_one, methods=["GET"]),
+        Route("/api/orders/{order_id}/events", orders.audit_trail, methods=["GET"]),
+        Route("/api/orders/{order_id}/cancel", orders.cancel, methods=["POST"]),
+        Route("/api/pos/orders", pos.list_store, methods=["GET"]),
+        Route("/api/pos/orders/{order_id}/status", pos.set_status, methods=["POST"]),
+        Route("/api/events", events.stream_events, methods=["GET"]),
+        Route("/healthz", ops.healthz, methods=["GET"]),
+        Route("/readyz", ops.readyz, methods=["GET"]),
+        Route("/metrics", ops.metrics, methods=["GET"], include_in_schema=False),
+        Route("/openapi.json", ops.openapi, methods=["GET"], include_in_schema=False),
+        WebSocketRoute("/ws", _ws_endpoint),
+    ]
+    if settings.demo_tokens_enabled:
+        routes.append(Route("/demo/token", demo.mint_token, methods=["POST"]))
+    if DEMO_DIR.is_dir():
+        routes.append(Mount("/demo", StaticFiles(directory=DEMO_DIR, html=True), name="demo"))
+
+    return Starlette(
+        routes=routes,
+        middleware=[Middleware(_RequestMetrics, metrics=metrics)],
+        exception_handlers={
+            ApiError: handle_api_error,
+            HTTPException: handle_http_exception,
+            Exception: handle_unexpected,
+        },
+        lifespan=lifespan,
+    )
+
+
+async def _ws_endpoint(websocket: Any) -> None:
+    await websocket.state.services.hub.endpoint(websocket)
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task

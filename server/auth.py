@@ -1,0 +1,152 @@
+"""JWT verification with pinned algorithms, the Principal, origin checks, demo tokens."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+from urllib.parse import urlsplit
+
+import jwt
+
+from server.settings import Settings
+from server.workflow import Mover
+
+
+class Role(StrEnum):
+    """What a token holder is: a customer, a store terminal, or an operator."""
+
+    CUSTOMER = "customer"
+    POS = "pos"
+    ADMIN = "admin"
+
+
+class AuthError(Exception):
+    """A token that must be refused; the message says why (never echoed with the token)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling, taken from the token only."""
+
+    sub: str
+    role: Role
+    store_id: str | None
+    expires_at: float
+
+    @property
+    def stream(self) -> str:
+        """The one stream this principal may read: its customer or its store stream."""
+        if self.role is Role.POS:
+            assert self.store_id is not None
+            return f"store:{self.store_id}"
+        return f"customer:{self.sub}"
+
+    @property
+    def mover(self) -> Mover:
+        """The workflow role this principal acts as."""
+        if self.role is Role.POS:
+            return Mover.POS
+        if self.role is Role.ADMIN:
+            return Mover.SYSTEM
+        return Mover.CUSTOMER
+
+    @property
+    def actor(self) -> str:
+        """How this principal is named in the audit trail."""
+        return f"{self.role.value}:{self.sub}"
+
+
+class TokenVerifier:
+    """Verifies bearer tokens against the configured key and pinned algorithms."""
+
+    def __init__(self, *, key: str, algorithms: tuple[str, ...], leeway: float = 0.0) -> None:
+        if not algorithms:
+            raise ValueError("at least one algorithm must be pinned")
+        self._key = key
+        self._algorithms = list(algorithms)
+        self._leeway = leeway
+
+    @classmethod
+    def from_settings(cls, settings: Settings, demo_secret: str | None = None) -> TokenVerifier:
+        """The verifier configured by JWT_SECRET / JWT_PUBLIC_KEY and JWT_ALGORITHMS."""
+        key = settings.jwt_public_key or settings.jwt_secret or demo_secret
+        if not key:
+            raise ValueError("JWT_SECRET or JWT_PUBLIC_KEY is required")
+        return cls(key=key, algorithms=settings.jwt_algorithms, leeway=settings.jwt_leeway)
+
+    def verify(self, token: str) -> Principal:
+        """The principal of a valid token; AuthError for anything else."""
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError as exc:
+            raise AuthError("malformed token") from exc
+        if header.get("alg") not in self._algorithms:
+            raise AuthError("token algorithm not allowed")
+        try:
+            claims: dict[str, Any] = jwt.decode(
+                token,
+                self._key,
+                algorithms=self._algorithms,
+                options={"require": ["exp", "sub"]},
+                leeway=self._leeway,
+            )
+        except jwt.ExpiredSignatureError as exc:
+            raise AuthError("token expired") from exc
+        except jwt.PyJWTError as exc:
+            raise AuthError(f"invalid token: {exc.__class__.__name__}") from exc
+        return principal_from_claims(claims)
+
+    def mint(self, claims: dict[str, Any]) -> str:
+        """Sign claims with the configured secret (demo tokens; HS* only)."""
+        return jwt.encode(claims, self._key, algorithm=self._algorithms[0])
+
+
+def principal_from_claims(claims: dict[str, Any]) -> Principal:
+    """Build a Principal from verified claims, checking their shapes."""
+    sub = claims.get("sub")
+    if not isinstance(sub, str) or not sub or len(sub) > 200:
+        raise AuthError("sub must be a non-empty string")
+    try:
+        role = Role(claims.get("role", "customer"))
+    except ValueError:
+        raise AuthError("unknown role") from None
+    store_id = claims.get("store_id")
+    if role is Role.POS:
+        if not isinstance(store_id, str) or not store_id or len(store_id) > 200:
+            raise AuthError("a pos token needs a store_id")
+    else:
+        store_id = None
+    exp = claims.get("exp")
+    if not isinstance(exp, int | float):
+        raise AuthError("exp must be a number")
+    return Principal(sub=sub, role=role, store_id=store_id, expires_at=float(exp))
+
+
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an ``Authorization: Bearer <token>`` header, or None."""
+    if not authorization:
+        return None
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        return None
+    return token.strip()
+
+
+def origin_allowed(origin: str | None, host: str | None, allowed: tuple[str, ...]) -> bool:
+    """Whether a browser Origin may connect: same host, listed, or ``*`` configured."""
+    if origin is None:
+        return True  # native clients send no Origin; they are authenticated by token
+    if "*" in allowed or origin in allowed:
+        return True
+    netloc = urlsplit(origin).netloc
+    return bool(host) and netloc == host
+
+
+def demo_claims(sub: str, role: Role, store_id: str | None, ttl: int) -> dict[str, Any]:
+    """Claims for a demo token valid for ``ttl`` seconds."""
+    claims: dict[str, Any] = {"sub": sub, "role": role.value, "exp": int(time.time()) + ttl}
+    if store_id is not None:
+        claims["store_id"] = store_id
+    return claims

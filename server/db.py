@@ -1,0 +1,131 @@
+"""The async engine, session factories and migrate-on-start.
+
+SQLite: WAL, busy timeout, foreign keys, and writes that take the write lock up front
+(``BEGIN IMMEDIATE``) so two writers queue instead of failing with "database is locked".
+PostgreSQL: an asyncpg pool; writes lock rows explicitly (see ``writes.py``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker, create_async_engine
+
+logger = logging.getLogger(__name__)
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+# Arbitrary constant: the PostgreSQL advisory lock that serialises concurrent migrators.
+_MIGRATION_LOCK = 7_311_953_001
+
+
+class Database:
+    """Engine plus two session factories: ``write`` (locks for writing) and ``snapshot``."""
+
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = url
+        self.dialect = make_url(url).get_backend_name()
+        options: dict[str, Any] = {"echo": echo}
+        if self.dialect == "sqlite":
+            _ensure_sqlite_dir(url)
+            options["connect_args"] = {"timeout": 30}
+        else:
+            options.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+        self.engine: AsyncEngine = create_async_engine(url, **options)
+        if self.dialect == "sqlite":
+            _configure_sqlite(self.engine)
+            write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
+            snapshot_engine = self.engine
+        else:
+            write_engine = self.engine
+            # One snapshot for several reads: the hello's orders and head_seq agree.
+            snapshot_engine = self.engine.execution_options(isolation_level="REPEATABLE READ")
+        self.write = async_sessionmaker(write_engine, expire_on_commit=False)
+        self.snapshot = async_sessionmaker(snapshot_engine, expire_on_commit=False)
+        self.read = async_sessionmaker(self.engine, expire_on_commit=False)
+
+    @property
+    def is_postgres(self) -> bool:
+        """Whether this is PostgreSQL (row locks, SKIP LOCKED) rather than SQLite."""
+        return self.dialect == "postgresql"
+
+    async def ping(self) -> None:
+        """Run a trivial query; raises if the database is unreachable."""
+        async with self.engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+
+    async def dispose(self) -> None:
+        """Close every pooled connection."""
+        await self.engine.dispose()
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncSession]:
+        """A write session inside one transaction, committed on exit."""
+        async with self.write() as session, session.begin():
+            yield session
+
+
+def _ensure_sqlite_dir(url: str) -> None:
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
+
+
+def _configure_sqlite(engine: AsyncEngine) -> None:
+    @event.listens_for(engine.sync_engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Let us emit BEGIN ourselves (pysqlite's implicit BEGIN cannot be IMMEDIATE).
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=NORMAL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=30000")
+        cursor.close()
+
+    @event.listens_for(engine.sync_engine, "begin")
+    def _on_begin(conn: Any) -> None:
+        mode = conn.get_execution_options().get("sqlite_begin", "DEFERRED")
+        conn.exec_driver_sql(f"BEGIN {mode}")
+
+
+def alembic_config(url: str) -> Any:
+    """An Alembic Config pointing at our migrations and ``url``."""
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+    config.attributes["configure_logger"] = False
+    return config
+
+
+def _upgrade_sync(url: str) -> None:
+    from alembic import command
+
+    command.upgrade(alembic_config(url), "head")
+
+
+async def migrate(url: str) -> None:
+    """Bring the schema to the newest migration (serialised across processes on PostgreSQL)."""
+    if make_url(url).get_backend_name() == "postgresql":
+        engine = create_async_engine(url, pool_size=1, max_overflow=0)
+        try:
+            async with engine.connect() as conn:
+                await conn.execute(text(f"SELECT pg_advisory_lock({_MIGRATION_LOCK})"))
+                try:
+                    await asyncio.to_thread(_upgrade_sync, url)
+                finally:
+                    await conn.execute(text(f"SELECT pg_advisory_unlock({_MIGRATION_LOCK})"))
+                    await conn.commit()
+        finally:
+            await engine.dispose()
+    else:
+        _ensure_sqlite_dir(url)
+        await asyncio.to_thread(_upgrade_sync, url)

@@ -1,0 +1,390 @@
+"""The WebSocket hub: connections per user and per stream, and the /ws endpoint.
+
+Per connection: authenticate, subscribe to the stream's channel, *then* read the backlog
+(hello + replay), then a read loop (this task) and a write loop (one task) run side by side.
+The write loop feeds every broker message through the connection's StreamCursor: the next seq
+is sent, an old one dropped, a jump repaired from the database first. The broker's bounded
+queue overflowing closes the client with 4408; it resumes with ``since`` and loses nothing.
+While the broker is not delivering, one hub task polls the heads of the connected streams
+every ``hub_poll_interval`` and pokes the connections that are behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import defaultdict
+from typing import Any
+
+from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+
+from channels import Broker, Gap, Heartbeat, Message
+from channels.base import SubscriptionLike
+from server import protocol
+from server.auth import AuthError, Principal, TokenVerifier, bearer_token, origin_allowed
+from server.cursor import Action, StreamCursor
+from server.db import Database
+from server.errors import CloseCode
+from server.metrics import Metrics
+from server.settings import Settings
+from server.streams import StreamHead, ensure_stream, events_after, open_orders, read_head, read_heads
+
+logger = logging.getLogger(__name__)
+
+_BACKFILL_PAGE = 500
+
+
+class _Close(Exception):
+    """Ends a connection with a close code (raised from deep inside its loops)."""
+
+    def __init__(self, code: CloseCode, reason: str = "") -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+class Connection:
+    """One client socket: who it is, where its stream is, and its broker subscription."""
+
+    __slots__ = ("ws", "principal", "stream", "cursor", "sub")
+
+    def __init__(self, ws: WebSocket, principal: Principal) -> None:
+        self.ws = ws
+        self.principal = principal
+        self.stream = principal.stream
+        self.cursor: StreamCursor | None = None
+        self.sub: SubscriptionLike | None = None
+
+
+class Hub:
+    """All WebSocket connections of this process."""
+
+    def __init__(
+        self,
+        *,
+        db: Database,
+        broker: Broker,
+        heartbeat: Heartbeat,
+        verifier: TokenVerifier,
+        settings: Settings,
+        metrics: Metrics,
+    ) -> None:
+        self._db = db
+        self._broker = broker
+        self._heartbeat = heartbeat
+        self._verifier = verifier
+        self._settings = settings
+        self._metrics = metrics
+        self._by_user: defaultdict[str, set[Connection]] = defaultdict(set)
+        self._by_stream: defaultdict[str, set[Connection]] = defaultdict(set)
+        self._closing = False
+
+    @property
+    def connection_count(self) -> int:
+        """How many sockets are open on this process."""
+        return sum(len(conns) for conns in self._by_stream.values())
+
+    def channel(self, stream: str) -> str:
+        """The broker channel carrying ``stream``."""
+        return self._settings.redis_channel_prefix + stream
+
+    # -- the endpoint -------------------------------------------------------------------------
+
+    async def endpoint(self, ws: WebSocket) -> None:
+        """Serve one /ws connection from handshake to close."""
+        if self._closing:
+            await ws.close(CloseCode.SERVICE_RESTART)
+            return
+        if not origin_allowed(
+            ws.headers.get("origin"), ws.headers.get("host"), self._settings.allowed_origins
+        ):
+            logger.info("ws refused: origin %r not allowed", ws.headers.get("origin"))
+            await ws.close(CloseCode.FORBIDDEN)  # before accept: an HTTP 403
+            return
+        token = bearer_token(ws.headers.get("authorization")) or ws.query_params.get("token")
+        principal: Principal | None = None
+        if token:
+            try:
+                principal = self._verifier.verify(token)
+            except AuthError as exc:
+                logger.info("ws refused: %s", exc)
+                self._metrics.ws_closes.labels(code="403").inc()
+                await ws.close(CloseCode.UNAUTHENTICATED)  # before accept: an HTTP 403
+                return
+        await ws.accept()
+        try:
+            since, epoch = _resume_position(ws.query_params.get("since"), ws.query_params.get("epoch"))
+            if principal is None:
+                principal = await self._first_message_auth(ws)
+            await self._serve(ws, principal, since, epoch)
+        except _Close as close:
+            await self._close(ws, close.code, close.reason)
+        except WebSocketDisconnect:
+            pass
+
+    async def _first_message_auth(self, ws: WebSocket) -> Principal:
+        try:
+            async with asyncio.timeout(self._settings.ws_auth_timeout):
+                message = await ws.receive()
+        except TimeoutError:
+            raise _Close(CloseCode.UNAUTHENTICATED, "no auth message") from None
+        if message["type"] == "websocket.disconnect":
+            raise WebSocketDisconnect(message.get("code", 1000))
+        raw = message.get("text") or message.get("bytes") or ""
+        try:
+            parsed = protocol.parse_client_message(raw)
+        except protocol.ProtocolError as exc:
+            raise _Close(CloseCode.BAD_MESSAGE, str(exc)) from None
+        if not isinstance(parsed, protocol.Auth):
+            raise _Close(CloseCode.UNAUTHENTICATED, "first message must be auth")
+        try:
+            return self._verifier.verify(parsed.token)
+        except AuthError as exc:
+            raise _Close(CloseCode.UNAUTHENTICATED, str(exc)) from None
+
+    async def _serve(
+        self, ws: WebSocket, principal: Principal, since: int | None, epoch: str | None
+    ) -> None:
+        user_key = f"{principal.role.value}:{principal.sub}"
+        if len(self._by_user.get(user_key, ())) >= self._settings.ws_max_connections_per_user:
+            raise _Close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
+        conn = Connection(ws, principal)
+        self._by_user[user_key].add(conn)
+        self._by_stream[conn.stream].add(conn)
+        self._metrics.ws_connections.inc()
+        try:
+            # Subscribe before reading the backlog, so an event committed in between is not missed.
+            async with self._broker.subscribe(
+                self.channel(conn.stream), maxsize=self._settings.ws_queue_size
+            ) as sub:
+                conn.sub = sub
+                conn.cursor = await self._start(conn, since, epoch)
+                writer = asyncio.create_task(self._write_loop(conn, sub))
+                try:
+                    await self._read_loop(conn, writer)
+                finally:
+                    writer.cancel()
+                    try:
+                        await writer
+                    except asyncio.CancelledError:
+                        if asyncio.current_task().cancelling():  # type: ignore[union-attr]
+                            raise
+                    except (_Close, WebSocketDisconnect):
+                        pass
+        finally:
+            self._metrics.ws_connections.dec()
+            _discard(self._by_user, user_key, conn)
+            _discard(self._by_stream, conn.stream, conn)
+
+    # -- hello and replay ---------------------------------------------------------------------
+
+    async def _head(self, stream: str) -> StreamHead:
+        async with self._db.read() as session:
+            head = await read_head(session, stream)
+        if head is None:
+            async with self._db.transaction() as session:
+                head = await ensure_stream(session, stream)
+        return head
+
+    async def _snapshot(self, stream: str) -> tuple[StreamHead, list[dict[str, Any]]]:
+        await self._head(stream)  # make sure the row exists before the read-only snapshot
+        async with self._db.snapshot() as session, session.begin():
+            head = await read_head(session, stream)
+            assert head is not None
+            orders = await open_orders(session, stream, limit=self._settings.snapshot_max_orders)
+            return head, [protocol.order_snapshot(order) for order in orders]
+
+    async def _start(self, conn: Connection, since: int | None, epoch: str | None) -> StreamCursor:
+        if since is None:
+            head, orders = await self._snapshot(conn.stream)
+            await conn.ws.send_text(protocol.hello(conn.stream, head.epoch, head.head_seq, orders))
+            return StreamCursor(head.head_seq)
+        head = await self._head(conn.stream)
+        if (epoch is not None and epoch != head.epoch) or not (head.pruned_seq <= since <= head.head_seq):
+            head, orders = await self._snapshot(conn.stream)
+            logger.info("ws reset %s: since=%s epoch=%s head=%s", conn.stream, since, epoch, head)
+            await conn.ws.send_text(protocol.reset(conn.stream, head.epoch, head.head_seq, orders))
+            return StreamCursor(head.head_seq)
+        await conn.ws.send_text(protocol.hello(conn.stream, head.epoch, head.head_seq, None))
+        cursor = StreamCursor(since)
+        conn.cursor = cursor
+        await self._backfill(conn, "resume")
+        return cursor
+
+    async def _backfill(self, conn: Connection, reason: str) -> None:
+        """Send every event of the stream after the cursor, from the database."""
+        cursor = conn.cursor
+        assert cursor is not None
+        self._metrics.ws_backfills.labels(reason=reason).inc()
+        while True:
+            async with self._db.read() as session:
+                rows = await events_after(session, conn.stream, cursor.last, limit=_BACKFILL_PAGE)
+            for seq, event in rows:
+                if seq != cursor.last + 1:
+                    # A hole in the index means a writer's seq is not committed yet; stop here,
+                    # its publish (or the next poll) brings us back.
+                    return
+                await conn.ws.send_text(protocol.dumps(protocol.event_payload(conn.stream, seq, event)))
+                cursor.advance(seq)
+                self._metrics.ws_backfilled_events.inc()
+            if len(rows) < _BACKFILL_PAGE:
+                return
+
+    # -- the two loops ------------------------------------------------------------------------
+
+    async def _write_loop(self, conn: Connection, sub: SubscriptionLike) -> None:
+        cursor = conn.cursor
+        assert cursor is not None
+        send = conn.ws.send_text
+        try:
+            while True:
+                item = await sub.get()
+                if sub.overflowed:
+                    self._metrics.ws_slow_consumer_closes.inc()
+                    raise _Close(CloseCode.SLOW_CONSUMER, "slow consumer")
+                if isinstance(item, Gap):
+                    await self._backfill(conn, item.reason)
+                    continue
+                assert isinstance(item, Message)
+                try:
+                    seq, text = protocol.unpack(item.data)
+                except ValueError:
+                    logger.warning("dropping malformed broker message on %s", item.channel)
+                    continue
+                decision = cursor.offer(seq)
+                if decision.action is Action.BACKFILL:
+                    await self._backfill(conn, "seq_jump")
+                    decision = cursor.offer(seq)
+                if decision.action is Action.DELIVER:
+                    await send(text)
+                    cursor.advance(seq)
+                    self._metrics.ws_messages_sent.inc()
+                elif decision.action is Action.DUPLICATE:
+                    self._metrics.ws_duplicates_dropped.inc()
+        except _Close as close:
+            await self._close(conn.ws, close.code, close.reason)
+        except WebSocketDisconnect:
+            pass
+        except (OSError, RuntimeError) as exc:
+            # The socket went away under a send; the read loop sees the disconnect.
+            logger.debug("send failed on %s: %s", conn.stream, exc)
+
+    async def _read_loop(self, conn: Connection, writer: asyncio.Task[None]) -> None:
+        ws = conn.ws
+        loop = asyncio.get_running_loop()
+        while True:
+            deadline = loop.time() + max(0.0, conn.principal.expires_at - time.time())
+            try:
+                async with asyncio.timeout_at(deadline):
+                    message = await ws.receive()
+            except TimeoutError:
+                raise _Close(CloseCode.UNAUTHENTICATED, "token expired") from None
+            if message["type"] == "websocket.disconnect":
+                return
+            raw = message.get("text")
+            if raw is None:
+                raw = message.get("bytes") or b""
+            if len(raw) > self._settings.ws_max_message_bytes:
+                raise _Close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            try:
+                parsed = protocol.parse_client_message(raw)
+            except protocol.ProtocolError as exc:
+                raise _Close(CloseCode.BAD_MESSAGE, str(exc)) from None
+            match parsed:
+                case protocol.Ping():
+                    head = await self._head(conn.stream)
+                    await ws.send_text(protocol.pong(head.head_seq))
+                case protocol.Auth(token=token):
+                    try:
+                        fresh = self._verifier.verify(token)
+                    except AuthError as exc:
+                        raise _Close(CloseCode.UNAUTHENTICATED, str(exc)) from None
+                    if fresh.stream != conn.stream or fresh.role is not conn.principal.role:
+                        raise _Close(CloseCode.FORBIDDEN, "token is for another identity")
+                    conn.principal = fresh
+            if writer.done():
+                return
+
+    async def _close(self, ws: WebSocket, code: CloseCode, reason: str) -> None:
+        if ws.application_state is WebSocketState.DISCONNECTED:
+            return
+        self._metrics.ws_closes.labels(code=str(int(code))).inc()
+        try:
+            await ws.close(int(code), reason[:120])
+        except (RuntimeError, OSError):
+            pass
+
+    # -- degraded mode and shutdown -----------------------------------------------------------
+
+    async def run_poller(self) -> None:
+        """Poll stream heads while the broker is not delivering (and, slowly, always)."""
+        settings = self._settings
+        last_safety = time.monotonic()
+        while True:
+            await asyncio.sleep(settings.hub_poll_interval)
+            delivering = self._heartbeat.delivering
+            self._metrics.broker_delivering.set(1 if delivering else 0)
+            now = time.monotonic()
+            safety_due = (
+                settings.hub_safety_poll_interval > 0
+                and now - last_safety >= settings.hub_safety_poll_interval
+            )
+            if delivering and not safety_due:
+                continue
+            last_safety = now
+            try:
+                await self.poll_heads()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                logger.exception("polling stream heads failed; retrying")
+
+    async def poll_heads(self) -> int:
+        """Poke every connection whose stream moved past its cursor; returns how many."""
+        streams = [stream for stream, conns in self._by_stream.items() if conns]
+        if not streams:
+            return 0
+        self._metrics.hub_polls.inc()
+        async with self._db.read() as session:
+            heads = await read_heads(session, streams)
+        poked = 0
+        for stream, head in heads.items():
+            for conn in list(self._by_stream.get(stream, ())):
+                if conn.cursor is not None and conn.sub is not None and conn.cursor.behind(head):
+                    _poke(conn.sub, "poll")
+                    poked += 1
+        return poked
+
+    async def shutdown(self) -> None:
+        """Close every connection with 1012 so clients reconnect elsewhere and resume."""
+        self._closing = True
+        conns = [conn for group in self._by_stream.values() for conn in group]
+        await asyncio.gather(
+            *(self._close(conn.ws, CloseCode.SERVICE_RESTART, "server restart") for conn in conns),
+            return_exceptions=True,
+        )
+
+
+def _poke(sub: SubscriptionLike, reason: str) -> None:
+    sub.put_gap(Gap(reason))  # type: ignore[attr-defined]
+
+
+def _discard(index: defaultdict[str, set[Connection]], key: str, conn: Connection) -> None:
+    group = index.get(key)
+    if group is not None:
+        group.discard(conn)
+        if not group:
+            del index[key]
+
+
+def _resume_position(since: str | None, epoch: str | None) -> tuple[int | None, str | None]:
+    if since is None or since == "":
+        return None, epoch or None
+    try:
+        value = int(since)
+    except ValueError:
+        raise _Close(CloseCode.BAD_MESSAGE, "since must be an integer") from None
+    if value < 0:
+        raise _Close(CloseCode.BAD_MESSAGE, "since must not be negative")
+    return value, epoch or None

@@ -1,0 +1,65 @@
+"""Every Prometheus metric, defined once with its help text, on a registry per app."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+class Metrics:
+    """The service's metrics; one instance per app so tests can build many apps."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(
+            "http_requests_total", "HTTP requests by route and status", ["route", "status"], registry=r
+        )
+        self.events_written = Counter(
+            "events_written_total", "Events committed to the log", ["kind", "source"], registry=r
+        )
+        self.events_published = Counter(
+            "events_published_total", "Stream deliveries published to the broker", registry=r
+        )
+        self.publish_failures = Counter(
+            "publish_failures_total", "Publishes that failed after commit (left to the relay)", registry=r
+        )
+        self.rejected_transitions = Counter(
+            "rejected_transitions_total", "Status changes refused by the workflow (409)", registry=r
+        )
+        self.write_seconds = Histogram(
+            "write_seconds",
+            "Time to commit one status change",
+            buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+            registry=r,
+        )
+        self.relayed_events = Counter(
+            "relay_events_total", "Events published by the outbox relay", registry=r
+        )
+        self.ws_connections = Gauge("ws_connections", "Open WebSocket connections", registry=r)
+        self.ws_messages_sent = Counter(
+            "ws_messages_sent_total", "Event messages sent to WebSocket clients", registry=r
+        )
+        self.ws_closes = Counter(
+            "ws_closes_total", "WebSocket connections closed by the server, by code", ["code"], registry=r
+        )
+        self.ws_slow_consumer_closes = Counter(
+            "ws_slow_consumer_closes_total", "Clients closed with 4408 (queue overflow)", registry=r
+        )
+        self.ws_duplicates_dropped = Counter(
+            "ws_duplicates_dropped_total", "Events dropped because the client already had them", registry=r
+        )
+        self.ws_backfills = Counter(
+            "ws_backfills_total", "Gap repairs read from the database", ["reason"], registry=r
+        )
+        self.ws_backfilled_events = Counter(
+            "ws_backfilled_events_total", "Events delivered from the database by gap repair", registry=r
+        )
+        self.hub_polls = Counter(
+            "hub_polls_total", "Head polls of connected streams (broker not delivering)", registry=r
+        )
+        self.broker_delivering = Gauge(
+            "broker_delivering", "1 if a heartbeat went through the broker recently", registry=r
+        )
+        self.longpoll_requests = Counter(
+            "longpoll_requests_total", "GET /api/events calls", registry=r
+        )

@@ -1,0 +1,169 @@
+"""The JSON wire format, both ways: orders, events, hello/reset/pong, client messages.
+
+An event is serialised once, when it is written (or relayed), and the same text goes to every
+subscriber of the stream: the broker carries ``"<seq> <json>"`` so the hub learns the seq
+without parsing the JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal, TypedDict
+
+import orjson
+
+from server.models import Event, Order
+
+
+class ProtocolError(ValueError):
+    """A client message that is not part of the protocol (closes with 4400)."""
+
+
+def iso(moment: datetime | None) -> str | None:
+    """ISO 8601 with a Z, or None."""
+    if moment is None:
+        return None
+    return moment.isoformat().replace("+00:00", "Z")
+
+
+def order_snapshot(order: Order) -> dict[str, Any]:
+    """The public JSON form of an order."""
+    return {
+        "id": order.id,
+        "customer_id": order.customer_id,
+        "store_id": order.store_id,
+        "status": order.status,
+        "payment_status": order.payment_status,
+        "payment_method": order.payment_method,
+        "amount": order.amount,
+        "currency": order.currency,
+        "items": order.items,
+        "needs_review": order.needs_review,
+        "created_at": iso(order.created_at),
+        "updated_at": iso(order.updated_at),
+        "expires_at": iso(order.expires_at),
+        "version": order.version,
+    }
+
+
+def event_payload(stream: str, seq: int, event: Event) -> dict[str, Any]:
+    """The ``event`` message for position ``seq`` of ``stream``."""
+    payload: dict[str, Any] = {
+        "type": "event",
+        "stream": stream,
+        "seq": seq,
+        "event_id": event.id,
+        "order_id": event.order_id,
+        "kind": event.kind,
+        "status": event.to_status,
+        "previous_status": event.from_status,
+        "source": event.source,
+        "at": iso(event.created_at),
+        "order": event.data.get("order"),
+    }
+    note = event.data.get("note")
+    if note is not None:
+        payload["note"] = note
+    return payload
+
+
+def audit_entry(event: Event) -> dict[str, Any]:
+    """An event as the order's audit trail shows it."""
+    return {
+        "event_id": event.id,
+        "order_id": event.order_id,
+        "kind": event.kind,
+        "status": event.to_status,
+        "previous_status": event.from_status,
+        "source": event.source,
+        "actor": event.actor,
+        "note": event.data.get("note"),
+        "at": iso(event.created_at),
+    }
+
+
+def dumps(document: Any) -> str:
+    """Compact JSON text."""
+    return orjson.dumps(document).decode()
+
+
+def pack(seq: int, text: str) -> str:
+    """The broker message for one stream position."""
+    return f"{seq} {text}"
+
+
+def unpack(data: str) -> tuple[int, str]:
+    """The (seq, json text) of a broker message; ValueError if malformed."""
+    head, sep, text = data.partition(" ")
+    if not sep:
+        raise ValueError("no seq prefix")
+    return int(head), text
+
+
+class HelloMessage(TypedDict, total=False):
+    type: Literal["hello", "reset"]
+    stream: str
+    epoch: str
+    head_seq: int
+    orders: list[dict[str, Any]]
+
+
+def hello(stream: str, epoch: str, head_seq: int, orders: list[dict[str, Any]] | None) -> str:
+    """The first message on a connection (with a snapshot for a fresh client)."""
+    message: HelloMessage = {"type": "hello", "stream": stream, "epoch": epoch, "head_seq": head_seq}
+    if orders is not None:
+        message["orders"] = orders
+    return dumps(message)
+
+
+def reset(stream: str, epoch: str, head_seq: int, orders: list[dict[str, Any]]) -> str:
+    """Tell a resuming client its position is gone: start over from this snapshot."""
+    message: HelloMessage = {
+        "type": "reset",
+        "stream": stream,
+        "epoch": epoch,
+        "head_seq": head_seq,
+        "orders": orders,
+    }
+    return dumps(message)
+
+
+def pong(head_seq: int) -> str:
+    """The answer to a client ping, carrying the stream's head."""
+    return dumps({"type": "pong", "head_seq": head_seq})
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """Client asks for a pong (and the head seq)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Auth:
+    """Client presents a (fresh) token."""
+
+    token: str
+
+
+ClientMessage = Ping | Auth
+
+
+def parse_client_message(raw: str | bytes) -> ClientMessage:
+    """Parse one client frame; ProtocolError if it is not a known message."""
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("message is not JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("message must be a JSON object")
+    match message.get("type"):
+        case "ping":
+            return Ping()
+        case "auth":
+            token = message.get("token")
+            if not isinstance(token, str) or not token:
+                raise ProtocolError("auth needs a token")
+            return Auth(token)
+        case other:
+            raise ProtocolError(f"unknown message type {other!r}")

@@ -1,0 +1,178 @@
+"""Settings: one frozen dataclass, read from the environment in exactly one place.
+
+Every field mirrors a row of the README's configuration table. Tests build ``Settings(...)``
+directly; ``python -m server`` and ``python -m reconciler`` call ``Settings.from_environ``.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.data/orderstatus.db"
+_JWT_ALGORITHMS = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every knob of the service; defaults are the embedded single-process setup."""
+
+    database_url: str = DEFAULT_DATABASE_URL
+    redis_url: str | None = None
+    redis_channel_prefix: str = "orderstatus:"
+    jwt_secret: str | None = None
+    jwt_public_key: str | None = None
+    jwt_algorithms: tuple[str, ...] = ("HS256",)
+    jwt_leeway: float = 0.0
+    demo_tokens: bool | None = None
+    host: str = "127.0.0.1"
+    port: int = 8000
+    allowed_origins: tuple[str, ...] = ()
+    migrate_on_start: bool = True
+    db_pool_size: int = 10
+    max_body_bytes: int = 65_536
+    ws_queue_size: int = 256
+    ws_max_message_bytes: int = 4_096
+    ws_max_connections_per_user: int = 10
+    ws_auth_timeout: float = 5.0
+    ws_ping_interval: float = 20.0
+    ws_ping_timeout: float = 20.0
+    ws_impl: str = "websockets-sansio"
+    hub_poll_interval: float = 1.0
+    hub_safety_poll_interval: float = 10.0
+    broker_heartbeat_interval: float = 1.0
+    broker_heartbeat_stale_after: float = 3.0
+    relay_in_process: bool | None = None
+    relay_grace: float = 2.0
+    relay_interval: float = 1.0
+    longpoll_max_wait: float = 30.0
+    order_expiry_seconds: int = 1_800
+    snapshot_max_orders: int = 200
+    graceful_shutdown_timeout: float = 10.0
+    log_level: str = "INFO"
+    log_format: str = "json"
+    instance_id: str = field(default_factory=lambda: secrets.token_hex(4))
+
+    @property
+    def embedded(self) -> bool:
+        """True on the single-process default: SQLite and the in-memory broker."""
+        return self.database_url.startswith("sqlite") and not self.redis_url
+
+    @property
+    def demo_tokens_enabled(self) -> bool:
+        """Demo-token minting is on by default only on the embedded default."""
+        return self.embedded if self.demo_tokens is None else self.demo_tokens
+
+    @property
+    def relay_enabled(self) -> bool:
+        """Whether the outbox relay runs inside the web process."""
+        return self.embedded if self.relay_in_process is None else self.relay_in_process
+
+    def validate(self) -> Settings:
+        """Check cross-field rules; return self so it chains."""
+        if not self.jwt_secret and not self.jwt_public_key and not self.demo_tokens_enabled:
+            raise ValueError(
+                "JWT_SECRET or JWT_PUBLIC_KEY: one is required unless DEMO_TOKENS is on"
+            )
+        unknown = set(self.jwt_algorithms) - _JWT_ALGORITHMS
+        if unknown:
+            raise ValueError(f"JWT_ALGORITHMS: unsupported {sorted(unknown)}")
+        if self.jwt_public_key and any(a.startswith("HS") for a in self.jwt_algorithms):
+            # Mixing HMAC with a public key is the classic algorithm-confusion hole.
+            raise ValueError("JWT_ALGORITHMS: HS* cannot be combined with JWT_PUBLIC_KEY")
+        if self.ws_impl not in {"websockets", "websockets-sansio", "wsproto"}:
+            raise ValueError(f"WS_IMPL: expected websockets, websockets-sansio or wsproto, got {self.ws_impl!r}")
+        return self
+
+    @classmethod
+    def from_environ(cls, environ: Mapping[str, str]) -> Settings:
+        """Build settings from environment variables; a bad value names its variable."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f.name.upper()
+            raw = environ.get(name)
+            if raw is None or raw == "":
+                continue
+            parser = _PARSERS.get(f.name, _parser_for(f.type))
+            try:
+                values[f.name] = parser(raw)
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
+        if "jwt_public_key" not in values and environ.get("JWT_PUBLIC_KEY_FILE"):
+            with open(environ["JWT_PUBLIC_KEY_FILE"], encoding="utf-8") as fh:
+                values["jwt_public_key"] = fh.read()
+        if values.get("jwt_public_key") and "jwt_algorithms" not in values:
+            values["jwt_algorithms"] = ("RS256",)
+        return cls(**values).validate()
+
+
+def _bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(f"expected true or false, got {raw!r}")
+
+
+def _int(raw: str) -> int:
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"expected an integer, got {raw!r}") from None
+
+
+def _float(raw: str) -> float:
+    try:
+        return float(raw)
+    except ValueError:
+        raise ValueError(f"expected a number, got {raw!r}") from None
+
+
+def _csv(raw: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in raw.split(",") if part.strip())
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://")):
+        raise ValueError(f"expected redis:// or rediss://, got {raw!r}")
+    return raw
+
+
+def _database_url(raw: str) -> str:
+    if not raw.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://")):
+        raise ValueError(f"expected sqlite+aiosqlite:// or postgresql+asyncpg://, got {raw!r}")
+    if raw.startswith("postgresql://"):
+        raw = "postgresql+asyncpg://" + raw.removeprefix("postgresql://")
+    return raw
+
+
+def _log_format(raw: str) -> str:
+    if raw not in {"json", "text"}:
+        raise ValueError(f"expected json or text, got {raw!r}")
+    return raw
+
+
+def _parser_for(annotation: Any) -> Callable[[str], Any]:
+    text = str(annotation)
+    if "bool" in text:
+        return _bool
+    if text.startswith("int"):
+        return _int
+    if text.startswith("float"):
+        return _float
+    if "tuple" in text:
+        return _csv
+    return str
+
+
+_PARSERS: dict[str, Callable[[str], Any]] = {
+    "redis_url": _redis_url,
+    "database_url": _database_url,
+    "log_format": _log_format,
+    "port": _int,
+}

@@ -1,0 +1,131 @@
+"""Streams: their names, seq allocation, and reading them back for replay and gap repair."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sqlalchemy import select
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncSession
+
+from server.models import Event, Order, Stream, StreamEvent
+from server.workflow import TERMINAL
+
+
+def customer_stream(customer_id: str) -> str:
+    """The stream of everything that happens to one customer's orders."""
+    return f"customer:{customer_id}"
+
+
+def store_stream(store_id: str) -> str:
+    """The stream of everything that happens to one store's orders."""
+    return f"store:{store_id}"
+
+
+def streams_of(order: Order) -> list[str]:
+    """The streams an order's events belong to, in the fixed order they are locked."""
+    return sorted({customer_stream(order.customer_id), store_stream(order.store_id)})
+
+
+def new_epoch() -> str:
+    """A fresh epoch: identifies one incarnation of a stream's log."""
+    return secrets.token_hex(8)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamHead:
+    """Where a stream is: its epoch, its newest seq, and the newest seq pruned away."""
+
+    name: str
+    epoch: str
+    head_seq: int
+    pruned_seq: int
+
+
+def _insert(session: AsyncSession) -> type[postgresql.Insert] | type[sqlite.Insert]:
+    return postgresql.Insert if session.bind.dialect.name == "postgresql" else sqlite.Insert
+
+
+async def allocate_seq(session: AsyncSession, stream: str) -> int:
+    """Take the next seq of ``stream``, holding its row lock until commit (commit order = seq order)."""
+    insert = _insert(session)
+    statement = (
+        insert(Stream)
+        .values(name=stream, head_seq=1, epoch=new_epoch(), pruned_seq=0)
+        .on_conflict_do_update(index_elements=[Stream.name], set_={"head_seq": Stream.head_seq + 1})
+        .returning(Stream.head_seq)
+    )
+    return int((await session.execute(statement)).scalar_one())
+
+
+async def ensure_stream(session: AsyncSession, stream: str) -> StreamHead:
+    """The stream's head, creating the stream (seq 0, new epoch) if it has none yet."""
+    head = await read_head(session, stream)
+    if head is not None:
+        return head
+    insert = _insert(session)
+    await session.execute(
+        insert(Stream)
+        .values(name=stream, head_seq=0, epoch=new_epoch(), pruned_seq=0)
+        .on_conflict_do_nothing(index_elements=[Stream.name])
+    )
+    head = await read_head(session, stream)
+    assert head is not None
+    return head
+
+
+async def read_head(session: AsyncSession, stream: str) -> StreamHead | None:
+    """The stream's head, or None if nothing was ever written to it."""
+    row = (
+        await session.execute(
+            select(Stream.epoch, Stream.head_seq, Stream.pruned_seq).where(Stream.name == stream)
+        )
+    ).first()
+    if row is None:
+        return None
+    return StreamHead(stream, row.epoch, int(row.head_seq), int(row.pruned_seq))
+
+
+async def read_heads(session: AsyncSession, streams: Iterable[str]) -> dict[str, int]:
+    """head_seq of each named stream that exists (polled while the broker is not delivering)."""
+    names = list(streams)
+    heads: dict[str, int] = {}
+    for start in range(0, len(names), 500):
+        chunk = names[start : start + 500]
+        rows = await session.execute(
+            select(Stream.name, Stream.head_seq).where(Stream.name.in_(chunk))
+        )
+        heads.update((name, int(head)) for name, head in rows.tuples())
+    return heads
+
+
+async def events_after(
+    session: AsyncSession, stream: str, after: int, *, upto: int | None = None, limit: int = 500
+) -> Sequence[tuple[int, Event]]:
+    """Up to ``limit`` (seq, event) of ``stream`` with ``after < seq <= upto``, in seq order."""
+    statement = (
+        select(StreamEvent.seq, Event)
+        .join(Event, Event.id == StreamEvent.event_id)
+        .where(StreamEvent.stream == stream, StreamEvent.seq > after)
+        .order_by(StreamEvent.seq)
+        .limit(limit)
+    )
+    if upto is not None:
+        statement = statement.where(StreamEvent.seq <= upto)
+    rows = await session.execute(statement)
+    return [(int(seq), event) for seq, event in rows.tuples()]
+
+
+async def open_orders(session: AsyncSession, stream: str, *, limit: int) -> Sequence[Order]:
+    """The stream's orders that can still change, newest first."""
+    kind, _, key = stream.partition(":")
+    column = Order.customer_id if kind == "customer" else Order.store_id
+    rows = await session.execute(
+        select(Order)
+        .where(column == key, Order.status.not_in([s.value for s in TERMINAL]))
+        .order_by(Order.created_at.desc(), Order.id.desc())
+        .limit(limit)
+    )
+    return rows.scalars().all()
