@@ -1,7 +1,10 @@
 """A small pub/sub broker behind one interface: in-memory for one process, Redis for many.
 
 It knows nothing of orders. Delivery is at-most-once; a :class:`Gap` in a subscription says
-messages may have been missed, and the caller repairs from its own durable log.
+messages may have been missed, and the caller repairs from its own durable log. Gap reasons:
+``"reconnected"`` (the Redis pub/sub connection was re-established), ``"late subscribe"`` (Redis
+confirmed the subscription only after ``subscribe()`` stopped waiting) and ``"overflow"`` (the
+subscription was full and dropped a message; ``overflowed`` is then True for good).
 
 Exception tree::
 

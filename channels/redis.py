@@ -43,6 +43,7 @@ BATCH_SIZE = 1000
 #: A publish against an unreachable Redis must fail within about this long.
 _CONNECT_TIMEOUT = 1.0
 _PUBLISH_TIMEOUT = 2.0
+_MAX_PUBLISH_CONNECTIONS = 50
 
 _LATE_SUBSCRIBE = Gap("late subscribe")
 
@@ -98,18 +99,27 @@ class RedisBroker:
             raise ValueError("subscribe_timeout and health_check_interval must be positive")
         if client is None:
             assert url is not None
-            # Few, quick retries: a failed publish is repaired from the database by the caller,
-            # while a publish that hangs holds up a request.
+            # Short timeouts: a failed publish is repaired from the database by the caller,
+            # while a publish that hangs holds up a request. One retry, on connection errors
+            # only, replaces a pooled connection that died with a restarted Redis; retrying a
+            # timed-out PUBLISH could deliver it twice.
             client = aioredis.Redis.from_url(
                 url,
+                max_connections=_MAX_PUBLISH_CONNECTIONS,
                 socket_connect_timeout=_CONNECT_TIMEOUT,
                 socket_timeout=_PUBLISH_TIMEOUT,
-                retry=Retry(NoBackoff(), 1),
+                retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             )
             self._owns_client = True
         else:
             self._owns_client = False
         self._client = client
+        # A burst of publishes queues here in FIFO order: the pool would either fail with "Too
+        # many connections" or (as a BlockingConnectionPool) let newcomers starve earlier waiters.
+        max_connections = getattr(client.connection_pool, "max_connections", None)
+        self._publish_slots = asyncio.Semaphore(
+            max_connections if isinstance(max_connections, int) else _MAX_PUBLISH_CONNECTIONS
+        )
         self._reconnect_delay = reconnect_delay
         self._max_reconnect_delay = max_reconnect_delay
         self._subscribe_timeout = subscribe_timeout
@@ -176,7 +186,8 @@ class RedisBroker:
         if self._closed:
             raise BrokerError("redis broker is not connected")
         try:
-            await self._client.publish(channel, data)
+            async with self._publish_slots:
+                await self._client.publish(channel, data)
         except (RedisError, OSError) as exc:
             raise BrokerError(f"redis publish failed: {exc or type(exc).__name__}") from exc
 
@@ -322,10 +333,6 @@ class RedisBroker:
         self._session = session
         self._to_unsubscribe.clear()
         self._to_subscribe = set(self._fanout.channels)
-        session.resync_left = set(self._to_subscribe)
-        if not session.resync_left:
-            self._resynced(session)
-        self._dirty.set()
         reading = asyncio.create_task(self._read_loop(session), name="redis-broker-read")
         flushing = asyncio.create_task(self._flush_loop(session), name="redis-broker-flush")
         try:
@@ -381,10 +388,15 @@ class RedisBroker:
             await conn.send_packed_command(packed, check_health=False)
 
     async def _flush_loop(self, session: _Session) -> None:
+        # The first flush re-subscribes every channel in use. Taking the set here, right before
+        # that flush, makes it exactly what is sent, so every channel in it gets a reply.
+        session.resync_left = set(self._to_subscribe)
+        if not session.resync_left:
+            self._resynced(session)
         while True:
-            await self._dirty.wait()
             self._dirty.clear()
             await self._flush(session)
+            await self._dirty.wait()
 
     async def _flush(self, session: _Session) -> None:
         """Send the pending SUBSCRIBE / UNSUBSCRIBE commands in one write."""

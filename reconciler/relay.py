@@ -68,7 +68,7 @@ class Relay:
                 .where(StreamEvent.event_id.in_(list(by_id)))
                 .order_by(StreamEvent.stream, StreamEvent.seq)
             )
-            for event_id, stream, seq in rows.tuples():
+            for event_id, stream, seq in rows:
                 positions[event_id].append((stream, int(seq)))
             published: list[int] = []
             for event in events:

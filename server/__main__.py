@@ -38,6 +38,7 @@ async def main(settings: Settings) -> None:
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_max_size=settings.ws_max_message_bytes,
+        ws_per_message_deflate=settings.ws_per_message_deflate,
         timeout_graceful_shutdown=int(settings.graceful_shutdown_timeout),
         log_config=uvicorn_log_config(),
         lifespan="on",

@@ -84,17 +84,21 @@ class Unprocessable(ApiError):
     status, code = 422, "validation_error"
 
 
-def error_response(status: int, code: str, message: str, **extra: Any) -> JSONResponse:
+def error_response(
+    http_status: int, code: str, message: str, extra: dict[str, Any] | None = None
+) -> JSONResponse:
     """A JSON error response in the one shape the API uses."""
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = {"WWW-Authenticate": "Bearer"} if http_status == 401 else None
     return JSONResponse(
-        {"error": {"code": code, "message": message, **extra}}, status_code=status, headers=headers
+        {"error": {"code": code, "message": message, **(extra or {})}},
+        status_code=http_status,
+        headers=headers,
     )
 
 
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
-    return error_response(exc.status, exc.code, exc.message, **exc.extra)
+    return error_response(exc.status, exc.code, exc.message, exc.extra)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}

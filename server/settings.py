@@ -42,6 +42,7 @@ class Settings:
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
     ws_impl: str = "websockets-sansio"
+    ws_per_message_deflate: bool = False
     hub_poll_interval: float = 1.0
     hub_safety_poll_interval: float = 10.0
     broker_heartbeat_interval: float = 1.0

@@ -97,7 +97,7 @@ async def read_heads(session: AsyncSession, streams: Iterable[str]) -> dict[str,
         rows = await session.execute(
             select(Stream.name, Stream.head_seq).where(Stream.name.in_(chunk))
         )
-        heads.update((name, int(head)) for name, head in rows.tuples())
+        heads.update((name, int(head)) for name, head in rows)
     return heads
 
 
@@ -115,7 +115,7 @@ async def events_after(
     if upto is not None:
         statement = statement.where(StreamEvent.seq <= upto)
     rows = await session.execute(statement)
-    return [(int(seq), event) for seq, event in rows.tuples()]
+    return [(int(seq), event) for seq, event in rows]
 
 
 async def open_orders(session: AsyncSession, stream: str, *, limit: int) -> Sequence[Order]:

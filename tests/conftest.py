@@ -192,7 +192,11 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
             metrics = Metrics()
             app = create_app(settings, broker=broker, metrics=metrics)
             running = await stack.enter_async_context(
-                serve_in_process(app, ws_max_size=settings.ws_max_message_bytes)
+                serve_in_process(
+                    app,
+                    ws_max_size=settings.ws_max_message_bytes,
+                    ws_per_message_deflate=settings.ws_per_message_deflate,
+                )
             )
             http = await stack.enter_async_context(httpx.AsyncClient(base_url=running.http, timeout=10))
             db = Database(settings.database_url, pool_size=4)

@@ -1,0 +1,488 @@
+// @ts-check
+/**
+ * The customer page: demo sign-in, place an order, watch it live, browse history.
+ * Live state comes from the orderstatus client (WebSocket, resumable, long-poll fallback);
+ * history from GET /api/orders with a cursor. Both feed one map of orders, newest version wins.
+ */
+
+import { apiRequest, connect } from "./orderstatus.js";
+import { allowedNext, isTerminal, statusLabel, trackerSteps } from "./workflow.js";
+import {
+  $,
+  CURRENCY,
+  MENU,
+  STORES,
+  announce,
+  demoTokenSource,
+  describeError,
+  formatDateTime,
+  formatMoney,
+  formatTime,
+  h,
+  hideBanner,
+  itemsSummary,
+  renderConnection,
+  shortId,
+  showBanner,
+  statusPill,
+  storeName,
+} from "./ui.js";
+
+/** @typedef {import("./orderstatus.js").Order} Order */
+/** @typedef {import("./orderstatus.js").StreamEvent} StreamEvent */
+/**
+ * @typedef {Object} TimelineEntry
+ * @property {number} event_id
+ * @property {string|null} status
+ * @property {string|null} previous_status
+ * @property {string} source
+ * @property {string|null} at
+ * @property {string|null} [note]
+ */
+
+const NAME_KEY = "orderstatus-demo:customer";
+const HISTORY_PAGE = 5;
+const NAME_RE = /^[A-Za-z0-9._-]{1,40}$/;
+
+const state = {
+  /** @type {string|null} */ name: null,
+  /** @type {ReturnType<typeof demoTokenSource>|null} */ tokens: null,
+  /** @type {import("./orderstatus.js").OrderStatusClient|null} */ client: null,
+  /** @type {Map<string, Order>} every order we know, from the stream and from history */
+  orders: new Map(),
+  /** @type {string[]} order ids in the history list, newest first */
+  history: [],
+  /** @type {string|null} */ nextCursor: null,
+  /** @type {string|null} */ selectedId: null,
+  /** @type {Map<string, Map<number, TimelineEntry>>} */ timelines: new Map(),
+  /** seqs delivered live, in order (for the end-to-end tests and the curious) */
+  /** @type {number[]} */ received: [],
+  busy: false,
+};
+
+// For debugging from the console and for the browser tests.
+Object.assign(window, { orderstatusDemo: state });
+
+// -- sign-in -----------------------------------------------------------------------------------
+
+async function signIn(/** @type {string} */ name) {
+  const tokens = demoTokenSource({ sub: name, role: "customer" });
+  try {
+    await tokens.getToken();
+  } catch (error) {
+    showBanner({ title: "Could not sign in", detail: describeError(error) });
+    return false;
+  }
+  hideBanner();
+  state.name = name;
+  state.tokens = tokens;
+  localStorage.setItem(NAME_KEY, name);
+  $("who-name").textContent = name;
+  $("who").hidden = false;
+  $("signin").hidden = true;
+  $("app").hidden = false;
+  state.client = connect({
+    baseUrl: location.origin,
+    getToken: tokens.getToken,
+    backoffMaxMs: 8000,
+    onStatus: (status) => {
+      renderConnection($("conn"), status);
+      if (status.state === "stopped" && status.error) showBanner({ title: "Live updates stopped", detail: status.error });
+      renderStreamInfo();
+    },
+    onSnapshot: (orders) => {
+      for (const order of orders) mergeOrder(order);
+      if (!state.selectedId) {
+        const open = orders.find((o) => !isTerminal(o.status));
+        if (open) selectOrder(open.id);
+      }
+      renderAll();
+    },
+    onEvent: onEvent,
+  });
+  await loadHistory(false);
+  return true;
+}
+
+async function signOut() {
+  const client = state.client;
+  state.client = null;
+  await client?.stop();
+  localStorage.removeItem(NAME_KEY);
+  Object.assign(state, { name: null, tokens: null, history: [], nextCursor: null, selectedId: null, received: [] });
+  state.orders.clear();
+  state.timelines.clear();
+  renderConnection($("conn"), { state: "idle" });
+  $("who").hidden = true;
+  $("app").hidden = true;
+  $("signin").hidden = false;
+  hideBanner();
+  renderAll();
+  /** @type {HTMLInputElement} */ ($("signin-name")).focus();
+}
+
+// -- live updates ------------------------------------------------------------------------------
+
+/** @param {StreamEvent} event */
+function onEvent(event) {
+  state.received.push(event.seq);
+  if (event.order) mergeOrder(event.order);
+  addTimeline(event.order_id, event);
+  if (!state.history.includes(event.order_id)) state.history.unshift(event.order_id);
+  if (!state.selectedId) selectOrder(event.order_id);
+  if (event.order_id === state.selectedId && event.status) {
+    announce(`Order ${shortId(event.order_id)} is now ${statusLabel(event.status)}.`);
+  }
+  renderAll();
+}
+
+/** Keep the newest version of an order. @param {Order} order */
+function mergeOrder(order) {
+  const known = state.orders.get(order.id);
+  if (!known || (order.version ?? 0) >= (known.version ?? 0)) state.orders.set(order.id, order);
+}
+
+/**
+ * @param {string} orderId
+ * @param {TimelineEntry} entry
+ */
+function addTimeline(orderId, entry) {
+  let timeline = state.timelines.get(orderId);
+  if (!timeline) {
+    timeline = new Map();
+    state.timelines.set(orderId, timeline);
+  }
+  timeline.set(entry.event_id, {
+    event_id: entry.event_id,
+    status: entry.status,
+    previous_status: entry.previous_status,
+    source: entry.source,
+    at: entry.at,
+    note: entry.note ?? null,
+  });
+}
+
+/** @param {string} orderId */
+async function selectOrder(orderId) {
+  state.selectedId = orderId;
+  renderAll();
+  const tokens = state.tokens;
+  if (!tokens) return;
+  try {
+    const body = await apiRequest(location.origin, `/api/orders/${encodeURIComponent(orderId)}/events`, { token: await tokens.token() });
+    for (const entry of body.events ?? []) addTimeline(orderId, entry);
+    if (state.selectedId === orderId) renderTracker();
+  } catch (error) {
+    console.warn("could not load the order's history", error);
+  }
+}
+
+// -- REST actions ------------------------------------------------------------------------------
+
+/** @param {boolean} more */
+async function loadHistory(more) {
+  const tokens = state.tokens;
+  if (!tokens) return;
+  const button = /** @type {HTMLButtonElement} */ ($("history-more"));
+  button.disabled = true;
+  try {
+    const params = new URLSearchParams({ limit: String(HISTORY_PAGE) });
+    if (more && state.nextCursor) params.set("cursor", state.nextCursor);
+    const body = await apiRequest(location.origin, `/api/orders?${params}`, { token: await tokens.token() });
+    if (tokens !== state.tokens) return; // signed out meanwhile
+    for (const order of body.orders ?? []) {
+      mergeOrder(order);
+      if (!state.history.includes(order.id)) state.history.push(order.id);
+    }
+    state.nextCursor = body.next_cursor ?? null;
+    if (!state.selectedId && state.history.length) selectOrder(state.history[0]);
+  } catch (error) {
+    showBanner({ title: "Could not load your orders", detail: describeError(error) });
+  } finally {
+    button.disabled = false;
+    renderAll();
+  }
+}
+
+/** @param {SubmitEvent} event */
+async function placeOrder(event) {
+  event.preventDefault();
+  const tokens = state.tokens;
+  if (!tokens || state.busy) return;
+  const form = /** @type {HTMLFormElement} */ (event.currentTarget);
+  const data = new FormData(form);
+  const items = MENU.map((item) => ({ ...item, quantity: Number(data.get(`qty-${item.sku}`) || 0) })).filter((i) => i.quantity > 0);
+  const errorEl = $("order-error");
+  if (!items.length) {
+    errorEl.textContent = "Choose at least one item.";
+    errorEl.hidden = false;
+    /** @type {HTMLElement} */ (form.querySelector("input[type=number]"))?.focus();
+    return;
+  }
+  errorEl.hidden = true;
+  const submit = /** @type {HTMLButtonElement} */ ($("order-submit"));
+  state.busy = true;
+  submit.disabled = true;
+  submit.textContent = "Placing order…";
+  try {
+    const body = await apiRequest(location.origin, "/api/orders", {
+      method: "POST",
+      token: await tokens.token(),
+      body: {
+        store_id: String(data.get("store")),
+        currency: CURRENCY,
+        payment_method: String(data.get("payment") || "cash"),
+        items: items.map(({ sku, name, quantity, unit_price }) => ({ sku, name, quantity, unit_price })),
+      },
+    });
+    const order = /** @type {Order} */ (body.order);
+    mergeOrder(order);
+    if (!state.history.includes(order.id)) state.history.unshift(order.id);
+    for (const input of form.querySelectorAll("input[type=number]")) /** @type {HTMLInputElement} */ (input).value = "0";
+    updateTotal();
+    announce(`Order ${shortId(order.id)} placed: ${statusLabel(order.status)}.`);
+    await selectOrder(order.id);
+    $("tracker").scrollIntoView({ behavior: "smooth", block: "nearest" });
+  } catch (error) {
+    errorEl.textContent = `Could not place the order. ${describeError(error)}`;
+    errorEl.hidden = false;
+  } finally {
+    state.busy = false;
+    submit.disabled = false;
+    submit.textContent = "Place order";
+  }
+}
+
+/** @param {string} orderId */
+async function cancelOrder(orderId) {
+  const tokens = state.tokens;
+  if (!tokens) return;
+  const button = /** @type {HTMLButtonElement|null} */ (document.getElementById("cancel-order"));
+  if (button) button.disabled = true;
+  try {
+    const body = await apiRequest(location.origin, `/api/orders/${encodeURIComponent(orderId)}/cancel`, {
+      method: "POST",
+      token: await tokens.token(),
+      body: { reason: "Cancelled by the customer" },
+    });
+    mergeOrder(body.order);
+    hideBanner();
+  } catch (error) {
+    const allowed = /** @type {any} */ (error)?.details?.allowed;
+    showBanner({
+      title: `Could not cancel order ${shortId(orderId)}`,
+      detail: describeError(error),
+      lines: Array.isArray(allowed) ? [allowed.length ? `Allowed now: ${allowed.map(statusLabel).join(", ")}.` : "It can no longer change."] : [],
+    });
+  } finally {
+    renderAll();
+  }
+}
+
+// -- rendering ---------------------------------------------------------------------------------
+
+function renderAll() {
+  renderTracker();
+  renderHistory();
+  renderStreamInfo();
+}
+
+function renderStreamInfo() {
+  const client = state.client;
+  $("stream-info").textContent = client && client.stream ? `${client.stream} · seq ${client.lastSeq}` : "";
+}
+
+/** @type {Record<string, string>} */
+const SOURCES = {
+  customer: "by you",
+  pos: "by the store",
+  webhook: "payment gateway",
+  reconciler: "automatically",
+  read_check: "payment check",
+  system: "automatically",
+};
+
+function renderTracker() {
+  const tracker = $("tracker");
+  const body = $("tracker-body");
+  const order = state.selectedId ? state.orders.get(state.selectedId) : undefined;
+  if (!order) {
+    tracker.dataset.status = "";
+    delete tracker.dataset.orderId;
+    $("tracker-id").textContent = "";
+    body.replaceChildren(h("p", { class: "empty" }, "No order yet. Place one and watch it move here, live."));
+    return;
+  }
+  tracker.dataset.status = order.status;
+  tracker.dataset.orderId = order.id;
+  $("tracker-id").textContent = shortId(order.id);
+  const timeline = [...(state.timelines.get(order.id)?.values() ?? [])].sort((a, b) => a.event_id - b.event_id);
+  const canCancel = allowedNext(order.status, "customer").includes("CANCELLED");
+
+  body.replaceChildren(
+    h(
+      "div",
+      { class: "tracker__status" },
+      h("p", { id: "tracker-status", class: "tracker__now", role: "status", dataset: { status: order.status } }, statusLabel(order.status)),
+      h("p", { class: "muted small" }, `${storeName(order.store_id)} · placed ${formatDateTime(order.created_at)} · ${order.payment_method === "cash" ? "Cash" : "Online"}`),
+    ),
+    renderSteps(order, timeline),
+    isTerminal(order.status) && order.status !== "DELIVERED"
+      ? h("p", { class: "callout callout--bad" }, order.status === "CANCELLED" ? "This order was cancelled." : "This order expired before it was paid.")
+      : null,
+    h(
+      "ul",
+      { class: "lines" },
+      ...order.items.map((item) =>
+        h("li", { class: "lines__row" }, h("span", null, `${item.quantity}× ${item.name}`), h("span", { class: "num" }, formatMoney(item.quantity * item.unit_price, order.currency))),
+      ),
+      h("li", { class: "lines__row lines__row--total" }, h("span", null, "Total"), h("span", { class: "num" }, formatMoney(order.amount, order.currency))),
+    ),
+    canCancel
+      ? h("div", { class: "actions" }, h("button", { id: "cancel-order", class: "btn btn--danger-ghost", type: "button", onclick: () => cancelOrder(order.id) }, "Cancel order"))
+      : null,
+    h("h3", { class: "subhead" }, "Updates"),
+    timeline.length
+      ? h(
+          "ol",
+          { id: "timeline", class: "timeline" },
+          ...timeline.map((entry) =>
+            h(
+              "li",
+              { class: "timeline__item", dataset: { status: entry.status ?? "", eventId: String(entry.event_id) } },
+              h("span", { class: "timeline__dot", "aria-hidden": "true" }),
+              h("span", { class: "timeline__what" }, statusLabel(entry.status ?? "")),
+              h("span", { class: "timeline__meta" }, `${formatTime(entry.at)} · ${SOURCES[entry.source] ?? entry.source}${entry.note ? ` · “${entry.note}”` : ""}`),
+            ),
+          ),
+        )
+      : h("p", { class: "muted small" }, "Loading updates…"),
+  );
+}
+
+/**
+ * @param {Order} order
+ * @param {TimelineEntry[]} timeline
+ */
+function renderSteps(order, timeline) {
+  const steps = trackerSteps(order);
+  const pickup = timeline.some((e) => e.status === "DELIVERED" && e.previous_status === "READY");
+  let reached = steps.indexOf(order.status);
+  if (reached < 0) {
+    // Cancelled or expired: the last step it reached is where it stopped.
+    const stop = [...timeline].reverse().find((e) => e.status === order.status);
+    reached = stop && stop.previous_status ? steps.indexOf(stop.previous_status) : -1;
+  }
+  const stopped = isTerminal(order.status) && order.status !== "DELIVERED";
+  return h(
+    "ol",
+    { class: `steps${stopped ? " steps--stopped" : ""}`, "aria-label": "Order progress" },
+    ...steps.map((step, index) => {
+      let kind = index < reached ? "done" : index === reached ? (order.status === "DELIVERED" || stopped ? "done" : "current") : "todo";
+      let label = statusLabel(step);
+      if (pickup && step === "OUT_FOR_DELIVERY") {
+        kind = "skipped";
+        label = "Pickup — no delivery";
+      }
+      if (pickup && step === "DELIVERED") label = "Picked up";
+      return h(
+        "li",
+        { class: `step step--${kind}`, dataset: { step }, "aria-current": kind === "current" ? "step" : null },
+        h("span", { class: "step__marker", "aria-hidden": "true" }),
+        h("span", { class: "step__label" }, label),
+        h("span", { class: "visually-hidden" }, kind === "done" ? " (done)" : kind === "current" ? " (now)" : kind === "skipped" ? " (skipped)" : ""),
+      );
+    }),
+  );
+}
+
+function renderHistory() {
+  const list = $("history");
+  const rows = state.history.map((id) => state.orders.get(id)).filter((o) => o !== undefined);
+  list.replaceChildren(
+    ...rows.map((order) =>
+      h(
+        "li",
+        null,
+        h(
+          "button",
+          {
+            type: "button",
+            class: `history__row${order.id === state.selectedId ? " is-selected" : ""}`,
+            "aria-pressed": order.id === state.selectedId ? "true" : "false",
+            dataset: { orderId: order.id, status: order.status },
+            onclick: () => selectOrder(order.id),
+          },
+          h("span", { class: "history__id mono" }, shortId(order.id)),
+          h("span", { class: "history__what" }, itemsSummary(order.items)),
+          h("span", { class: "history__when muted" }, `${storeName(order.store_id)} · ${formatDateTime(order.created_at)}`),
+          h("span", { class: "history__amount num" }, formatMoney(order.amount, order.currency)),
+          statusPill(order.status, statusLabel(order.status)),
+        ),
+      ),
+    ),
+  );
+  $("history-empty").hidden = rows.length > 0 || !state.tokens;
+  $("history-more").hidden = !state.nextCursor;
+}
+
+// -- the order form ----------------------------------------------------------------------------
+
+function buildForm() {
+  const storeSelect = /** @type {HTMLSelectElement} */ ($("order-store"));
+  storeSelect.replaceChildren(...STORES.map((s) => h("option", { value: s.id }, `${s.name} (${s.id})`)));
+  $("menu-items").replaceChildren(
+    ...MENU.map((item) =>
+      h(
+        "div",
+        { class: "menu__item" },
+        h("label", { for: `qty-${item.sku}`, class: "menu__name" }, item.name, h("span", { class: "menu__price" }, formatMoney(item.unit_price, CURRENCY))),
+        h("input", { id: `qty-${item.sku}`, name: `qty-${item.sku}`, type: "number", min: "0", max: "20", step: "1", value: "0", inputmode: "numeric", class: "qty", oninput: updateTotal }),
+      ),
+    ),
+  );
+  updateTotal();
+}
+
+function updateTotal() {
+  let total = 0;
+  for (const item of MENU) {
+    const input = /** @type {HTMLInputElement|null} */ (document.getElementById(`qty-${item.sku}`));
+    const quantity = Math.max(0, Math.min(20, Math.floor(Number(input?.value || 0)) || 0));
+    total += quantity * item.unit_price;
+  }
+  $("order-total").textContent = formatMoney(total, CURRENCY);
+}
+
+// -- start -------------------------------------------------------------------------------------
+
+function init() {
+  buildForm();
+  $("signin-form").addEventListener("submit", async (event) => {
+    event.preventDefault();
+    const input = /** @type {HTMLInputElement} */ ($("signin-name"));
+    const name = input.value.trim();
+    if (!NAME_RE.test(name)) {
+      input.setAttribute("aria-invalid", "true");
+      showBanner({ title: "Please enter a name", detail: "Use 1–40 letters, digits, dots, dashes or underscores." });
+      input.focus();
+      return;
+    }
+    input.removeAttribute("aria-invalid");
+    const button = /** @type {HTMLButtonElement} */ ($("signin-submit"));
+    button.disabled = true;
+    try {
+      await signIn(name);
+    } finally {
+      button.disabled = false;
+    }
+  });
+  $("order-form").addEventListener("submit", (event) => placeOrder(/** @type {SubmitEvent} */ (event)));
+  $("history-more").addEventListener("click", () => loadHistory(true));
+  $("sign-out").addEventListener("click", () => signOut());
+  const saved = localStorage.getItem(NAME_KEY);
+  if (saved && NAME_RE.test(saved)) signIn(saved);
+  else /** @type {HTMLInputElement} */ ($("signin-name")).focus();
+}
+
+init();

@@ -1,0 +1,89 @@
+"""Fixtures for the channels tests: each broker kind, fresh channel names, a private Redis."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from channels import Broker
+from channels.memory import MemoryBroker
+from channels.redis import RedisBroker
+from tests.channels.helpers import REDIS_URL, RedisServer, free_port, unavailable
+
+
+@functools.cache
+def _shared_redis_error() -> str | None:
+    client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=1, socket_timeout=1)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        return str(exc) or type(exc).__name__
+    finally:
+        client.close()
+    return None
+
+
+@pytest.fixture
+def redis_url() -> str:
+    """The shared Redis; skipped (failed under CI=true) when it is unreachable."""
+    error = _shared_redis_error()
+    if error is not None:
+        unavailable(f"Redis at {REDIS_URL} is unreachable: {error}")
+    return REDIS_URL
+
+
+def make_redis_broker(
+    url: str, *, subscribe_timeout: float = 2.0, health_check_interval: float = 10.0
+) -> RedisBroker:
+    """A RedisBroker with short delays, so outage tests run in seconds."""
+    return RedisBroker(
+        url,
+        reconnect_delay=0.05,
+        max_reconnect_delay=0.2,
+        subscribe_timeout=subscribe_timeout,
+        health_check_interval=health_check_interval,
+    )
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
+    """A connected broker of each kind; disconnected afterwards."""
+    instance: MemoryBroker | RedisBroker
+    if request.param == "memory":
+        instance = MemoryBroker()
+    else:
+        instance = make_redis_broker(request.getfixturevalue("redis_url"))
+    await instance.connect()
+    try:
+        yield instance
+    finally:
+        await instance.disconnect()
+
+
+@pytest.fixture
+def prefix() -> str:
+    """A channel prefix no other test uses, so tests sharing one Redis never collide."""
+    return f"test:{uuid.uuid4().hex}:"
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[RedisServer]:
+    """A redis-server of this test's own, which it may kill and restart."""
+    server = RedisServer(free_port())
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
+
+
+@pytest.fixture
+async def shared_redis(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An admin client on the shared Redis, for inspecting what the broker did."""
+    async with aioredis.Redis.from_url(redis_url, decode_responses=True) as client:
+        yield client

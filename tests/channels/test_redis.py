@@ -1,0 +1,158 @@
+"""RedisBroker specifics: one connection for all, confirmed and reference-counted channels."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import redis.asyncio as aioredis
+
+from channels import Message
+from channels.redis import BATCH_SIZE, RedisBroker
+from tests.channels.conftest import make_redis_broker
+from tests.channels.helpers import TIMEOUT, RedisServer, receive, wait_until
+
+
+@pytest.fixture
+async def broker(redis_url: str) -> AsyncIterator[RedisBroker]:
+    """A connected RedisBroker on the shared Redis."""
+    instance = make_redis_broker(redis_url)
+    await instance.connect()
+    try:
+        yield instance
+    finally:
+        await instance.disconnect()
+
+
+@pytest.fixture
+async def private_broker(private_redis: RedisServer) -> AsyncIterator[RedisBroker]:
+    """A connected RedisBroker on this test's own Redis, where server-wide counts are ours."""
+    instance = make_redis_broker(private_redis.url)
+    await instance.connect()
+    try:
+        yield instance
+    finally:
+        await instance.disconnect()
+
+
+async def numsub(client: aioredis.Redis, channel: str) -> int:
+    """How many connections Redis has subscribed to ``channel``."""
+    reply = await client.pubsub_numsub(channel)
+    return int(reply[0][1])
+
+
+async def test_subscribe_returns_once_redis_has_confirmed(
+    broker: RedisBroker, shared_redis: aioredis.Redis, prefix: str
+) -> None:
+    for i in range(20):
+        async with broker.subscribe(f"{prefix}{i}"):
+            assert await numsub(shared_redis, f"{prefix}{i}") == 1
+
+
+async def test_the_last_subscriber_leaving_unsubscribes_the_channel(
+    broker: RedisBroker, shared_redis: aioredis.Redis, prefix: str
+) -> None:
+    channel = prefix + "a"
+    async with broker.subscribe(channel):
+        async with broker.subscribe(channel):
+            # Two local subscribers share the one SUBSCRIBE.
+            assert await numsub(shared_redis, channel) == 1
+        assert await numsub(shared_redis, channel) == 1
+    for _ in range(int(TIMEOUT / 0.01)):
+        if await numsub(shared_redis, channel) == 0:
+            break
+        await asyncio.sleep(0.01)
+    assert await numsub(shared_redis, channel) == 0
+
+
+async def test_one_pubsub_connection_serves_every_subscription(
+    private_broker: RedisBroker, private_redis: RedisServer
+) -> None:
+    async with asyncio.TaskGroup() as group:
+        inside = asyncio.Event()
+        release = asyncio.Event()
+        entered = 0
+
+        async def hold(channel: str) -> None:
+            nonlocal entered
+            async with private_broker.subscribe(channel):
+                entered += 1
+                if entered == 100:
+                    inside.set()
+                await release.wait()
+
+        for i in range(100):
+            group.create_task(hold(f"c{i % 40}"))
+        await asyncio.wait_for(inside.wait(), TIMEOUT)
+        clients = await private_redis.command("CLIENT", "LIST", "TYPE", "pubsub")
+        release.set()
+    assert len(clients.decode().splitlines()) == 1
+
+
+async def test_concurrent_subscribes_are_batched_into_few_commands(
+    private_broker: RedisBroker, private_redis: RedisServer
+) -> None:
+    count = 10_000
+    await private_redis.command("CONFIG", "RESETSTAT")
+    entered = 0
+    all_inside = asyncio.Event()
+    release = asyncio.Event()
+
+    async def hold(i: int) -> None:
+        nonlocal entered
+        async with private_broker.subscribe(f"c{i}"):
+            entered += 1
+            if entered == count:
+                all_inside.set()
+            await release.wait()
+
+    async with asyncio.TaskGroup() as group:
+        for i in range(count):
+            group.create_task(hold(i))
+        await asyncio.wait_for(all_inside.wait(), TIMEOUT)
+        assert await private_redis.command("PUBSUB", "NUMPAT") == 0
+        channels = await private_redis.command("PUBSUB", "CHANNELS")
+        assert len(channels) == count
+        stats = await private_redis.command("INFO", "commandstats")
+        release.set()
+    calls = int(stats["cmdstat_subscribe"]["calls"])
+    assert count // BATCH_SIZE <= calls <= 3 * (count // BATCH_SIZE)
+
+
+async def test_a_message_for_a_channel_nobody_here_wants_is_ignored(
+    broker: RedisBroker, shared_redis: aioredis.Redis, prefix: str
+) -> None:
+    async with broker.subscribe(prefix + "a") as sub:
+        await shared_redis.publish(prefix + "b", "not ours")
+        await shared_redis.publish(prefix + "a", "ours")
+        assert await receive(sub) == Message(prefix + "a", "ours")
+
+
+async def test_a_broker_on_a_given_client_leaves_the_client_open(
+    redis_url: str, prefix: str
+) -> None:
+    async with aioredis.Redis.from_url(redis_url) as client:
+        broker = RedisBroker(client=client, reconnect_delay=0.05)
+        await broker.connect()
+        async with broker.subscribe(prefix + "a") as sub:
+            await broker.publish(prefix + "a", "hi")
+            assert await receive(sub) == Message(prefix + "a", "hi")
+        await broker.disconnect()
+        assert await client.ping()
+
+
+def test_the_broker_needs_exactly_one_of_url_and_client() -> None:
+    url = "redis://127.0.0.1:6379/0"
+    with pytest.raises(ValueError, match="exactly one"):
+        RedisBroker()
+    with pytest.raises(ValueError, match="exactly one"):
+        RedisBroker(url, client=aioredis.Redis())
+    with pytest.raises(ValueError, match="reconnect_delay"):
+        RedisBroker(url, reconnect_delay=2, max_reconnect_delay=1)
+
+
+async def test_connect_is_idempotent(broker: RedisBroker) -> None:
+    await broker.connect()
+    assert broker.connected
+    await wait_until(lambda: broker.connected)
