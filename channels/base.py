@@ -57,6 +57,10 @@ class SubscriptionLike(Protocol):
         """Wait for the next message or gap."""
         ...
 
+    def put_gap(self, gap: Gap) -> None:
+        """Queue ``gap`` (even when full): tells the reader it may have missed messages."""
+        ...
+
     def get_nowait(self) -> Received | None:
         """The next message or gap, or None when none is queued."""
         ...

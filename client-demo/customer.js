@@ -15,6 +15,7 @@ import {
   announce,
   demoTokenSource,
   describeError,
+  fill,
   formatDateTime,
   formatMoney,
   formatTime,
@@ -90,8 +91,9 @@ async function signIn(/** @type {string} */ name) {
       if (status.state === "stopped" && status.error) showBanner({ title: "Live updates stopped", detail: status.error });
       renderStreamInfo();
     },
-    onSnapshot: (orders) => {
+    onSnapshot: (orders, info) => {
       for (const order of orders) mergeOrder(order);
+      if (info.reason === "reset") refreshStale(orders);
       if (!state.selectedId) {
         const open = orders.find((o) => !isTerminal(o.status));
         if (open) selectOrder(open.id);
@@ -134,6 +136,27 @@ function onEvent(event) {
     announce(`Order ${shortId(event.order_id)} is now ${statusLabel(event.status)}.`);
   }
   renderAll();
+}
+
+/**
+ * After a reset the snapshot holds the open orders; any order we still show as open that it
+ * lacks has moved on while we could not follow: read it again.
+ * @param {Order[]} snapshot
+ */
+async function refreshStale(snapshot) {
+  const tokens = state.tokens;
+  if (!tokens) return;
+  const inSnapshot = new Set(snapshot.map((o) => o.id));
+  const stale = [...state.orders.values()].filter((o) => !isTerminal(o.status) && !inSnapshot.has(o.id));
+  for (const order of stale) {
+    try {
+      const body = await apiRequest(location.origin, `/api/orders/${encodeURIComponent(order.id)}`, { token: await tokens.token() });
+      mergeOrder(body.order);
+    } catch (error) {
+      console.warn("could not refresh order", order.id, error);
+    }
+  }
+  if (stale.length) renderAll();
 }
 
 /** Keep the newest version of an order. @param {Order} order */
@@ -319,7 +342,8 @@ function renderTracker() {
   const timeline = [...(state.timelines.get(order.id)?.values() ?? [])].sort((a, b) => a.event_id - b.event_id);
   const canCancel = allowedNext(order.status, "customer").includes("CANCELLED");
 
-  body.replaceChildren(
+  fill(
+    body,
     h(
       "div",
       { class: "tracker__status" },

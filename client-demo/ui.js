@@ -55,6 +55,15 @@ export function h(tag, props, ...children) {
 }
 
 /**
+ * Replace an element's children, skipping the null / false of conditional parts.
+ * @param {Element} el
+ * @param {...(Node|string|null|undefined|false)} children
+ */
+export function fill(el, ...children) {
+  el.replaceChildren(...children.filter((c) => c !== null && c !== undefined && c !== false).map((c) => /** @type {Node|string} */ (c)));
+}
+
+/**
  * @param {string} id
  * @returns {HTMLElement}
  */

@@ -73,7 +73,9 @@ class Relay:
             published: list[int] = []
             for event in events:
                 deliveries = [
-                    Delivery(stream, seq, protocol.dumps(protocol.event_payload(stream, seq, event)))
+                    Delivery(
+                        stream, seq, protocol.dumps(protocol.event_payload(stream, seq, event))
+                    )
                     for stream, seq in positions[event.id]
                 ]
                 try:
@@ -93,7 +95,9 @@ class Relay:
 
     async def run(self, stop: asyncio.Event) -> None:
         """Relay until ``stop`` is set; errors are logged and retried."""
-        logger.info("relay started (grace %.1fs, every %.1fs)", self._grace.total_seconds(), self._interval)
+        logger.info(
+            "relay started (grace %.1fs, every %.1fs)", self._grace.total_seconds(), self._interval
+        )
         while not stop.is_set():
             try:
                 count = await self.run_once()

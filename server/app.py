@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import logging
 import secrets
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -60,10 +60,22 @@ class _RequestMetrics:
             self.metrics.http_requests.labels(route=route, status=str(status)).inc()
 
 
+BackgroundJob = Callable[[Services, asyncio.Event], Coroutine[Any, Any, None]]
+
+
 def create_app(
-    settings: Settings, *, broker: Broker | None = None, metrics: Metrics | None = None
+    settings: Settings,
+    *,
+    broker: Broker | None = None,
+    metrics: Metrics | None = None,
+    background: Sequence[BackgroundJob] = (),
 ) -> Starlette:
-    """Build the ASGI app; nothing connects until its lifespan starts."""
+    """Build the ASGI app; nothing connects until its lifespan starts.
+
+    ``broker``: an already-connected broker to use instead of the one REDIS_URL names.
+    ``background``: jobs run for the app's lifetime, each given the services and a stop event
+    (``python -m server`` runs the outbox relay this way on the embedded default).
+    """
     settings.validate()
     metrics = metrics or Metrics()
     # On the embedded default with no configured key, tokens are signed with a per-process secret.
@@ -89,7 +101,9 @@ def create_app(
                 stale_after=settings.broker_heartbeat_stale_after,
             )
             await stack.enter_async_context(heartbeat)
-            publisher = Publisher(db, the_broker, prefix=settings.redis_channel_prefix, metrics=metrics)
+            publisher = Publisher(
+                db, the_broker, prefix=settings.redis_channel_prefix, metrics=metrics
+            )
             hub = Hub(
                 db=db,
                 broker=the_broker,
@@ -111,7 +125,10 @@ def create_app(
                 hub=hub,
                 metrics=metrics,
             )
-            app.state.services = services  # for code outside a request (the embedded relay)
+            stop = asyncio.Event()
+            for job in background:
+                task = asyncio.create_task(job(services, stop))
+                stack.push_async_callback(_stop_job, task, stop, settings.graceful_shutdown_timeout)
             logger.info(
                 "orderstatus ready: database=%s broker=%s instance=%s",
                 db.dialect,
@@ -154,6 +171,18 @@ def create_app(
 
 async def _ws_endpoint(websocket: Any) -> None:
     await websocket.state.services.hub.endpoint(websocket)
+
+
+async def _stop_job(task: asyncio.Task[None], stop: asyncio.Event, grace: float) -> None:
+    stop.set()
+    try:
+        await asyncio.wait_for(task, grace)
+    except TimeoutError:
+        logger.warning(
+            "background job %s did not stop within %.0fs; cancelled", task.get_name(), grace
+        )
+    except Exception:
+        logger.exception("background job %s failed", task.get_name())
 
 
 async def _cancel(task: asyncio.Task[None]) -> None:

@@ -28,7 +28,14 @@ from server.db import Database
 from server.errors import CloseCode
 from server.metrics import Metrics
 from server.settings import Settings
-from server.streams import StreamHead, ensure_stream, events_after, open_orders, read_head, read_heads
+from server.streams import (
+    StreamHead,
+    ensure_stream,
+    events_after,
+    open_orders,
+    read_head,
+    read_heads,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -114,7 +121,9 @@ class Hub:
                 return
         await ws.accept()
         try:
-            since, epoch = _resume_position(ws.query_params.get("since"), ws.query_params.get("epoch"))
+            since, epoch = _resume_position(
+                ws.query_params.get("since"), ws.query_params.get("epoch")
+            )
             if principal is None:
                 principal = await self._first_message_auth(ws)
             await self._serve(ws, principal, since, epoch)
@@ -201,7 +210,9 @@ class Hub:
             await conn.ws.send_text(protocol.hello(conn.stream, head.epoch, head.head_seq, orders))
             return StreamCursor(head.head_seq)
         head = await self._head(conn.stream)
-        if (epoch is not None and epoch != head.epoch) or not (head.pruned_seq <= since <= head.head_seq):
+        if (epoch is not None and epoch != head.epoch) or not (
+            head.pruned_seq <= since <= head.head_seq
+        ):
             head, orders = await self._snapshot(conn.stream)
             logger.info("ws reset %s: since=%s epoch=%s head=%s", conn.stream, since, epoch, head)
             await conn.ws.send_text(protocol.reset(conn.stream, head.epoch, head.head_seq, orders))
@@ -225,7 +236,9 @@ class Hub:
                     # A hole in the index means a writer's seq is not committed yet; stop here,
                     # its publish (or the next poll) brings us back.
                     return
-                await conn.ws.send_text(protocol.dumps(protocol.event_payload(conn.stream, seq, event)))
+                await conn.ws.send_text(
+                    protocol.dumps(protocol.event_payload(conn.stream, seq, event))
+                )
                 cursor.advance(seq)
                 self._metrics.ws_backfilled_events.inc()
             if len(rows) < _BACKFILL_PAGE:
@@ -367,7 +380,7 @@ class Hub:
 
 
 def _poke(sub: SubscriptionLike, reason: str) -> None:
-    sub.put_gap(Gap(reason))  # type: ignore[attr-defined]
+    sub.put_gap(Gap(reason))
 
 
 def _discard(index: defaultdict[str, set[Connection]], key: str, conn: Connection) -> None:

@@ -12,7 +12,10 @@ class Metrics:
         self.registry = registry or CollectorRegistry()
         r = self.registry
         self.http_requests = Counter(
-            "http_requests_total", "HTTP requests by route and status", ["route", "status"], registry=r
+            "http_requests_total",
+            "HTTP requests by route and status",
+            ["route", "status"],
+            registry=r,
         )
         self.events_written = Counter(
             "events_written_total", "Events committed to the log", ["kind", "source"], registry=r
@@ -21,7 +24,9 @@ class Metrics:
             "events_published_total", "Stream deliveries published to the broker", registry=r
         )
         self.publish_failures = Counter(
-            "publish_failures_total", "Publishes that failed after commit (left to the relay)", registry=r
+            "publish_failures_total",
+            "Publishes that failed after commit (left to the relay)",
+            registry=r,
         )
         self.rejected_transitions = Counter(
             "rejected_transitions_total", "Status changes refused by the workflow (409)", registry=r
@@ -40,19 +45,26 @@ class Metrics:
             "ws_messages_sent_total", "Event messages sent to WebSocket clients", registry=r
         )
         self.ws_closes = Counter(
-            "ws_closes_total", "WebSocket connections closed by the server, by code", ["code"], registry=r
+            "ws_closes_total",
+            "WebSocket connections closed by the server, by code",
+            ["code"],
+            registry=r,
         )
         self.ws_slow_consumer_closes = Counter(
             "ws_slow_consumer_closes_total", "Clients closed with 4408 (queue overflow)", registry=r
         )
         self.ws_duplicates_dropped = Counter(
-            "ws_duplicates_dropped_total", "Events dropped because the client already had them", registry=r
+            "ws_duplicates_dropped_total",
+            "Events dropped because the client already had them",
+            registry=r,
         )
         self.ws_backfills = Counter(
             "ws_backfills_total", "Gap repairs read from the database", ["reason"], registry=r
         )
         self.ws_backfilled_events = Counter(
-            "ws_backfilled_events_total", "Events delivered from the database by gap repair", registry=r
+            "ws_backfilled_events_total",
+            "Events delivered from the database by gap repair",
+            registry=r,
         )
         self.hub_polls = Counter(
             "hub_polls_total", "Head polls of connected streams (broker not delivering)", registry=r

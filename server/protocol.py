@@ -111,7 +111,12 @@ class HelloMessage(TypedDict, total=False):
 
 def hello(stream: str, epoch: str, head_seq: int, orders: list[dict[str, Any]] | None) -> str:
     """The first message on a connection (with a snapshot for a fresh client)."""
-    message: HelloMessage = {"type": "hello", "stream": stream, "epoch": epoch, "head_seq": head_seq}
+    message: HelloMessage = {
+        "type": "hello",
+        "stream": stream,
+        "epoch": epoch,
+        "head_seq": head_seq,
+    }
     if orders is not None:
         message["orders"] = orders
     return dumps(message)

@@ -86,7 +86,9 @@ class Settings:
             # Mixing HMAC with a public key is the classic algorithm-confusion hole.
             raise ValueError("JWT_ALGORITHMS: HS* cannot be combined with JWT_PUBLIC_KEY")
         if self.ws_impl not in {"websockets", "websockets-sansio", "wsproto"}:
-            raise ValueError(f"WS_IMPL: expected websockets, websockets-sansio or wsproto, got {self.ws_impl!r}")
+            raise ValueError(
+                f"WS_IMPL: expected websockets, websockets-sansio or wsproto, got {self.ws_impl!r}"
+            )
         return self
 
     @classmethod

@@ -45,11 +45,11 @@ class StreamHead:
 
 
 def _insert(session: AsyncSession) -> type[postgresql.Insert] | type[sqlite.Insert]:
-    return postgresql.Insert if session.bind.dialect.name == "postgresql" else sqlite.Insert
+    return postgresql.Insert if session.get_bind().dialect.name == "postgresql" else sqlite.Insert
 
 
 async def allocate_seq(session: AsyncSession, stream: str) -> int:
-    """Take the next seq of ``stream``, holding its row lock until commit (commit order = seq order)."""
+    """Take the next seq of ``stream``; the row stays locked to commit: seq order = commit order."""
     insert = _insert(session)
     statement = (
         insert(Stream)

@@ -166,7 +166,9 @@ async def append_event(
     for stream in streams_of(order):
         seq = await allocate_seq(session, stream)
         session.add(StreamEvent(stream=stream, seq=seq, event_id=event.id))
-        deliveries.append(Delivery(stream, seq, protocol.dumps(protocol.event_payload(stream, seq, event))))
+        deliveries.append(
+            Delivery(stream, seq, protocol.dumps(protocol.event_payload(stream, seq, event)))
+        )
     await session.flush()
     return event, tuple(deliveries)
 

@@ -21,9 +21,10 @@ import redis.asyncio as aioredis
 
 from channels import Broker, create_broker
 from reconciler.relay import Relay
-from server.app import create_app
+from server.app import BackgroundJob, create_app
 from server.db import Database, migrate
 from server.metrics import Metrics
+from server.services import Services
 from server.settings import Settings
 from server.writes import Publisher
 from tests.support.clients import SECRET
@@ -183,14 +184,29 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
     """Start the app in-process on this test's backend; ``relay=True`` runs the outbox relay too."""
     async with contextlib.AsyncExitStack() as stack:
 
-        async def start(*, relay: bool = False, broker: Broker | None = None, **overrides: Any) -> Service:
+        async def start(
+            *, relay: bool = False, broker: Broker | None = None, **overrides: Any
+        ) -> Service:
             settings = backend.settings(**overrides)
             if broker is None:
                 broker = create_broker(settings.redis_url)
                 await broker.connect()
                 stack.push_async_callback(broker.disconnect)
             metrics = Metrics()
-            app = create_app(settings, broker=broker, metrics=metrics)
+            background: list[BackgroundJob] = []
+            if relay:
+
+                async def run_relay(services: Services, stop: asyncio.Event) -> None:
+                    await Relay(
+                        services.db,
+                        services.publisher,
+                        services.metrics,
+                        grace=settings.relay_grace,
+                        interval=0.2,
+                    ).run(stop)
+
+                background.append(run_relay)
+            app = create_app(settings, broker=broker, metrics=metrics, background=background)
             running = await stack.enter_async_context(
                 serve_in_process(
                     app,
@@ -198,20 +214,12 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
                     ws_per_message_deflate=settings.ws_per_message_deflate,
                 )
             )
-            http = await stack.enter_async_context(httpx.AsyncClient(base_url=running.http, timeout=10))
+            http = await stack.enter_async_context(
+                httpx.AsyncClient(base_url=running.http, timeout=10)
+            )
             db = Database(settings.database_url, pool_size=4)
             stack.push_async_callback(db.dispose)
             publisher = Publisher(db, broker, prefix=settings.redis_channel_prefix, metrics=metrics)
-            if relay:
-                stop = asyncio.Event()
-                relay_runner = Relay(db, publisher, metrics, grace=settings.relay_grace, interval=0.2)
-                task = asyncio.create_task(relay_runner.run(stop))
-
-                async def _stop_relay() -> None:
-                    stop.set()
-                    await asyncio.wait_for(task, 10)
-
-                stack.push_async_callback(_stop_relay)
             return Service(running, http, settings, broker, metrics, db, publisher)
 
         yield start

@@ -38,7 +38,8 @@ async def stream_events(request: Request) -> JSONResponse:
       - {name: epoch, in: query, schema: {type: string}}
       - {name: wait, in: query, schema: {type: integer, minimum: 0, maximum: 30}}
     responses:
-      200: {description: "{stream, epoch, head_seq, events, more} or, if SEQ is gone, {reset: true, orders}"}
+      200:
+        description: "{stream, epoch, head_seq, events, more}; SEQ gone: {reset: true, orders}"
       400: {description: Bad since or wait}
       401: {description: Unauthenticated}
     """
@@ -50,7 +51,9 @@ async def stream_events(request: Request) -> JSONResponse:
     epoch = request.query_params.get("epoch") or None
     stream = caller.stream
     head, events = await _read(svc, stream, since)
-    if head.epoch and ((epoch and epoch != head.epoch) or not head.pruned_seq <= since <= head.head_seq):
+    if head.epoch and (
+        (epoch and epoch != head.epoch) or not head.pruned_seq <= since <= head.head_seq
+    ):
         return await _reset(svc, stream)
     if not events and wait > 0:
         head, events = await _wait_for_events(svc, stream, since, wait)
@@ -98,7 +101,11 @@ async def _wait_for_events(
             if events or remaining <= 0:
                 return head, events
             # While the broker is not delivering, re-read the database every poll interval.
-            step = remaining if svc.heartbeat.delivering else min(remaining, svc.settings.hub_poll_interval)
+            step = (
+                remaining
+                if svc.heartbeat.delivering
+                else min(remaining, svc.settings.hub_poll_interval)
+            )
             try:
                 async with asyncio.timeout(step):
                     item = await sub.get()

@@ -16,7 +16,9 @@ schemas = SchemaGenerator(
         "openapi": "3.0.3",
         "info": {"title": "orderstatus", "version": "0.1.0"},
         "components": {
-            "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}},
+            "securitySchemes": {
+                "bearer": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
             "schemas": {
                 "NewOrder": {
                     "type": "object",

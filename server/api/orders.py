@@ -83,7 +83,9 @@ def parse_new_order(body: dict[str, Any]) -> NewOrder:
             {
                 "sku": _text(item.get("sku"), f"{where}.sku", max_len=100),
                 "name": _text(item.get("name"), f"{where}.name", max_len=200),
-                "quantity": _integer(item.get("quantity"), f"{where}.quantity", lo=1, hi=MAX_QUANTITY),
+                "quantity": _integer(
+                    item.get("quantity"), f"{where}.quantity", lo=1, hi=MAX_QUANTITY
+                ),
                 "unit_price": _integer(
                     item.get("unit_price"), f"{where}.unit_price", lo=0, hi=MAX_UNIT_PRICE
                 ),
@@ -96,7 +98,9 @@ def parse_new_order(body: dict[str, Any]) -> NewOrder:
     try:
         method = PaymentMethod(method_raw)
     except ValueError:
-        raise Unprocessable("payment_method must be online or cash", field="payment_method") from None
+        raise Unprocessable(
+            "payment_method must be online or cash", field="payment_method"
+        ) from None
     return NewOrder(store_id, items, currency, method)
 
 
@@ -257,7 +261,9 @@ async def audit_trail(request: Request) -> JSONResponse:
     order = await _visible_order(request, caller)
     async with services(request).db.read() as session:
         events = (
-            await session.execute(select(Event).where(Event.order_id == order.id).order_by(Event.id))
+            await session.execute(
+                select(Event).where(Event.order_id == order.id).order_by(Event.id)
+            )
         ).scalars()
         entries = [protocol.audit_entry(event) for event in events]
     return JSONResponse({"order_id": order.id, "events": entries})

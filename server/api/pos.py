@@ -32,7 +32,9 @@ async def set_status(request: Request) -> JSONResponse:
             type: object
             required: [status]
             properties:
-              status: {type: string, enum: [PENDING_PAYMENT, CONFIRMED, PREPARING, READY, OUT_FOR_DELIVERY, DELIVERED, CANCELLED, EXPIRED]}
+              status:
+                type: string
+                enum: [CONFIRMED, PREPARING, READY, OUT_FOR_DELIVERY, DELIVERED, CANCELLED]
               note: {type: string, maxLength: 500}
     responses:
       200: {description: "{order, event}"}

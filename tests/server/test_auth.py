@@ -54,7 +54,9 @@ def _claims(sub: str = "alice", ttl: float = 3600, **extra: Any) -> dict[str, An
     return {"sub": sub, "role": "customer", "exp": int(time.time() + ttl), **extra}
 
 
-def hand_signed(header: dict[str, Any], claims: dict[str, Any], key: bytes, digest: str = "sha256") -> str:
+def hand_signed(
+    header: dict[str, Any], claims: dict[str, Any], key: bytes, digest: str = "sha256"
+) -> str:
     """A JWT signed with HMAC by hand (PyJWT refuses to use a PEM key as an HMAC secret)."""
     signing_input = f"{_segment(header)}.{_segment(claims)}"
     signature = hmac.new(key, signing_input.encode(), getattr(hashlib, digest)).digest()
@@ -98,7 +100,9 @@ FORGED_HS: dict[str, Callable[[], str]] = {
     ),
     "tampered claims": _tampered,
     "expired": lambda: token("alice", ttl=-60),
-    "missing exp": lambda: jwt.encode({"sub": "alice", "role": "customer"}, SECRET, algorithm="HS256"),
+    "missing exp": lambda: jwt.encode(
+        {"sub": "alice", "role": "customer"}, SECRET, algorithm="HS256"
+    ),
     "exp not a number": lambda: jwt.encode(
         {"sub": "alice", "exp": str(int(time.time()) + 3600)}, SECRET, algorithm="HS256"
     ),
@@ -164,7 +168,9 @@ async def create_order(service: Service, tok: str, **overrides: Any) -> dict[str
 async def assert_refused_everywhere(service: Service, tok: str) -> None:
     """``tok`` is refused on REST reads and writes and on every WebSocket transport."""
     before = await counts(service)
-    error = assert_error(await service.http.get("/api/orders", headers=auth(tok)), 401, "unauthenticated")
+    error = assert_error(
+        await service.http.get("/api/orders", headers=auth(tok)), 401, "unauthenticated"
+    )
     assert tok not in error["message"]
     r = await service.http.post("/api/orders", json=order_body(), headers=auth(tok))
     assert_error(r, 401, "unauthenticated")
@@ -216,7 +222,9 @@ async def test_a_missing_or_malformed_authorization_header_is_401(
 
 async def test_a_pos_token_without_store_id_is_refused(service: Service) -> None:
     tok = token("pos-1", role="pos")
-    assert_error(await service.http.get("/api/pos/orders", headers=auth(tok)), 401, "unauthenticated")
+    assert_error(
+        await service.http.get("/api/pos/orders", headers=auth(tok)), 401, "unauthenticated"
+    )
     await refused_before_accept(service.ws_url, additional_headers=auth(tok))
 
 
@@ -225,7 +233,9 @@ async def test_a_pos_token_without_store_id_is_refused(service: Service) -> None
 
 async def start_rs256(start_service: StartService) -> Service:
     """A service that trusts only RS256 tokens signed by our private key."""
-    return await start_service(jwt_secret=None, jwt_public_key=PUBLIC_PEM, jwt_algorithms=("RS256",))
+    return await start_service(
+        jwt_secret=None, jwt_public_key=PUBLIC_PEM, jwt_algorithms=("RS256",)
+    )
 
 
 #: name -> a token an RS256-configured server must refuse.
@@ -257,7 +267,9 @@ async def test_algorithm_confusion_against_an_rs256_server_is_refused(
     await assert_refused_everywhere(service, FORGED_RS[forgery]())
 
 
-async def test_a_valid_rs256_token_is_accepted_by_an_rs256_server(start_service: StartService) -> None:
+async def test_a_valid_rs256_token_is_accepted_by_an_rs256_server(
+    start_service: StartService,
+) -> None:
     service = await start_rs256(start_service)
     tok = rs256(_claims("alice"))
     order = await create_order(service, tok)
@@ -266,13 +278,17 @@ async def test_a_valid_rs256_token_is_accepted_by_an_rs256_server(start_service:
     assert r.status_code == 200, r.text
     async with connect(service.ws_url, additional_headers=auth(tok)) as ws:
         hello = await recv_json(ws)
-    assert hello["type"] == "hello" and hello["stream"] == "customer:alice" and hello["head_seq"] == 1
+    assert (
+        hello["type"] == "hello" and hello["stream"] == "customer:alice" and hello["head_seq"] == 1
+    )
 
 
 # -- the WebSocket token lifecycle ------------------------------------------------------------
 
 
-async def test_a_socket_that_sends_no_token_is_closed_with_4401(start_service: StartService) -> None:
+async def test_a_socket_that_sends_no_token_is_closed_with_4401(
+    start_service: StartService,
+) -> None:
     service = await start_service(ws_auth_timeout=0.5)
     async with connect(service.ws_url) as ws:
         assert await expect_close(ws) == 4401
@@ -290,7 +306,9 @@ async def test_an_open_socket_is_closed_with_4401_when_its_token_expires(service
         assert await expect_close(ws, timeout=10) == 4401
 
 
-async def test_an_in_band_refresh_keeps_the_socket_open_past_the_first_expiry(service: Service) -> None:
+async def test_an_in_band_refresh_keeps_the_socket_open_past_the_first_expiry(
+    service: Service,
+) -> None:
     first = token("alice", ttl=2)
     expires = time.time() + 2
     async with connect(service.ws_url, additional_headers=auth(first)) as ws:
@@ -309,9 +327,15 @@ async def test_a_refresh_token_for_another_user_closes_with_4403(service: Servic
 
 
 async def test_a_refresh_token_for_another_role_closes_with_4403(service: Service) -> None:
-    async with connect(service.ws_url, additional_headers=auth(token("pos-1", role="pos", store_id="s1"))) as ws:
+    async with connect(
+        service.ws_url, additional_headers=auth(token("pos-1", role="pos", store_id="s1"))
+    ) as ws:
         assert (await recv_json(ws))["type"] == "hello"
-        await ws.send(orjson.dumps({"type": "auth", "token": token("pos-1", role="pos", store_id="s2")}).decode())
+        await ws.send(
+            orjson.dumps(
+                {"type": "auth", "token": token("pos-1", role="pos", store_id="s2")}
+            ).decode()
+        )
         assert await expect_close(ws) == 4403
 
 
@@ -326,10 +350,14 @@ async def test_a_forged_refresh_token_closes_with_4401(service: Service, forgery
 # -- cross-tenant -----------------------------------------------------------------------------
 
 
-async def test_a_customer_cannot_read_cancel_or_audit_another_customers_order(service: Service) -> None:
+async def test_a_customer_cannot_read_cancel_or_audit_another_customers_order(
+    service: Service,
+) -> None:
     alice, bob = token("alice"), token("bob")
     order = await create_order(service, alice)
-    before_trail = (await service.http.get(f"/api/orders/{order['id']}/events", headers=auth(alice))).json()
+    before_trail = (
+        await service.http.get(f"/api/orders/{order['id']}/events", headers=auth(alice))
+    ).json()
     before_counts = await counts(service)
 
     for method, path in [
@@ -338,7 +366,9 @@ async def test_a_customer_cannot_read_cancel_or_audit_another_customers_order(se
         ("POST", f"/api/orders/{order['id']}/cancel"),
     ]:
         theirs = await service.http.request(method, path, headers=auth(bob))
-        missing = await service.http.request(method, path.replace(order["id"], "ord_doesnotexist"), headers=auth(bob))
+        missing = await service.http.request(
+            method, path.replace(order["id"], "ord_doesnotexist"), headers=auth(bob)
+        )
         assert_error(theirs, 404, "not_found")
         # Someone else's order is indistinguishable from no order at all.
         assert theirs.json() == missing.json()
@@ -346,7 +376,9 @@ async def test_a_customer_cannot_read_cancel_or_audit_another_customers_order(se
     assert await counts(service) == before_counts
     mine = await service.http.get(f"/api/orders/{order['id']}", headers=auth(alice))
     assert mine.json()["order"] == order
-    after_trail = (await service.http.get(f"/api/orders/{order['id']}/events", headers=auth(alice))).json()
+    after_trail = (
+        await service.http.get(f"/api/orders/{order['id']}/events", headers=auth(alice))
+    ).json()
     assert after_trail == before_trail
     assert [e["status"] for e in after_trail["events"]] == ["CONFIRMED"]
 
@@ -465,7 +497,8 @@ async def test_a_customer_token_on_pos_endpoints_is_403(service: Service) -> Non
 
 
 @pytest.mark.parametrize(
-    "origin", ["https://evil.example", "null", "http://127.0.0.1.evil.example", "http://localhost:1"]
+    "origin",
+    ["https://evil.example", "null", "http://127.0.0.1.evil.example", "http://localhost:1"],
 )
 async def test_a_foreign_origin_is_refused_with_403(service: Service, origin: str) -> None:
     await refused_before_accept(
@@ -480,13 +513,23 @@ async def test_the_same_host_origin_is_allowed(service: Service) -> None:
         assert (await recv_json(ws))["type"] == "hello"
 
 
-async def test_a_configured_origin_is_allowed_and_lookalikes_are_not(start_service: StartService) -> None:
+async def test_a_configured_origin_is_allowed_and_lookalikes_are_not(
+    start_service: StartService,
+) -> None:
     service = await start_service(allowed_origins=("https://shop.example",))
     tok = token("alice")
-    async with connect(service.ws_url, origin=Origin("https://shop.example"), additional_headers=auth(tok)) as ws:
+    async with connect(
+        service.ws_url, origin=Origin("https://shop.example"), additional_headers=auth(tok)
+    ) as ws:
         assert (await recv_json(ws))["type"] == "hello"
-    for lookalike in ["https://shop.example.evil.example", "http://shop.example", "https://evil.example"]:
-        await refused_before_accept(service.ws_url, origin=Origin(lookalike), additional_headers=auth(tok))
+    for lookalike in [
+        "https://shop.example.evil.example",
+        "http://shop.example",
+        "https://evil.example",
+    ]:
+        await refused_before_accept(
+            service.ws_url, origin=Origin(lookalike), additional_headers=auth(tok)
+        )
 
 
 async def test_a_native_client_without_origin_is_allowed(service: Service) -> None:

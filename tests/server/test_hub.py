@@ -1,4 +1,4 @@
-"""The hub's delivery guarantees, attacked: resume, seams, lost publishes, slow consumers, restarts."""
+"""The hub's delivery guarantees, attacked: resume, seams, lost publishes, slow consumers."""
 
 from __future__ import annotations
 
@@ -35,7 +35,9 @@ FLOW = ["PREPARING", "READY", "OUT_FOR_DELIVERY", "DELIVERED"]
 
 
 async def place(service: Service, customer: str, **overrides: Any) -> str:
-    r = await service.http.post("/api/orders", json=order_body(**overrides), headers=auth(token(customer)))
+    r = await service.http.post(
+        "/api/orders", json=order_body(**overrides), headers=auth(token(customer))
+    )
     assert r.status_code == 201, r.text
     return str(r.json()["order"]["id"])
 
@@ -150,7 +152,12 @@ async def test_a_publish_that_never_happened_reaches_a_live_subscriber_through_t
         await recv_json(ws)  # hello
         # A writer that commits and then dies before publishing: its broker refuses everything.
         dead_broker = create_broker(None)
-        publisher = Publisher(service.db, dead_broker, prefix=service.settings.redis_channel_prefix, metrics=service.metrics)
+        publisher = Publisher(
+            service.db,
+            dead_broker,
+            prefix=service.settings.redis_channel_prefix,
+            metrics=service.metrics,
+        )
         await change_order_status(
             service.db,
             publisher,
@@ -168,9 +175,12 @@ async def test_a_publish_that_never_happened_reaches_a_live_subscriber_through_t
         assert event["seq"] == 2 and event["status"] == "PREPARING"
         await expect_silence(ws, 0.5)  # and only once
     async with service.db.read() as session:
-        assert await session.scalar(
-            select(func.count()).select_from(Event).where(Event.published_at.is_(None))
-        ) == 0
+        assert (
+            await session.scalar(
+                select(func.count()).select_from(Event).where(Event.published_at.is_(None))
+            )
+            == 0
+        )
 
 
 async def test_a_lost_publish_is_repaired_from_the_log_as_soon_as_the_next_seq_arrives(
@@ -179,9 +189,19 @@ async def test_a_lost_publish_is_repaired_from_the_log_as_soon_as_the_next_seq_a
     order_id = await place(service, "gus")
     async with connect(ws_url(service, "gus", since=1)) as ws:
         await recv_json(ws)
-        dead = Publisher(service.db, create_broker(None), prefix=service.settings.redis_channel_prefix, metrics=service.metrics)
+        dead = Publisher(
+            service.db,
+            create_broker(None),
+            prefix=service.settings.redis_channel_prefix,
+            metrics=service.metrics,
+        )
         await change_order_status(
-            service.db, dead, service.metrics, order_id=order_id, to=OrderStatus.PREPARING, actor=Actor.system()
+            service.db,
+            dead,
+            service.metrics,
+            order_id=order_id,
+            to=OrderStatus.PREPARING,
+            actor=Actor.system(),
         )
         assert (await move(service, order_id, "READY")).status_code == 200
         events = await recv_events(ws, 2)
@@ -199,7 +219,12 @@ async def test_a_slow_consumer_is_closed_with_4408_and_resumes_without_loss(
     # per-connection queue overflows.
     # Random text, so per-message compression (if a deployment enables it) cannot shrink it.
     big_items = [
-        {"sku": secrets.token_urlsafe(70), "name": secrets.token_urlsafe(150), "quantity": 1, "unit_price": 1}
+        {
+            "sku": secrets.token_urlsafe(70),
+            "name": secrets.token_urlsafe(150),
+            "quantity": 1,
+            "unit_price": 1,
+        }
         for _ in range(100)
     ]
     sock = socket.socket()
@@ -213,7 +238,7 @@ async def test_a_slow_consumer_is_closed_with_4408_and_resumes_without_loss(
             await place(service, "hal", items=big_items)
         assert await expect_close(ws, timeout=30) == 4408
         # What did reach us before the close is a contiguous prefix.
-    assert service.metrics.ws_slow_consumer_closes._value.get() >= 1  # type: ignore[attr-defined]
+    assert service.metrics.registry.get_sample_value("ws_slow_consumer_closes_total") == 1
     async with connect(ws_url(service, "hal", since=0, epoch=epoch), max_size=None) as ws:
         hello = await recv_json(ws)
         events = await recv_events(ws, N, timeout=60)
@@ -261,7 +286,10 @@ async def test_many_concurrent_pos_updates_keep_every_stream_contiguous_and_lose
             for order in db_orders:
                 last = (
                     await session.execute(
-                        select(Event).where(Event.order_id == order.id).order_by(Event.id.desc()).limit(1)
+                        select(Event)
+                        .where(Event.order_id == order.id)
+                        .order_by(Event.id.desc())
+                        .limit(1)
                     )
                 ).scalar_one()
                 count = await session.scalar(
@@ -275,7 +303,9 @@ async def test_many_concurrent_pos_updates_keep_every_stream_contiguous_and_lose
             assert seqs(got) == list(range(4, 4 + expected))
             await expect_silence(ws, 0.2)
         store_expected = len(by_stream["store:store-1"]) - 9
-        assert seqs(await recv_events(store_ws, store_expected)) == list(range(10, 10 + store_expected))
+        assert seqs(await recv_events(store_ws, store_expected)) == list(
+            range(10, 10 + store_expected)
+        )
     finally:
         for ws in [*listeners.values(), store_ws]:
             await ws.close()
@@ -320,7 +350,9 @@ async def test_shutdown_closes_sockets_with_1012_so_clients_reconnect_elsewhere(
     assert await expect_close(ws, timeout=10) == 1012
 
 
-async def test_writes_from_the_write_path_directly_reach_the_store_stream_too(service: Service) -> None:
+async def test_writes_from_the_write_path_directly_reach_the_store_stream_too(
+    service: Service,
+) -> None:
     principal = Principal("oli", Role.CUSTOMER, None, 2e9)
     async with connect(f"{service.ws_url}?token={POS}") as ws:
         await recv_json(ws)
@@ -341,7 +373,9 @@ async def test_writes_from_the_write_path_directly_reach_the_store_stream_too(se
 
 
 @pytest.mark.parametrize("status", ["CANCELLED"])
-async def test_a_customer_cancel_goes_through_the_same_path_and_stream(service: Service, status: str) -> None:
+async def test_a_customer_cancel_goes_through_the_same_path_and_stream(
+    service: Service, status: str
+) -> None:
     order_id = await place(service, "pia")
     async with connect(ws_url(service, "pia", since=1)) as ws:
         await recv_json(ws)

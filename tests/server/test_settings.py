@@ -15,7 +15,10 @@ PG = "postgresql+asyncpg://postgres@127.0.0.1:5432/orderstatus"
 
 #: variable -> (raw environment value, the parsed value Settings must hold).
 EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
-    "DATABASE_URL": ("postgresql://app@db.internal:5432/orders", "postgresql+asyncpg://app@db.internal:5432/orders"),
+    "DATABASE_URL": (
+        "postgresql://app@db.internal:5432/orders",
+        "postgresql+asyncpg://app@db.internal:5432/orders",
+    ),
     "REDIS_URL": ("rediss://cache.internal:6380/2", "rediss://cache.internal:6380/2"),
     "REDIS_CHANNEL_PREFIX": ("shop-a:", "shop-a:"),
     "JWT_SECRET": ("s3cret-s3cret-s3cret", "s3cret-s3cret-s3cret"),
@@ -24,7 +27,10 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "DEMO_TOKENS": ("Yes", True),
     "HOST": ("0.0.0.0", "0.0.0.0"),
     "PORT": ("9000", 9000),
-    "ALLOWED_ORIGINS": ("https://shop.example, https://pos.example", ("https://shop.example", "https://pos.example")),
+    "ALLOWED_ORIGINS": (
+        "https://shop.example, https://pos.example",
+        ("https://shop.example", "https://pos.example"),
+    ),
     "MIGRATE_ON_START": ("off", False),
     "DB_POOL_SIZE": ("5", 5),
     "MAX_BODY_BYTES": ("1024", 1024),
@@ -35,6 +41,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "WS_PING_INTERVAL": ("5", 5.0),
     "WS_PING_TIMEOUT": ("6.25", 6.25),
     "WS_IMPL": ("wsproto", "wsproto"),
+    "WS_PER_MESSAGE_DEFLATE": ("true", True),
     "HUB_POLL_INTERVAL": ("0.25", 0.25),
     "HUB_SAFETY_POLL_INTERVAL": ("0", 0.0),
     "BROKER_HEARTBEAT_INTERVAL": ("0.5", 0.5),
@@ -51,7 +58,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "INSTANCE_ID": ("web-7", "web-7"),
 }
 
-BOOLS = ["DEMO_TOKENS", "MIGRATE_ON_START", "RELAY_IN_PROCESS"]
+BOOLS = ["DEMO_TOKENS", "MIGRATE_ON_START", "RELAY_IN_PROCESS", "WS_PER_MESSAGE_DEFLATE"]
 INTS = [
     "PORT",
     "DB_POOL_SIZE",
@@ -109,7 +116,9 @@ def test_an_empty_environment_gives_the_embedded_defaults() -> None:
 
 
 def test_empty_values_count_as_unset() -> None:
-    settings = Settings.from_environ({"PORT": "", "REDIS_URL": "", "DEMO_TOKENS": "", "JWT_ALGORITHMS": ""})
+    settings = Settings.from_environ(
+        {"PORT": "", "REDIS_URL": "", "DEMO_TOKENS": "", "JWT_ALGORITHMS": ""}
+    )
     assert settings.port == 8000
     assert settings.redis_url is None
     assert settings.demo_tokens is None
@@ -135,7 +144,9 @@ def test_unrelated_variables_are_ignored() -> None:
     ],
 )
 @pytest.mark.parametrize("variable", BOOLS)
-def test_boolean_variables_accept_the_usual_spellings(variable: str, raw: str, expected: bool) -> None:
+def test_boolean_variables_accept_the_usual_spellings(
+    variable: str, raw: str, expected: bool
+) -> None:
     settings = Settings.from_environ({variable: raw, "JWT_SECRET": "x"})
     assert getattr(settings, _attr(variable)) is expected
 
@@ -143,21 +154,27 @@ def test_boolean_variables_accept_the_usual_spellings(variable: str, raw: str, e
 @pytest.mark.parametrize("raw", ["maybe", "2", "y", "enabled", "tru"])
 @pytest.mark.parametrize("variable", BOOLS)
 def test_a_bad_boolean_names_its_variable(variable: str, raw: str) -> None:
-    with pytest.raises(ValueError, match=rf"^{variable}: expected true or false, got {re.escape(repr(raw))}$"):
+    with pytest.raises(
+        ValueError, match=rf"^{variable}: expected true or false, got {re.escape(repr(raw))}$"
+    ):
         Settings.from_environ({variable: raw})
 
 
 @pytest.mark.parametrize("raw", ["ten", "1.5", "1e3", "0x10", "12abc"])
 @pytest.mark.parametrize("variable", INTS)
 def test_a_bad_integer_names_its_variable(variable: str, raw: str) -> None:
-    with pytest.raises(ValueError, match=rf"^{variable}: expected an integer, got {re.escape(repr(raw))}$"):
+    with pytest.raises(
+        ValueError, match=rf"^{variable}: expected an integer, got {re.escape(repr(raw))}$"
+    ):
         Settings.from_environ({variable: raw})
 
 
 @pytest.mark.parametrize("raw", ["fast", "1,5", "1s", "--1"])
 @pytest.mark.parametrize("variable", FLOATS)
 def test_a_bad_number_names_its_variable(variable: str, raw: str) -> None:
-    with pytest.raises(ValueError, match=rf"^{variable}: expected a number, got {re.escape(repr(raw))}$"):
+    with pytest.raises(
+        ValueError, match=rf"^{variable}: expected a number, got {re.escape(repr(raw))}$"
+    ):
         Settings.from_environ({variable: raw})
 
 
@@ -199,7 +216,14 @@ def test_database_url_accepts_sqlite_and_postgres_forms(raw: str, expected: str)
 
 
 @pytest.mark.parametrize(
-    "raw", ["mysql://h/db", "sqlite:///x.db", "postgres://h/db", "./orders.db", "postgresql+psycopg://h/db"]
+    "raw",
+    [
+        "mysql://h/db",
+        "sqlite:///x.db",
+        "postgres://h/db",
+        "./orders.db",
+        "postgresql+psycopg://h/db",
+    ],
 )
 def test_a_bad_database_url_names_the_variable(raw: str) -> None:
     with pytest.raises(ValueError, match=r"^DATABASE_URL: expected .*got "):
@@ -213,7 +237,9 @@ def test_a_bad_log_format_names_the_variable(raw: str) -> None:
 
 
 def test_a_bad_ws_implementation_names_the_variable() -> None:
-    with pytest.raises(ValueError, match=r"^WS_IMPL: expected websockets, websockets-sansio or wsproto"):
+    with pytest.raises(
+        ValueError, match=r"^WS_IMPL: expected websockets, websockets-sansio or wsproto"
+    ):
         Settings.from_environ({"WS_IMPL": "aiohttp"})
 
 
@@ -233,7 +259,12 @@ def test_allowed_origins_is_a_comma_separated_list(raw: str, expected: tuple[str
 
 @pytest.mark.parametrize(
     ("variable", "raw"),
-    [("PORT", "70000"), ("PORT", "-1"), ("MAX_BODY_BYTES", "0"), ("WS_MAX_CONNECTIONS_PER_USER", "0")],
+    [
+        ("PORT", "70000"),
+        ("PORT", "-1"),
+        ("MAX_BODY_BYTES", "0"),
+        ("WS_MAX_CONNECTIONS_PER_USER", "0"),
+    ],
 )
 def test_an_out_of_range_number_names_its_variable(variable: str, raw: str) -> None:
     with pytest.raises(ValueError, match=rf"^{variable}: "):
@@ -281,7 +312,9 @@ def test_a_public_key_can_be_read_from_a_file(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("algorithms", ["HS256", "RS256,HS256", "HS512"])
 def test_an_hmac_algorithm_with_a_public_key_is_an_error(algorithms: str) -> None:
-    with pytest.raises(ValueError, match=r"^JWT_ALGORITHMS: HS\* cannot be combined with JWT_PUBLIC_KEY"):
+    with pytest.raises(
+        ValueError, match=r"^JWT_ALGORITHMS: HS\* cannot be combined with JWT_PUBLIC_KEY"
+    ):
         Settings.from_environ({"JWT_PUBLIC_KEY": "pem", "JWT_ALGORITHMS": algorithms})
 
 
@@ -325,7 +358,10 @@ def test_embedded_means_sqlite_and_the_in_memory_broker(
 def test_explicit_demo_tokens_and_relay_override_the_embedded_default(explicit: bool) -> None:
     for database_url in ["sqlite+aiosqlite:///./x.db", PG]:
         settings = Settings(
-            database_url=database_url, jwt_secret="x", demo_tokens=explicit, relay_in_process=explicit
+            database_url=database_url,
+            jwt_secret="x",
+            demo_tokens=explicit,
+            relay_in_process=explicit,
         )
         assert settings.demo_tokens_enabled is explicit
         assert settings.relay_enabled is explicit

@@ -124,7 +124,9 @@ def test_a_terminal_status_has_no_exit_for_anyone(status: str) -> None:
         assert allowed_next(terminal, mover) == []
 
 
-@pytest.mark.parametrize("status", ["PENDING_PAYMENT", "CONFIRMED", "PREPARING", "READY", "OUT_FOR_DELIVERY"])
+@pytest.mark.parametrize(
+    "status", ["PENDING_PAYMENT", "CONFIRMED", "PREPARING", "READY", "OUT_FOR_DELIVERY"]
+)
 def test_an_open_status_is_open_and_the_system_can_leave_it(status: str) -> None:
     assert is_open(OrderStatus(status))
     assert allowed_next(OrderStatus(status), Mover.SYSTEM) != []
@@ -173,7 +175,9 @@ def test_parse_status_returns_none_for_anything_that_is_not_a_status_name(junk: 
     assert parse_status(junk) is None
 
 
-moves = st.lists(st.tuples(st.sampled_from(list(Mover)), st.sampled_from(list(OrderStatus))), max_size=40)
+moves = st.lists(
+    st.tuples(st.sampled_from(list(Mover)), st.sampled_from(list(OrderStatus))), max_size=40
+)
 
 
 @given(start=st.sampled_from(list(OrderStatus)), attempts=moves)

@@ -43,7 +43,9 @@ async def recv_json(ws: ClientConnection, timeout: float = 5.0) -> dict[str, Any
     return message
 
 
-async def recv_events(ws: ClientConnection, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
+async def recv_events(
+    ws: ClientConnection, count: int, timeout: float = 10.0
+) -> list[dict[str, Any]]:
     """Exactly ``count`` event messages (other message types are skipped)."""
     events: list[dict[str, Any]] = []
     deadline = asyncio.get_running_loop().time() + timeout
@@ -78,7 +80,9 @@ async def expect_close(ws: ClientConnection, timeout: float = 5.0) -> int:
     return ws.close_code
 
 
-def order_body(store_id: str = "store-1", *, method: str = "cash", **overrides: Any) -> dict[str, Any]:
+def order_body(
+    store_id: str = "store-1", *, method: str = "cash", **overrides: Any
+) -> dict[str, Any]:
     """A valid create-order body."""
     body: dict[str, Any] = {
         "store_id": store_id,

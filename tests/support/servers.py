@@ -1,4 +1,4 @@
-"""Run the app under a real uvicorn: in-process (a task) or as a subprocess (``python -m server``)."""
+"""Run the app under a real uvicorn: in-process (a task) or as a ``python -m server`` process."""
 
 from __future__ import annotations
 
