@@ -145,6 +145,7 @@ export const CloseCode = Object.freeze({
   TOO_MANY_CONNECTIONS: 4429,
 });
 
+/** @type {Map<number, string>} */
 const FATAL_CLOSE = new Map([
   [CloseCode.FORBIDDEN, "The server refused this connection (4403 forbidden)."],
   [CloseCode.TOO_MANY_CONNECTIONS, "Too many open connections for this user (4429). Close other tabs and retry."],
@@ -297,6 +298,9 @@ function defaultStorage() {
 
 class GapError extends Error {}
 
+/** A connection up this long has proved itself: the backoff starts over. */
+const STABLE_AFTER_MS = 10000;
+
 /**
  * @typedef {Object} Session  one WebSocket connection's bookkeeping
  * @property {any} sock
@@ -379,6 +383,7 @@ export class OrderStatusClient {
     this._wsFailures = 0;
     this._nextWsProbeAt = 0;
     this._attempt = 0;
+    this._onOnline = () => this._wake?.();
   }
 
   // -- public API ---------------------------------------------------------------------------
@@ -389,6 +394,8 @@ export class OrderStatusClient {
     this._running = true;
     this._stopped = false;
     this._abort = new AbortController();
+    // Back online: do not sit out the rest of a backoff delay.
+    globalThis.addEventListener?.("online", this._onOnline);
     this._loop = this._run().finally(() => {
       this._running = false;
     });
@@ -398,6 +405,7 @@ export class OrderStatusClient {
   /** Close the connection and stop for good; resolves when everything has wound down. */
   async stop() {
     this._stopped = true;
+    globalThis.removeEventListener?.("online", this._onOnline);
     this._abort.abort(new Error("client stopped"));
     const session = this._session;
     if (session) this._endSession(session, { kind: "stopped" }, CloseCode.NORMAL, "client stopped");
@@ -493,7 +501,6 @@ export class OrderStatusClient {
           break;
         case "closed":
           this._wsFailures = 0;
-          if ((outcome.liveMs ?? 0) > 10000) this._attempt = 0;
           this._attempt += 1;
           if (outcome.code === CloseCode.UNAUTHENTICATED) refresh = true;
           delay = this._backoff();
@@ -670,7 +677,10 @@ export class OrderStatusClient {
       return;
     }
     if (event.seq > this.lastSeq + 1) {
+      const resets = this.stats.resets;
       await this._catchUp(event.seq - 1);
+      // The log was reset under us: this connection's positions belong to the old one.
+      if (this.stats.resets !== resets) throw new GapError("the stream was reset; reconnecting");
       if (event.seq <= this.lastSeq) {
         this.stats.duplicates += 1;
         return;
@@ -920,7 +930,12 @@ export class OrderStatusClient {
     session.hello = true;
     session.liveAt = Date.now();
     this._wsFailures = 0;
-    this._attempt = 0;
+    // Only a connection that stays up a while resets the backoff: one that flaps keeps backing off.
+    session.timers.push(
+      setTimeout(() => {
+        this._attempt = 0;
+      }, STABLE_AFTER_MS),
+    );
     this._setStatus({ state: "live", transport: "websocket", attempt: 0 });
     /** @type {number} */
     let pongDue = 0;

@@ -35,6 +35,7 @@ async def main(settings: Settings) -> None:
             metrics,
             grace=settings.relay_grace,
             interval=settings.relay_interval,
+            retention=settings.retention,
         )
         await relay.run(stop)
     finally:

@@ -21,6 +21,7 @@ from server import protocol
 from server.db import Database
 from server.metrics import Metrics
 from server.models import Event, StreamEvent, utcnow
+from server.streams import prune
 from server.writes import Delivery, Publisher
 
 logger = logging.getLogger(__name__)
@@ -38,6 +39,8 @@ class Relay:
         grace: float = 2.0,
         interval: float = 1.0,
         batch: int = 200,
+        retention: timedelta | None = None,
+        prune_every: float = 60.0,
     ) -> None:
         self._db = db
         self._publisher = publisher
@@ -45,6 +48,8 @@ class Relay:
         self._grace = timedelta(seconds=grace)
         self._interval = interval
         self._batch = batch
+        self._retention = retention
+        self._prune_every = prune_every
 
     async def run_once(self) -> int:
         """Publish one batch of unpublished events older than the grace period; how many."""
@@ -93,13 +98,29 @@ class Relay:
             logger.info("relay published %d straggling event(s)", len(published))
         return len(published)
 
+    async def prune_once(self) -> int:
+        """Delete events older than the retention period (none if retention is off)."""
+        if self._retention is None:
+            return 0
+        before = utcnow() - self._retention
+        async with self._db.transaction() as session:
+            pruned = await prune(session, before)
+        if pruned:
+            logger.info("pruned %d event(s) older than %s", pruned, before.isoformat())
+        return pruned
+
     async def run(self, stop: asyncio.Event) -> None:
-        """Relay until ``stop`` is set; errors are logged and retried."""
+        """Relay (and prune) until ``stop`` is set; errors are logged and retried."""
         logger.info(
             "relay started (grace %.1fs, every %.1fs)", self._grace.total_seconds(), self._interval
         )
+        loop = asyncio.get_running_loop()
+        next_prune = loop.time()
         while not stop.is_set():
             try:
+                if self._retention is not None and loop.time() >= next_prune:
+                    next_prune = loop.time() + self._prune_every
+                    await self.prune_once()
                 count = await self.run_once()
             except asyncio.CancelledError:
                 raise

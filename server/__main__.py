@@ -27,6 +27,7 @@ def _relay_job(settings: Settings) -> BackgroundJob:
             services.metrics,
             grace=settings.relay_grace,
             interval=settings.relay_interval,
+            retention=settings.retention,
         )
         await relay.run(stop)
 

@@ -112,6 +112,8 @@ def create_app(
                 settings=settings,
                 metrics=metrics,
             )
+            metrics.watch_gc()
+            stack.callback(metrics.unwatch_gc)
             poller = asyncio.create_task(hub.run_poller(), name="hub-poller")
             stack.push_async_callback(_cancel, poller)
             stack.push_async_callback(hub.shutdown)

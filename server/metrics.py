@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
@@ -75,3 +78,35 @@ class Metrics:
         self.longpoll_requests = Counter(
             "longpoll_requests_total", "GET /api/events calls", registry=r
         )
+        self.gc_pause_seconds = Histogram(
+            "python_gc_pause_seconds",
+            "Stop-the-world garbage-collector pauses, by generation",
+            ["generation"],
+            buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0),
+            registry=r,
+        )
+        self.gc_pause_max = Gauge(
+            "python_gc_pause_max_seconds", "Longest garbage-collector pause seen", registry=r
+        )
+        self._gc_started = 0.0
+        self._max_pause = 0.0
+
+    def watch_gc(self) -> None:
+        """Time every collection (a pause of the event loop) into gc_pause_seconds."""
+        if self._on_gc not in gc.callbacks:
+            gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        """Stop timing collections."""
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_started = time.perf_counter()
+            return
+        pause = time.perf_counter() - self._gc_started
+        self.gc_pause_seconds.labels(generation=str(info.get("generation", "?"))).observe(pause)
+        if pause > self._max_pause:
+            self._max_pause = pause
+            self.gc_pause_max.set(pause)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
+from datetime import timedelta
 from typing import Any, TypeVar
 
 T = TypeVar("T")
@@ -50,6 +51,7 @@ class Settings:
     relay_in_process: bool | None = None
     relay_grace: float = 2.0
     relay_interval: float = 1.0
+    event_retention_days: float = 0.0
     longpoll_max_wait: float = 30.0
     order_expiry_seconds: int = 1_800
     snapshot_max_orders: int = 200
@@ -67,6 +69,11 @@ class Settings:
     def demo_tokens_enabled(self) -> bool:
         """Demo-token minting is on by default only on the embedded default."""
         return self.embedded if self.demo_tokens is None else self.demo_tokens
+
+    @property
+    def retention(self) -> timedelta | None:
+        """How long events are kept (EVENT_RETENTION_DAYS), or None for forever."""
+        return timedelta(days=self.event_retention_days) if self.event_retention_days > 0 else None
 
     @property
     def relay_enabled(self) -> bool:

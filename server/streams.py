@@ -6,7 +6,9 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import select
+from datetime import datetime
+
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
@@ -129,3 +131,34 @@ async def open_orders(session: AsyncSession, stream: str, *, limit: int) -> Sequ
         .limit(limit)
     )
     return rows.scalars().all()
+
+
+async def prune(session: AsyncSession, before: datetime, *, batch: int = 1000) -> int:
+    """Delete up to ``batch`` events older than ``before`` and their stream positions.
+
+    Each stream's ``pruned_seq`` moves up to the newest seq deleted, so a client resuming from
+    before it gets a ``reset`` instead of a silent hole.
+    """
+    ids = list(
+        (
+            await session.execute(
+                select(Event.id).where(Event.created_at < before).order_by(Event.id).limit(batch)
+            )
+        ).scalars()
+    )
+    if not ids:
+        return 0
+    newest = await session.execute(
+        select(StreamEvent.stream, func.max(StreamEvent.seq))
+        .where(StreamEvent.event_id.in_(ids))
+        .group_by(StreamEvent.stream)
+    )
+    for stream, seq in newest:
+        await session.execute(
+            update(Stream)
+            .where(Stream.name == stream, Stream.pruned_seq < seq)
+            .values(pruned_seq=seq)
+        )
+    await session.execute(delete(StreamEvent).where(StreamEvent.event_id.in_(ids)))
+    await session.execute(delete(Event).where(Event.id.in_(ids)))
+    return len(ids)

@@ -1,0 +1,260 @@
+"""GET /api/events?since=&wait= — the caller's stream over REST, and its long-poll."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import httpx
+import pytest
+from websockets.asyncio.client import connect
+
+from tests.conftest import Service
+from tests.support.clients import auth, order_body, recv_events, recv_json, token
+
+ALICE = token("alice")
+BOB = token("bob")
+POS1 = token("pos-1", role="pos", store_id="store-1")
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
+    """The response is ``status`` with the one JSON error shape; its ``error`` object."""
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"error"}, body
+    error = body["error"]
+    assert error["code"] == code, body
+    assert isinstance(error["message"], str) and error["message"], body
+    return dict(error)
+
+
+async def create(service: Service, tok: str = ALICE, **overrides: Any) -> str:
+    """Create an order; its id."""
+    r = await service.http.post("/api/orders", json=order_body(**overrides), headers=auth(tok))
+    assert r.status_code == 201, r.text
+    order_id: str = r.json()["order"]["id"]
+    return order_id
+
+
+async def move(service: Service, order_id: str, status: str) -> None:
+    """The store moves ``order_id`` to ``status``."""
+    r = await service.http.post(
+        f"/api/pos/orders/{order_id}/status", json={"status": status}, headers=auth(POS1)
+    )
+    assert r.status_code == 200, r.text
+
+
+async def events(service: Service, tok: str = ALICE, **params: str) -> dict[str, Any]:
+    """GET /api/events with ``params``; the JSON body of a 200."""
+    r = await service.http.get("/api/events", params=params, headers=auth(tok), timeout=40)
+    assert r.status_code == 200, r.text
+    body: dict[str, Any] = r.json()
+    return body
+
+
+async def five_events(service: Service) -> list[str]:
+    """Alice's stream gets five events: three orders created, two of them moved."""
+    ids = [await create(service) for _ in range(3)]
+    await move(service, ids[0], "PREPARING")
+    await move(service, ids[1], "CANCELLED")
+    return ids
+
+
+async def test_a_stream_nobody_wrote_to_is_empty(service: Service) -> None:
+    body = await events(service)
+    assert body["stream"] == "customer:alice"
+    assert body["head_seq"] == 0
+    assert body["events"] == []
+
+
+async def test_since_zero_returns_the_whole_stream_with_contiguous_seqs(service: Service) -> None:
+    ids = await five_events(service)
+    body = await events(service, since="0")
+    assert body["stream"] == "customer:alice"
+    assert body["head_seq"] == 5
+    assert isinstance(body["epoch"], str) and body["epoch"]
+    got = body["events"]
+    assert [e["seq"] for e in got] == [1, 2, 3, 4, 5]
+    assert {e["type"] for e in got} == {"event"}
+    assert {e["stream"] for e in got} == {"customer:alice"}
+    assert [e["order_id"] for e in got] == [ids[0], ids[1], ids[2], ids[0], ids[1]]
+    assert [e["status"] for e in got] == ["CONFIRMED"] * 3 + ["PREPARING", "CANCELLED"]
+    assert [e["previous_status"] for e in got] == [None] * 3 + ["CONFIRMED", "CONFIRMED"]
+    assert got[3]["order"]["status"] == "PREPARING" and got[3]["order"]["id"] == ids[0]
+    assert len({e["event_id"] for e in got}) == 5
+
+
+@pytest.mark.parametrize("since", [0, 1, 2, 3, 4, 5])
+async def test_since_returns_exactly_the_events_after_it(service: Service, since: int) -> None:
+    await five_events(service)
+    everything = (await events(service, since="0"))["events"]
+    body = await events(service, since=str(since))
+    assert body["head_seq"] == 5
+    assert [e["seq"] for e in body["events"]] == list(range(since + 1, 6))
+    assert body["events"] == everything[since:]
+    assert "reset" not in body or body["reset"] is False
+
+
+async def test_without_since_the_whole_stream_is_returned(service: Service) -> None:
+    await five_events(service)
+    assert [e["seq"] for e in (await events(service))["events"]] == [1, 2, 3, 4, 5]
+
+
+async def test_the_stream_comes_from_the_token_not_the_query(service: Service) -> None:
+    await create(service)
+    await create(service, BOB)
+    body = await events(service, BOB, since="0", stream="customer:alice", customer_id="alice")
+    assert body["stream"] == "customer:bob"
+    assert [e["seq"] for e in body["events"]] == [1]
+    assert {e["order"]["customer_id"] for e in body["events"]} == {"bob"}
+
+
+async def test_a_store_terminal_reads_its_store_stream(service: Service) -> None:
+    await create(service)
+    await create(service, BOB)
+    await create(service, BOB, store_id="store-2")
+    body = await events(service, POS1, since="0")
+    assert body["stream"] == "store:store-1"
+    assert [e["seq"] for e in body["events"]] == [1, 2]
+    assert {e["order"]["store_id"] for e in body["events"]} == {"store-1"}
+
+
+async def test_rest_gives_the_same_events_as_the_websocket(service: Service) -> None:
+    async with connect(service.ws_url, additional_headers=auth(ALICE)) as ws:
+        assert (await recv_json(ws))["type"] == "hello"
+        await five_events(service)
+        live = await recv_events(ws, 5)
+    assert (await events(service, since="0"))["events"] == live
+
+
+async def _longpoll_started(service: Service, count: int) -> None:
+    """Wait until ``count`` long-poll requests have reached the endpoint."""
+    async with asyncio.timeout(10):
+        while (service.metrics.registry.get_sample_value("longpoll_requests_total") or 0) < count:
+            await asyncio.sleep(0.02)
+
+
+async def test_a_long_poll_returns_as_soon_as_another_task_writes_an_event(service: Service) -> None:
+    order_id = await create(service)
+    poll = asyncio.create_task(events(service, since="1", wait="30"))
+    await _longpoll_started(service, 1)
+    await asyncio.sleep(0.2)  # let it subscribe; an earlier write is found by its re-read anyway
+    await move(service, order_id, "PREPARING")
+    # Well inside the 30 s wait: it was woken by the write, not by its deadline.
+    body = await asyncio.wait_for(poll, 20)
+    assert [e["seq"] for e in body["events"]] == [2]
+    assert body["events"][0]["status"] == "PREPARING"
+    assert body["head_seq"] == 2
+
+
+async def test_a_long_poll_on_a_fresh_stream_returns_the_first_event(service: Service) -> None:
+    poll = asyncio.create_task(events(service, since="0", wait="30"))
+    await _longpoll_started(service, 1)
+    await asyncio.sleep(0.2)
+    order_id = await create(service)
+    body = await asyncio.wait_for(poll, 20)
+    assert [(e["seq"], e["order_id"]) for e in body["events"]] == [(1, order_id)]
+
+
+async def test_a_long_poll_is_not_woken_by_another_customers_events(service: Service) -> None:
+    await create(service, BOB)
+    poll = asyncio.create_task(events(service, BOB, since="0", wait="1"))
+    await _longpoll_started(service, 1)
+    await create(service)
+    await move(service, await create(service), "PREPARING")
+    body = await asyncio.wait_for(poll, 20)
+    assert body["stream"] == "customer:bob"
+    assert [e["seq"] for e in body["events"]] == [1]
+
+
+async def test_a_long_poll_with_nothing_new_returns_empty_after_its_wait(service: Service) -> None:
+    await create(service)
+    body = await asyncio.wait_for(events(service, since="1", wait="1"), 20)
+    assert body["events"] == []
+    assert body["head_seq"] == 1
+
+
+async def test_a_long_poll_with_events_already_waiting_returns_them_at_once(service: Service) -> None:
+    await five_events(service)
+    body = await asyncio.wait_for(events(service, since="3", wait="30"), 20)
+    assert [e["seq"] for e in body["events"]] == [4, 5]
+
+
+# -- reset ------------------------------------------------------------------------------------
+
+
+async def _open_and_closed(service: Service) -> tuple[str, str]:
+    open_id = await create(service)
+    closed_id = await create(service)
+    await move(service, closed_id, "CANCELLED")
+    return open_id, closed_id
+
+
+async def test_since_beyond_the_head_resets_with_a_snapshot(service: Service) -> None:
+    open_id, _ = await _open_and_closed(service)
+    body = await events(service, since="99")
+    assert body["reset"] is True
+    assert body["head_seq"] == 3
+    assert body["events"] == []
+    assert isinstance(body["epoch"], str) and body["epoch"]
+    assert [o["id"] for o in body["orders"]] == [open_id]
+
+
+async def test_a_wrong_epoch_resets_with_a_snapshot(service: Service) -> None:
+    open_id, _ = await _open_and_closed(service)
+    epoch = (await events(service))["epoch"]
+    same = await events(service, since="1", epoch=epoch)
+    assert [e["seq"] for e in same["events"]] == [2, 3]
+    assert not same.get("reset")
+    body = await events(service, since="1", epoch="not-" + epoch)
+    assert body["reset"] is True
+    assert body["epoch"] == epoch
+    assert body["head_seq"] == 3
+    assert [o["id"] for o in body["orders"]] == [open_id]
+
+
+async def test_a_long_poll_from_beyond_the_head_resets_at_once(service: Service) -> None:
+    await create(service)
+    body = await asyncio.wait_for(events(service, since="50", wait="30"), 20)
+    assert body["reset"] is True and body["head_seq"] == 1
+
+
+@pytest.mark.parametrize("params", [{"since": "5"}, {"since": "0", "epoch": "an-epoch-never-issued"}], ids=str)
+async def test_a_position_on_a_stream_that_was_never_written_resets(
+    service: Service, params: dict[str, str]
+) -> None:
+    # A client holding a position on a log that no longer exists (wiped, restored) must start
+    # over; otherwise it would skip the first seqs of the new log. /ws resets here too.
+    body = await events(service, **params)
+    assert body.get("reset") is True, body
+    assert body["head_seq"] == 0
+    assert body["orders"] == []
+    assert isinstance(body["epoch"], str) and body["epoch"]
+
+
+# -- bad input --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"since": "abc"},
+        {"since": "-1"},
+        {"since": "1.5"},
+        {"since": "1e3"},
+        {"since": str(2**64)},
+        {"wait": "soon"},
+        {"wait": "-1"},
+        {"wait": "31"},
+        {"wait": "0.5"},
+    ],
+    ids=str,
+)
+async def test_a_bad_since_or_wait_is_400(service: Service, params: dict[str, str]) -> None:
+    await create(service)
+    r = await service.http.get("/api/events", params=params, headers=auth(ALICE))
+    assert_error(r, 400, "invalid_query")
+
+
+async def test_events_need_a_token(service: Service) -> None:
+    assert_error(await service.http.get("/api/events"), 401, "unauthenticated")
