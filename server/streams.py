@@ -5,7 +5,6 @@ from __future__ import annotations
 import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
 from datetime import datetime
 
 from sqlalchemy import delete, func, select, update

@@ -1,4 +1,4 @@
-"""The Procfile processes as a user runs them: python -m reconciler, python -m server, their logs."""
+"""The Procfile processes as a user runs them: python -m reconciler / server, and their logs."""
 
 from __future__ import annotations
 

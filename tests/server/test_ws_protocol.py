@@ -79,7 +79,7 @@ async def test_a_frame_just_under_the_size_limit_is_fine(start_service: StartSer
         assert (await recv_json(ws))["type"] == "pong"
 
 
-@pytest.mark.parametrize("since", ["abc", "-1", "1.5", "1e3", "0x10", " "])
+@pytest.mark.parametrize("since", ["abc", "-1", "1.5", "1e3", "0x10", "%20", "1%00"])
 async def test_a_bad_since_closes_with_4400(service: Service, since: str) -> None:
     await create(service)
     async with connect(f"{service.ws_url}?since={since}", additional_headers=auth(ALICE)) as ws:
