@@ -17,7 +17,12 @@ import time
 from collections import defaultdict
 from typing import Any
 
-from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
+from starlette.websockets import (
+    WebSocket,
+    WebSocketDisconnect,
+    WebSocketDisconnected,
+    WebSocketState,
+)
 
 from channels import Broker, Gap, Heartbeat, Message
 from channels.base import SubscriptionLike
@@ -129,8 +134,13 @@ class Hub:
             await self._serve(ws, principal, since, epoch)
         except _Close as close:
             await self._close(ws, close.code, close.reason)
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, WebSocketDisconnected):
             pass
+        except Exception:
+            # E.g. the database is unreachable during the replay: close so the client resumes
+            # elsewhere or later, rather than sit on a socket that will never speak.
+            logger.exception("ws connection failed")
+            await self._close(ws, CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _first_message_auth(self, ws: WebSocket) -> Principal:
         try:
@@ -277,11 +287,13 @@ class Hub:
                     self._metrics.ws_duplicates_dropped.inc()
         except _Close as close:
             await self._close(conn.ws, close.code, close.reason)
-        except WebSocketDisconnect:
+        except (WebSocketDisconnect, WebSocketDisconnected):
             pass
-        except (OSError, RuntimeError) as exc:
-            # The socket went away under a send; the read loop sees the disconnect.
-            logger.debug("send failed on %s: %s", conn.stream, exc)
+        except Exception:
+            # Whatever stopped delivery, the socket must not stay open and silent: closing it
+            # ends the read loop too, and the client resumes with since.
+            logger.exception("ws write loop failed on %s", conn.stream)
+            await self._close(conn.ws, CloseCode.INTERNAL_ERROR, "internal error")
 
     async def _read_loop(self, conn: Connection, writer: asyncio.Task[None]) -> None:
         ws = conn.ws
@@ -326,7 +338,7 @@ class Hub:
         try:
             await ws.close(int(code), reason[:120])
         except (RuntimeError, OSError):
-            pass
+            pass  # already closed under us (a disconnect raced the close)
 
     # -- degraded mode and shutdown -----------------------------------------------------------
 

@@ -134,7 +134,9 @@ async def _longpoll_started(service: Service, count: int) -> None:
             await asyncio.sleep(0.02)
 
 
-async def test_a_long_poll_returns_as_soon_as_another_task_writes_an_event(service: Service) -> None:
+async def test_a_long_poll_returns_as_soon_as_another_task_writes_an_event(
+    service: Service,
+) -> None:
     order_id = await create(service)
     poll = asyncio.create_task(events(service, since="1", wait="30"))
     await _longpoll_started(service, 1)
@@ -174,7 +176,9 @@ async def test_a_long_poll_with_nothing_new_returns_empty_after_its_wait(service
     assert body["head_seq"] == 1
 
 
-async def test_a_long_poll_with_events_already_waiting_returns_them_at_once(service: Service) -> None:
+async def test_a_long_poll_with_events_already_waiting_returns_them_at_once(
+    service: Service,
+) -> None:
     await five_events(service)
     body = await asyncio.wait_for(events(service, since="3", wait="30"), 20)
     assert [e["seq"] for e in body["events"]] == [4, 5]
@@ -219,7 +223,9 @@ async def test_a_long_poll_from_beyond_the_head_resets_at_once(service: Service)
     assert body["reset"] is True and body["head_seq"] == 1
 
 
-@pytest.mark.parametrize("params", [{"since": "5"}, {"since": "0", "epoch": "an-epoch-never-issued"}], ids=str)
+@pytest.mark.parametrize(
+    "params", [{"since": "5"}, {"since": "0", "epoch": "an-epoch-never-issued"}], ids=str
+)
 async def test_a_position_on_a_stream_that_was_never_written_resets(
     service: Service, params: dict[str, str]
 ) -> None:

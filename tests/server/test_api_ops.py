@@ -46,7 +46,9 @@ async def test_healthz_is_200(service: Service) -> None:
     assert r.json() == {"status": "ok"}
 
 
-async def test_readyz_is_200_once_the_database_answers_and_the_broker_delivers(service: Service) -> None:
+async def test_readyz_is_200_once_the_database_answers_and_the_broker_delivers(
+    service: Service,
+) -> None:
     # The broker counts as delivering once the first heartbeat has come back through it.
     async with asyncio.timeout(15):
         while (r := await service.http.get("/readyz")).status_code != 200:
@@ -65,13 +67,17 @@ async def test_metrics_is_prometheus_text_counting_written_events(service: Servi
     families = {f.name: f for f in text_string_to_metric_families(r.text)}
     assert "events_written" in families
     samples = [s for s in families["events_written"].samples if s.name == "events_written_total"]
-    assert [(s.labels, s.value) for s in samples] == [({"kind": "order.status", "source": "customer"}, 1.0)]
+    assert [(s.labels, s.value) for s in samples] == [
+        ({"kind": "order.status", "source": "customer"}, 1.0)
+    ]
     for name in ["http_requests", "ws_connections", "ws_slow_consumer_closes", "broker_delivering"]:
         assert name in families, name
     assert "events_written_total" in r.text
 
 
-async def test_openapi_is_json_and_covers_every_api_route_and_nothing_else(service: Service) -> None:
+async def test_openapi_is_json_and_covers_every_api_route_and_nothing_else(
+    service: Service,
+) -> None:
     r = await service.http.get("/openapi.json")
     assert r.status_code == 200
     assert r.headers["content-type"].startswith("application/json")
@@ -102,7 +108,9 @@ async def test_openapi_is_json_and_covers_every_api_route_and_nothing_else(servi
 async def test_openapi_matches_a_freshly_built_app(service: Service) -> None:
     document = (await service.http.get("/openapi.json")).json()
     fresh = create_app(service.settings)
-    documented = {(p, m) for p, item in document["paths"].items() for m in item if m in HTTP_METHODS}
+    documented = {
+        (p, m) for p, item in document["paths"].items() for m in item if m in HTTP_METHODS
+    }
     assert {e for e in documented if e[0].startswith("/api")} == api_routes(fresh)
 
 
@@ -131,7 +139,8 @@ async def test_openapi_references_only_components_it_defines(service: Service) -
 
 
 @pytest.mark.parametrize(
-    "path", ["/nope", "/api", "/api/nope", "/api/orders/x/nope", "/api/pos", "/ws/extra", "/metrics/x"]
+    "path",
+    ["/nope", "/api", "/api/nope", "/api/orders/x/nope", "/api/pos", "/ws/extra", "/metrics/x"],
 )
 async def test_an_unknown_route_is_a_404_json_error(service: Service, path: str) -> None:
     r = await service.http.get(path, headers=auth(ALICE))

@@ -147,7 +147,7 @@ BAD_BODIES: dict[str, tuple[object, str, str | None]] = {
     "status": (order_body(status="DELIVERED"), "validation_error", "status"),
     "store_id empty": (order_body(""), "validation_error", "store_id"),
     "store_id blank": (order_body("   "), "validation_error", "store_id"),
-    "store_id a number": (order_body(store_id=1), "validation_error", "store_id"),
+    "store_id a number": ({**order_body(), "store_id": 1}, "validation_error", "store_id"),
     "store_id too long": (order_body("s" * 201), "validation_error", "store_id"),
     "items empty": (order_body(items=[]), "validation_error", "items"),
     "items an object": (order_body(items={"sku": "tea"}), "validation_error", "items"),
@@ -499,11 +499,32 @@ async def test_the_orders_store_can_get_it(service: Service) -> None:
     assert r.json()["order"]["id"] == order["id"]
 
 
-@pytest.mark.parametrize("order_id", ["ord_doesnotexist", "x" * 300, "%00", "..", "' OR 1=1 --"])
-async def test_an_unknown_order_is_404(service: Service, order_id: str) -> None:
+@pytest.mark.parametrize(
+    ("method", "suffix", "tok"),
+    [
+        ("GET", "", ALICE),
+        ("GET", "/events", ALICE),
+        ("POST", "/cancel", ALICE),
+        ("POST", "/status", POS1),
+    ],
+    ids=["get", "events", "cancel", "pos-status"],
+)
+@pytest.mark.parametrize(
+    "order_id",
+    ["ord_doesnotexist", "x" * 300, "%00", "ord_%00x", "%C3%A9", "' OR 1=1 --"],
+    ids=["unknown", "very-long", "nul", "embedded-nul", "non-ascii", "sql"],
+)
+async def test_an_unknown_or_strange_order_id_is_404_and_changes_nothing(
+    service: Service, order_id: str, method: str, suffix: str, tok: str
+) -> None:
     await create(service)
-    r = await service.http.get(f"/api/orders/{order_id}", headers=auth(ALICE))
+    prefix = "/api/pos/orders" if suffix == "/status" else "/api/orders"
+    body = {"status": "CANCELLED"} if suffix == "/status" else None
+    r = await service.http.request(
+        method, f"{prefix}/{order_id}{suffix}", json=body, headers=auth(tok)
+    )
     assert_error(r, 404, "not_found")
+    assert await counts(service) == (1, 1)
 
 
 # -- audit trail ------------------------------------------------------------------------------

@@ -37,15 +37,21 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return dict(error)
 
 
-async def create(service: Service, *, method: str = "cash", tok: str = ALICE, store: str = "store-1") -> str:
+async def create(
+    service: Service, *, method: str = "cash", tok: str = ALICE, store: str = "store-1"
+) -> str:
     """Create an order; its id."""
-    r = await service.http.post("/api/orders", json=order_body(store, method=method), headers=auth(tok))
+    r = await service.http.post(
+        "/api/orders", json=order_body(store, method=method), headers=auth(tok)
+    )
     assert r.status_code == 201, r.text
     order_id: str = r.json()["order"]["id"]
     return order_id
 
 
-async def move(service: Service, order_id: str, status: str, *, tok: str = POS1, **extra: Any) -> httpx.Response:
+async def move(
+    service: Service, order_id: str, status: str, *, tok: str = POS1, **extra: Any
+) -> httpx.Response:
     """POST a status change."""
     return await service.http.post(
         f"/api/pos/orders/{order_id}/status", json={"status": status, **extra}, headers=auth(tok)
@@ -93,7 +99,9 @@ async def test_the_store_moves_an_order_and_gets_the_order_and_its_event(service
     ],
     ids=lambda p: ">".join(p),
 )
-async def test_the_store_walks_an_order_along_every_documented_path(service: Service, path: list[str]) -> None:
+async def test_the_store_walks_an_order_along_every_documented_path(
+    service: Service, path: list[str]
+) -> None:
     order_id = await create(service)
     for version, status in enumerate(path, start=2):
         r = await move(service, order_id, status)
@@ -141,7 +149,7 @@ def assert_conflict(response: httpx.Response, allowed: list[str]) -> None:
     ],
     ids=lambda v: ">".join(v) if isinstance(v, list) else v,
 )
-async def test_an_invalid_transition_is_409_listing_exactly_the_allowed_statuses_and_changes_nothing(
+async def test_an_invalid_transition_is_409_listing_exactly_what_is_allowed_and_changes_nothing(
     service: Service, setup: list[str], target: str, allowed: list[str]
 ) -> None:
     order_id = await create(service)
@@ -180,7 +188,12 @@ BAD_BODIES: dict[str, tuple[bytes, int, str, str | None]] = {
     "status a number": (b'{"status": 2}', 422, "validation_error", "status"),
     "status null": (b'{"status": null}', 422, "validation_error", "status"),
     "status a list": (b'{"status": ["PREPARING"]}', 422, "validation_error", "status"),
-    "unknown field": (b'{"status": "PREPARING", "store_id": "store-2"}', 422, "validation_error", "store_id"),
+    "unknown field": (
+        b'{"status": "PREPARING", "store_id": "store-2"}',
+        422,
+        "validation_error",
+        "store_id",
+    ),
     "note a number": (b'{"status": "PREPARING", "note": 5}', 422, "validation_error", "note"),
     "note too long": (
         orjson.dumps({"status": "PREPARING", "note": "x" * 501}),
@@ -192,7 +205,9 @@ BAD_BODIES: dict[str, tuple[bytes, int, str, str | None]] = {
 
 
 @pytest.mark.parametrize("case", sorted(BAD_BODIES))
-async def test_a_bad_status_body_gets_a_clear_error_and_changes_nothing(service: Service, case: str) -> None:
+async def test_a_bad_status_body_gets_a_clear_error_and_changes_nothing(
+    service: Service, case: str
+) -> None:
     raw, status, code, field = BAD_BODIES[case]
     order_id = await create(service)
     before = await current(service, order_id)
@@ -279,7 +294,9 @@ async def test_a_bad_store_list_query_gets_a_clear_error(
     service: Service, params: dict[str, str], status: int, code: str
 ) -> None:
     await create(service)
-    assert_error(await service.http.get("/api/pos/orders", params=params, headers=auth(POS1)), status, code)
+    assert_error(
+        await service.http.get("/api/pos/orders", params=params, headers=auth(POS1)), status, code
+    )
 
 
 async def test_pos_endpoints_need_a_token(service: Service) -> None:

@@ -1,4 +1,4 @@
-"""Settings.from_environ: every variable parsed; a bad value names its variable; validate() rules."""
+"""Settings.from_environ: every variable parsed, bad values name their variable; validate()."""
 
 from __future__ import annotations
 

@@ -91,7 +91,9 @@ async def test_a_bad_since_with_a_query_token_closes_with_4400(service: Service)
         assert await expect_close(ws) == 4400
 
 
-async def test_a_third_socket_for_the_same_user_closes_with_4429(start_service: StartService) -> None:
+async def test_a_third_socket_for_the_same_user_closes_with_4429(
+    start_service: StartService,
+) -> None:
     service = await start_service(ws_max_connections_per_user=2)
     headers = auth(ALICE)
     async with connect(service.ws_url, additional_headers=headers) as first:
@@ -112,11 +114,15 @@ async def test_a_third_socket_for_the_same_user_closes_with_4429(start_service: 
             assert (await recv_json(again))["type"] == "hello"
 
 
-async def test_the_connection_cap_counts_a_fresh_token_for_the_same_user(start_service: StartService) -> None:
+async def test_the_connection_cap_counts_a_fresh_token_for_the_same_user(
+    start_service: StartService,
+) -> None:
     service = await start_service(ws_max_connections_per_user=1)
     async with connect(service.ws_url, additional_headers=auth(ALICE)) as first:
         assert (await recv_json(first))["type"] == "hello"
-        async with connect(service.ws_url, additional_headers=auth(token("alice", ttl=600))) as second:
+        async with connect(
+            service.ws_url, additional_headers=auth(token("alice", ttl=600))
+        ) as second:
             assert await expect_close(second) == 4429
 
 
