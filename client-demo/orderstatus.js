@@ -1008,6 +1008,8 @@ export class OrderStatusClient {
     while (!this._stopped) {
       if (this._transport === "auto" && this._WS && Date.now() >= this._nextWsProbeAt) return { kind: "probe" };
       const bootstrapping = !this.synced;
+      // With a position to poll from, we are as live as long-polling gets.
+      if (!bootstrapping && this._attempt === 0) this._setStatus({ state: "polling", transport: "longpoll", attempt: 0 });
       let body;
       try {
         body = await this._fetchEvents(this.lastSeq, bootstrapping ? 0 : this._longPollWaitS);

@@ -157,7 +157,7 @@ export function demoTokenSource(claims) {
 }
 
 const CONNECTION_TEXT = {
-  idle: ["Offline", "Not signed in"],
+  idle: ["Not connected", "Sign in to receive live updates"],
   connecting: ["Connecting…", "Opening a live connection"],
   live: ["Live", "Updates arrive the moment they happen (WebSocket)"],
   reconnecting: ["Reconnecting…", "The connection dropped; catching up without losing an update"],

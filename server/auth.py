@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -12,6 +13,9 @@ import jwt
 
 from server.settings import Settings
 from server.workflow import Mover
+
+# Identifiers end up in stream names and SQL text columns; PostgreSQL refuses NUL in text.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
 class Role(StrEnum):
@@ -106,16 +110,21 @@ class TokenVerifier:
 def principal_from_claims(claims: dict[str, Any]) -> Principal:
     """Build a Principal from verified claims, checking their shapes."""
     sub = claims.get("sub")
-    if not isinstance(sub, str) or not sub or len(sub) > 200:
-        raise AuthError("sub must be a non-empty string")
+    if not isinstance(sub, str) or not sub or len(sub) > 200 or _CONTROL.search(sub):
+        raise AuthError("sub must be a non-empty printable string")
     try:
         role = Role(claims.get("role", "customer"))
     except ValueError:
         raise AuthError("unknown role") from None
     store_id = claims.get("store_id")
     if role is Role.POS:
-        if not isinstance(store_id, str) or not store_id or len(store_id) > 200:
-            raise AuthError("a pos token needs a store_id")
+        if (
+            not isinstance(store_id, str)
+            or not store_id
+            or len(store_id) > 200
+            or _CONTROL.search(store_id)
+        ):
+            raise AuthError("a pos token needs a printable store_id")
     else:
         store_id = None
     exp = claims.get("exp")

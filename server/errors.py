@@ -15,6 +15,7 @@ Exception tree::
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from enum import IntEnum
 from typing import Any
 
@@ -86,10 +87,16 @@ class Unprocessable(ApiError):
 
 
 def error_response(
-    http_status: int, code: str, message: str, extra: dict[str, Any] | None = None
+    http_status: int,
+    code: str,
+    message: str,
+    extra: dict[str, Any] | None = None,
+    headers: Mapping[str, str] | None = None,
 ) -> JSONResponse:
     """A JSON error response in the one shape the API uses."""
-    headers = {"WWW-Authenticate": "Bearer"} if http_status == 401 else None
+    headers = dict(headers or {})
+    if http_status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
     return JSONResponse(
         {"error": {"code": code, "message": message, **(extra or {})}},
         status_code=http_status,
@@ -108,7 +115,8 @@ _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}
 async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
-    return error_response(exc.status_code, code, str(exc.detail))
+    # Keep the exception's headers: a 405 must say what is Allowed.
+    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
 async def handle_unexpected(request: Request, exc: Exception) -> Response:

@@ -115,17 +115,16 @@ class Hub:
             await ws.close(CloseCode.FORBIDDEN)  # before accept: an HTTP 403
             return
         token = bearer_token(ws.headers.get("authorization")) or ws.query_params.get("token")
-        principal: Principal | None = None
-        if token:
-            try:
-                principal = self._verifier.verify(token)
-            except AuthError as exc:
-                logger.info("ws refused: %s", exc)
-                self._metrics.ws_closes.labels(code="403").inc()
-                await ws.close(CloseCode.UNAUTHENTICATED)  # before accept: an HTTP 403
-                return
         await ws.accept()
         try:
+            principal: Principal | None = None
+            if token:
+                try:
+                    principal = self._verifier.verify(token)
+                except AuthError as exc:
+                    # Accept, then close: a browser cannot read an HTTP 403 from a failed
+                    # handshake, but it can read 4401 and fetch a new token.
+                    raise _Close(CloseCode.UNAUTHENTICATED, str(exc)) from None
             since, epoch = _resume_position(
                 ws.query_params.get("since"), ws.query_params.get("epoch")
             )

@@ -60,7 +60,8 @@ class Order(Base):
     __tablename__ = "orders"
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True)
-    customer_id: Mapped[str] = mapped_column(String(200), index=True)
+    # NULL for a walk-in order taken at a POS: no customer token can ever own it.
+    customer_id: Mapped[str | None] = mapped_column(String(200), index=True, nullable=True)
     store_id: Mapped[str] = mapped_column(String(200), index=True)
     status: Mapped[str] = mapped_column(String(40))
     payment_status: Mapped[str] = mapped_column(String(40))

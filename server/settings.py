@@ -81,7 +81,16 @@ class Settings:
         return self.embedded if self.relay_in_process is None else self.relay_in_process
 
     def validate(self) -> Settings:
-        """Check cross-field rules; return self so it chains."""
+        """Check ranges and cross-field rules, naming the variable; return self so it chains."""
+        for name, (low, high) in _BOUNDS.items():
+            value = getattr(self, name)
+            if value < low or (high is not None and value > high):
+                expected = f"{low}..{high}" if high is not None else f"at least {low}"
+                raise ValueError(f"{name.upper()}: expected {expected}, got {value}")
+        if self.broker_heartbeat_stale_after <= self.broker_heartbeat_interval:
+            raise ValueError(
+                "BROKER_HEARTBEAT_STALE_AFTER: must be longer than BROKER_HEARTBEAT_INTERVAL"
+            )
         if not self.jwt_secret and not self.jwt_public_key and not self.demo_tokens_enabled:
             raise ValueError(
                 "JWT_SECRET or JWT_PUBLIC_KEY: one is required unless DEMO_TOKENS is on"
@@ -179,6 +188,31 @@ def _parser_for(annotation: Any) -> Callable[[str], Any]:
         return _csv
     return str
 
+
+# Numeric settings and their (inclusive) bounds; None: no upper bound.
+_BOUNDS: dict[str, tuple[float, float | None]] = {
+    "port": (0, 65_535),
+    "jwt_leeway": (0, 3_600),
+    "db_pool_size": (1, None),
+    "max_body_bytes": (1, None),
+    "ws_queue_size": (1, None),
+    "ws_max_message_bytes": (1, None),
+    "ws_max_connections_per_user": (1, None),
+    "ws_auth_timeout": (0.01, None),
+    "ws_ping_interval": (0.01, None),
+    "ws_ping_timeout": (0.01, None),
+    "hub_poll_interval": (0.01, None),
+    "hub_safety_poll_interval": (0, None),
+    "broker_heartbeat_interval": (0.01, None),
+    "broker_heartbeat_stale_after": (0.01, None),
+    "relay_grace": (0, None),
+    "relay_interval": (0.01, None),
+    "event_retention_days": (0, None),
+    "longpoll_max_wait": (0, 300),
+    "order_expiry_seconds": (1, None),
+    "snapshot_max_orders": (0, 10_000),
+    "graceful_shutdown_timeout": (0, None),
+}
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": _redis_url,

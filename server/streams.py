@@ -27,7 +27,10 @@ def store_stream(store_id: str) -> str:
 
 def streams_of(order: Order) -> list[str]:
     """The streams an order's events belong to, in the fixed order they are locked."""
-    return sorted({customer_stream(order.customer_id), store_stream(order.store_id)})
+    streams = {store_stream(order.store_id)}
+    if order.customer_id is not None:
+        streams.add(customer_stream(order.customer_id))
+    return sorted(streams)
 
 
 def new_epoch() -> str:

@@ -8,6 +8,7 @@ that fails leaves ``published_at`` empty and the outbox relay delivers the event
 from __future__ import annotations
 
 import logging
+import re
 import secrets
 import time
 from collections.abc import Sequence
@@ -78,6 +79,10 @@ class Written:
     order: dict[str, Any]
     event: Event
     deliveries: tuple[Delivery, ...]
+
+
+#: The shape of every order id this service issues; anything else cannot name an order.
+ORDER_ID = re.compile(r"ord_[0-9a-f]{24}")
 
 
 def new_order_id() -> str:
@@ -178,7 +183,7 @@ async def create_order(
     publisher: Publisher,
     metrics: Metrics,
     *,
-    customer_id: str,
+    customer_id: str | None,
     store_id: str,
     items: list[dict[str, Any]],
     currency: str,
@@ -230,6 +235,8 @@ async def change_order_status(
     note: str | None = None,
 ) -> Written:
     """Move an order to ``to`` if the workflow lets ``actor`` do so; 404 / 409 otherwise."""
+    if not ORDER_ID.fullmatch(order_id):
+        raise NotFound("no such order")
     started = time.perf_counter()
     async with db.transaction() as session:
         order = (

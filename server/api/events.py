@@ -21,10 +21,13 @@ PAGE = 500
 async def _read(svc: Services, stream: str, since: int) -> tuple[StreamHead, list[dict[str, Any]]]:
     async with svc.db.read() as session:
         head = await read_head(session, stream)
-        if head is None:
-            head = StreamHead(stream, "", 0, 0)
-            return head, []
-        rows = await events_after(session, stream, since, limit=PAGE)
+        if head is not None:
+            rows = await events_after(session, stream, since, limit=PAGE)
+    if head is None:
+        # Like /ws: give a fresh stream its epoch now, so a client can hold a position on it.
+        async with svc.db.transaction() as session:
+            head = await ensure_stream(session, stream)
+        return head, []
     return head, [protocol.event_payload(stream, seq, event) for seq, event in rows]
 
 
@@ -51,16 +54,14 @@ async def stream_events(request: Request) -> JSONResponse:
     epoch = request.query_params.get("epoch") or None
     stream = caller.stream
     head, events = await _read(svc, stream, since)
-    if head.epoch and (
-        (epoch and epoch != head.epoch) or not head.pruned_seq <= since <= head.head_seq
-    ):
+    if (epoch and epoch != head.epoch) or not head.pruned_seq <= since <= head.head_seq:
         return await _reset(svc, stream)
     if not events and wait > 0:
         head, events = await _wait_for_events(svc, stream, since, wait)
     return JSONResponse(
         {
             "stream": stream,
-            "epoch": head.epoch or None,
+            "epoch": head.epoch,
             "head_seq": head.head_seq,
             "events": events,
             "more": len(events) == PAGE,

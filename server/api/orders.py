@@ -21,12 +21,22 @@ from server.errors import BadRequest, NotFound, Unprocessable
 from server.models import Event, Order, Payment
 from server.services import services
 from server.workflow import OrderStatus, PaymentMethod
-from server.writes import Actor, change_order_status, create_order, require_store, visible_to
+from server.writes import (
+    ORDER_ID,
+    Actor,
+    change_order_status,
+    create_order,
+    require_store,
+    visible_to,
+)
 
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
 MAX_UNIT_PRICE = 10**9
-_CURRENCY = re.compile(r"^[A-Z]{3}$")
+_CURRENCY = re.compile(r"[A-Z]{3}")
+# Control characters (NUL above all: PostgreSQL refuses it in text) have no place in a name.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
 _ORDER_FIELDS = {"store_id", "items", "currency", "payment_method"}
 _ITEM_FIELDS = {"sku", "name", "quantity", "unit_price"}
 
@@ -46,6 +56,8 @@ def _text(value: object, field: str, *, max_len: int) -> str:
         raise Unprocessable(f"{field} must be a non-empty string", field=field)
     if len(value) > max_len:
         raise Unprocessable(f"{field} must be at most {max_len} characters", field=field)
+    if _CONTROL.search(value):
+        raise Unprocessable(f"{field} must not contain control characters", field=field)
     return value
 
 
@@ -92,7 +104,7 @@ def parse_new_order(body: dict[str, Any]) -> NewOrder:
             }
         )
     currency = body.get("currency")
-    if not isinstance(currency, str) or not _CURRENCY.match(currency):
+    if not isinstance(currency, str) or not _CURRENCY.fullmatch(currency):
         raise Unprocessable("currency must be a three-letter ISO 4217 code", field="currency")
     method_raw = body.get("payment_method", "online")
     try:
@@ -126,7 +138,7 @@ async def create(request: Request) -> JSONResponse:
     svc = services(request)
     if caller.role is Role.POS:
         store_id = require_store(caller, draft.store_id)
-        customer_id = caller.sub  # a walk-in order belongs to the terminal that took it
+        customer_id = None  # a walk-in order: on the store's stream only, owned by no customer
     else:
         if draft.store_id is None:
             raise Unprocessable("store_id is required", field="store_id")
@@ -152,12 +164,16 @@ def _encode_cursor(order: Order) -> str:
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    invalid = BadRequest("cursor is not one this API issued", code="invalid_cursor")
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created, order_id = orjson.loads(raw)
-        return datetime.fromisoformat(created), str(order_id)
+        moment = datetime.fromisoformat(created)
     except (binascii.Error, ValueError, TypeError, orjson.JSONDecodeError):
-        raise BadRequest("cursor is not one this API issued", code="invalid_cursor") from None
+        raise invalid from None
+    if moment.tzinfo is None or not isinstance(order_id, str) or not ORDER_ID.fullmatch(order_id):
+        raise invalid
+    return moment, order_id
 
 
 def _scope(caller: Principal) -> Any:
@@ -201,6 +217,8 @@ async def list_mine(request: Request) -> JSONResponse:
 
 async def _visible_order(request: Request, caller: Principal) -> Order:
     order_id = request.path_params["order_id"]
+    if not ORDER_ID.fullmatch(order_id):
+        raise NotFound("no such order")
     async with services(request).db.read() as session:
         order = await session.get(Order, order_id)
     # Someone else's order is indistinguishable from no order at all.

@@ -306,6 +306,26 @@ async def test_an_admin_cannot_create_orders(service: Service) -> None:
     assert await counts(service) == (0, 0)
 
 
+@pytest.mark.parametrize(
+    "body",
+    [
+        order_body("store\u0000-1"),
+        order_body(items=[item(sku="t\u0000ea")]),
+        order_body(items=[item(name="Masala\u0000tea")]),
+    ],
+    ids=["store_id", "sku", "name"],
+)
+async def test_a_nul_character_in_a_text_field_is_never_a_500(
+    service: Service, body: dict[str, Any]
+) -> None:
+    r = await service.http.post("/api/orders", json=body, headers=auth(ALICE))
+    if r.status_code == 201:
+        assert await counts(service) == (1, 1)
+    else:
+        assert_error(r, 422, "validation_error")
+        assert await counts(service) == (0, 0)
+
+
 # -- body size --------------------------------------------------------------------------------
 
 

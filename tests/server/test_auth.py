@@ -1,8 +1,9 @@
 """Identity comes from the token only: forged tokens refused everywhere; tenants stay apart.
 
 Every forged token is tried on REST (401 with a JSON error body) and on the three WebSocket
-transports: the Authorization header and ``?token=`` are refused before accept (an HTTP 403
-handshake rejection), a first ``auth`` message after accept (close 4401).
+transports: the Authorization header, ``?token=`` and a first ``auth`` message (all close 4401
+after accept, so a browser can tell a bad token from a server that is down). A foreign browser
+Origin is refused before accept (an HTTP 403 handshake rejection).
 """
 
 from __future__ import annotations
@@ -142,6 +143,12 @@ def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, 
     return dict(error)
 
 
+async def refused_with_4401(url: str, **kwargs: Any) -> None:
+    """Connecting to ``url`` is accepted, then closed with 4401 (browsers can read that)."""
+    async with connect(url, open_timeout=5, **kwargs) as ws:
+        assert await expect_close(ws) == 4401
+
+
 async def refused_before_accept(url: str, **kwargs: Any) -> None:
     """Connecting to ``url`` is refused with an HTTP 403 handshake rejection."""
     with pytest.raises(InvalidStatus) as caught:
@@ -176,8 +183,8 @@ async def assert_refused_everywhere(service: Service, tok: str) -> None:
     assert_error(r, 401, "unauthenticated")
     assert r.headers.get("www-authenticate", "").lower().startswith("bearer")
     assert_error(await service.http.get("/api/events", headers=auth(tok)), 401, "unauthenticated")
-    await refused_before_accept(service.ws_url, additional_headers=auth(tok))
-    await refused_before_accept(f"{service.ws_url}?token={quote(tok, safe='')}")
+    await refused_with_4401(service.ws_url, additional_headers=auth(tok))
+    await refused_with_4401(f"{service.ws_url}?token={quote(tok, safe='')}")
     assert await refused_after_auth_message(service.ws_url, tok) == 4401
     assert await counts(service) == before
 
@@ -225,7 +232,7 @@ async def test_a_pos_token_without_store_id_is_refused(service: Service) -> None
     assert_error(
         await service.http.get("/api/pos/orders", headers=auth(tok)), 401, "unauthenticated"
     )
-    await refused_before_accept(service.ws_url, additional_headers=auth(tok))
+    await refused_with_4401(service.ws_url, additional_headers=auth(tok))
 
 
 # -- HS/RS algorithm confusion ----------------------------------------------------------------
@@ -535,3 +542,17 @@ async def test_a_configured_origin_is_allowed_and_lookalikes_are_not(
 async def test_a_native_client_without_origin_is_allowed(service: Service) -> None:
     async with connect(service.ws_url, additional_headers=auth(token("alice"))) as ws:
         assert (await recv_json(ws))["stream"] == "customer:alice"
+
+
+@pytest.mark.parametrize(
+    "sub", ["alice\u0000", "\u0000", "al\u0000ice"], ids=["trailing", "only", "inner"]
+)
+async def test_a_signed_token_whose_sub_holds_a_nul_is_refused_or_served_but_never_a_500(
+    service: Service, sub: str
+) -> None:
+    tok = token(sub)
+    listed = await service.http.get("/api/orders", headers=auth(tok))
+    created = await service.http.post("/api/orders", json=order_body(), headers=auth(tok))
+    assert listed.status_code in {200, 401}, listed.text
+    assert created.status_code in {201, 401}, created.text
+    assert listed.status_code == 401 or created.status_code == 201

@@ -24,7 +24,7 @@ def upgrade() -> None:
     op.create_table(
         "orders",
         sa.Column("id", sa.String(length=40), nullable=False),
-        sa.Column("customer_id", sa.String(length=200), nullable=False),
+        sa.Column("customer_id", sa.String(length=200), nullable=True),
         sa.Column("store_id", sa.String(length=200), nullable=False),
         sa.Column("status", sa.String(length=40), nullable=False),
         sa.Column("payment_status", sa.String(length=40), nullable=False),
