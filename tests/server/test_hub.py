@@ -383,3 +383,20 @@ async def test_a_customer_cancel_goes_through_the_same_path_and_stream(
         assert r.status_code == 200, r.text
         (event,) = await recv_events(ws, 1)
     assert event["status"] == status and event["source"] == "customer"
+
+
+async def test_an_event_is_in_the_log_before_anyone_hears_of_it(service: Service) -> None:
+    order_id = await place(service, "quin")
+    async with connect(ws_url(service, "quin", since=1)) as ws:
+        await recv_json(ws)
+        write = asyncio.create_task(move(service, order_id, "PREPARING"))
+        (event,) = await recv_events(ws, 1)
+        # The moment a subscriber hears of it, another connection can read it from the log.
+        async with service.db.read() as session:
+            stored = await session.get(Event, event["event_id"])
+            assert stored is not None and stored.to_status == "PREPARING"
+        response = await write
+    assert response.status_code == 200
+    # And the 2xx came after the commit: the answer's event is in the log.
+    async with service.db.read() as session:
+        assert await session.get(Event, response.json()["event"]["event_id"]) is not None
