@@ -23,6 +23,7 @@ from server.auth import TokenVerifier
 from server.db import Database, migrate
 from server.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
 from server.hub import Hub
+from server.logs import new_request_id, request_id
 from server.metrics import Metrics
 from server.services import Services
 from server.settings import Settings
@@ -33,15 +34,22 @@ logger = logging.getLogger(__name__)
 DEMO_DIR = Path(__file__).resolve().parent.parent / "client-demo"
 
 
-class _RequestMetrics:
-    """Counts HTTP requests by endpoint and status (pure ASGI: no effect on streaming)."""
+class _RequestContext:
+    """Gives each request an id (X-Request-ID, echoed back) for the logs, and counts requests
+    by endpoint and status. Pure ASGI, so it adds nothing to streaming or WebSockets."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
         self.metrics = metrics
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or ()).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else new_request_id()
+        request_id.set(rid)
+        if scope["type"] == "websocket":
             await self.app(scope, receive, send)
             return
         status = 500
@@ -50,6 +58,10 @@ class _RequestMetrics:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
+                message = {
+                    **message,
+                    "headers": [*message.get("headers", []), (b"x-request-id", rid.encode())],
+                }
             await send(message)
 
         try:
@@ -161,7 +173,7 @@ def create_app(
 
     return Starlette(
         routes=routes,
-        middleware=[Middleware(_RequestMetrics, metrics=metrics)],
+        middleware=[Middleware(_RequestContext, metrics=metrics)],
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: handle_http_exception,

@@ -4,10 +4,15 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
 import sys
+from contextvars import ContextVar
 from typing import Any
 
 from pythonjsonlogger.json import JsonFormatter
+
+#: The id of the request or WebSocket connection being served, stamped on every log record.
+request_id: ContextVar[str] = ContextVar("request_id", default="-")
 
 _TOKEN = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
 _BEARER = re.compile(r"(Bearer\s+)[A-Za-z0-9._~+/=-]+", re.IGNORECASE)
@@ -18,10 +23,19 @@ def scrub(text: str) -> str:
     return _BEARER.sub(r"\1[redacted]", _TOKEN.sub(r"\1[redacted]", text))
 
 
+def new_request_id() -> str:
+    """A short random id for one request or connection."""
+    return secrets.token_hex(6)
+
+
 class ScrubTokens(logging.Filter):
-    """Rewrites each record so no token reaches a log sink (uvicorn logs ``?token=`` URLs)."""
+    """Rewrites each record so no token reaches a log sink (uvicorn logs ``?token=`` URLs).
+
+    It also stamps the current request id on the record, so JSON lines can be correlated.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
         if record.args:
             try:
                 record.msg = record.getMessage()
@@ -40,11 +54,13 @@ def configure(level: str = "INFO", fmt: str = "json") -> None:
     formatter: logging.Formatter
     if fmt == "json":
         formatter = JsonFormatter(
-            "%(asctime)s %(levelname)s %(name)s %(message)s",
+            "%(asctime)s %(levelname)s %(name)s %(request_id)s %(message)s",
             rename_fields={"asctime": "time", "levelname": "level", "name": "logger"},
         )
     else:
-        formatter = logging.Formatter("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+        formatter = logging.Formatter(
+            "%(asctime)s %(levelname)-7s %(name)s [%(request_id)s]: %(message)s"
+        )
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -184,3 +184,13 @@ async def test_a_405_says_which_methods_are_allowed(
 async def test_a_plain_get_on_the_websocket_route_is_not_a_500(service: Service) -> None:
     r = await service.http.get("/ws")
     assert r.status_code < 500
+
+
+async def test_every_response_carries_a_request_id_and_echoes_a_given_one(service: Service) -> None:
+    first = await service.http.get("/healthz")
+    second = await service.http.get("/healthz")
+    assert first.headers["x-request-id"] != second.headers["x-request-id"]
+    echoed = await service.http.get("/healthz", headers={"X-Request-ID": "trace-123"})
+    assert echoed.headers["x-request-id"] == "trace-123"
+    forged = await service.http.get("/healthz", headers={"X-Request-ID": "x" * 500})
+    assert forged.headers["x-request-id"] != "x" * 500
