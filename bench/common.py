@@ -1,4 +1,4 @@
-"""Shared by the benchmarks: the server process, a lean WebSocket client, /proc and /metrics readers.
+"""Shared by the benchmarks: the server process, a lean WebSocket client, /proc and /metrics.
 
 The WebSocket client is a bare :class:`asyncio.Protocol` (no task per connection, no per-message
 future), so one load-generator core can hold 10,000 sockets and read tens of thousands of
@@ -19,6 +19,7 @@ import signal
 import subprocess
 import sys
 import time
+import typing
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,7 +45,10 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
 def raise_nofile(want: int = 65_536) -> int:
-    """Raise this process's open-file limit as far as allowed; the new soft limit."""
+    """Raise this process's open-file limit as far as allowed; the new soft limit.
+
+    Without CAP_SYS_RESOURCE (a container) the hard limit is the ceiling.
+    """
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     for limit in (want, hard):
         try:
@@ -87,7 +91,8 @@ class ServerProcess:
 
     env: dict[str, str]
     cpu: str | None = "0"
-    nofile: int = 65_536
+    module: str = "server"
+    nofile: int = field(default_factory=lambda: resource.getrlimit(resource.RLIMIT_NOFILE)[1])
     port: int = field(default_factory=free_port)
     log_path: Path = field(default_factory=lambda: RESULTS / "server.log")
     process: subprocess.Popen[bytes] | None = None
@@ -119,7 +124,7 @@ class ServerProcess:
         command = ["prlimit", f"--nofile={self.nofile}:{self.nofile}"]
         if self.cpu:
             command += ["taskset", "-c", self.cpu]
-        command += [sys.executable, "-m", "server"]
+        command += [sys.executable, "-m", self.module]
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 command,
@@ -208,15 +213,33 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for {pid}")
 
 
+def preemptions(pid: int) -> int:
+    """How often ``pid`` (all threads) was descheduled while it still wanted the CPU so far."""
+    total = 0
+    try:
+        for task in os.listdir(f"/proc/{pid}/task"):
+            with open(f"/proc/{pid}/task/{task}/status") as fh:
+                for line in fh:
+                    if line.startswith("nonvoluntary_ctxt_switches:"):
+                        total += int(line.split()[1])
+    except OSError:
+        pass
+    return total
+
+
 def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of ``pid`` (all its threads) so far, in seconds."""
+    """User + system CPU time of ``pid`` (all its threads) so far, in seconds.
+
+    Includes the CPU of children it has reaped, so PostgreSQL's postmaster carries the time of
+    backends that exited (overflow pool connections come and go under load).
+    """
     try:
         with open(f"/proc/{pid}/stat") as fh:
             stat = fh.read()
     except OSError:
         return 0.0
     fields_ = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields_[11]) + int(fields_[12])) / CLK_TCK
+    return sum(int(v) for v in fields_[11:15]) / CLK_TCK
 
 
 def pids_named(name: str) -> list[int]:
@@ -246,30 +269,56 @@ def redis_pid() -> int | None:
         client.close()
 
 
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores spent busy since boot (/proc/stat: everything but idle and iowait)."""
+    with open("/proc/stat") as fh:
+        values = [int(v) for v in fh.readline().split()[1:]]
+    idle = values[3] + values[4]
+    # guest time is already counted in user.
+    return (sum(values[:8]) - idle) / CLK_TCK
+
+
 class CpuMeter:
-    """CPU% of named groups of processes between :meth:`start` and :meth:`stop`."""
+    """CPU% of named groups of processes between :meth:`start` and :meth:`stop`.
+
+    A group is a function listing its pids, called at both ends (PostgreSQL backends come and
+    go; a pid born in the window counts from birth, one that died in it is lost). Also
+    ``machine`` (every core, so up to 100 × nproc, from /proc/stat) and ``other``: machine
+    minus the groups. In a VM /proc/stat's tick accounting can lag the per-process figures
+    (``other`` has come out negative), so take those two as hints; :func:`preemptions` is the
+    direct evidence that something else took the server's core.
+    """
 
     def __init__(self, groups: Mapping[str, Callable[[], Iterable[int]]]) -> None:
         self._groups = groups
-        self._start: dict[str, float] = {}
+        self._start: dict[str, dict[int, float]] = {}
+        self._machine = 0.0
         self._t0 = 0.0
 
-    def _sample(self) -> dict[str, float]:
-        return {name: sum(cpu_seconds(p) for p in pids()) for name, pids in self._groups.items()}
+    def _sample(self) -> dict[str, dict[int, float]]:
+        return {
+            name: {pid: cpu_seconds(pid) for pid in pids()} for name, pids in self._groups.items()
+        }
 
     def start(self) -> None:
         """Take the starting sample."""
         self._t0 = time.monotonic()
+        self._machine = machine_busy_seconds()
         self._start = self._sample()
 
     def stop(self) -> dict[str, float]:
         """CPU% of each group since :meth:`start` (100 = one core busy)."""
         elapsed = max(1e-9, time.monotonic() - self._t0)
-        end = self._sample()
-        return {
-            name: round(100.0 * (end[name] - self._start.get(name, 0.0)) / elapsed, 1)
-            for name in end
-        }
+        machine = machine_busy_seconds() - self._machine
+        result: dict[str, float] = {}
+        for name, pids in self._sample().items():
+            begun = self._start.get(name, {})
+            used = sum(seconds - begun.get(pid, 0.0) for pid, seconds in pids.items())
+            result[name] = round(100.0 * used / elapsed, 1)
+        accounted = sum(result.values())
+        result["machine"] = round(100.0 * machine / elapsed, 1)
+        result["other"] = round(result["machine"] - accounted, 1)
+        return result
 
 
 # -- /metrics ----------------------------------------------------------------------------------
@@ -285,6 +334,73 @@ def parse_metrics(text: str) -> dict[str, float]:
         with contextlib.suppress(ValueError):
             values[key] = float(raw)
     return values
+
+
+def gc_summary(values: Mapping[str, float]) -> dict[str, dict[str, float]]:
+    """Per generation: how many collections, their total and their mean pause (ms)."""
+    out: dict[str, dict[str, float]] = {}
+    for gen in ("0", "1", "2"):
+        count = values.get(f'python_gc_pause_seconds_count{{generation="{gen}"}}')
+        total = values.get(f'python_gc_pause_seconds_sum{{generation="{gen}"}}')
+        if count is None or total is None:
+            continue
+        over_100ms = count - values.get(
+            f'python_gc_pause_seconds_bucket{{generation="{gen}",le="0.1"}}', count
+        )
+        out[gen] = {
+            "count": count,
+            "total_ms": total * 1000,
+            "mean_ms": total * 1000 / count if count else 0.0,
+            "over_100ms": over_100ms,
+        }
+    return out
+
+
+def gc_window(before: Mapping[str, float], after: Mapping[str, float]) -> dict[str, float]:
+    """GC in a window: collections per generation, and the histogram bucket bounding the worst.
+
+    ``worst_le_ms`` is the upper bound of the smallest bucket holding every pause of the window
+    (the histogram cannot say more; inf if one exceeded the top bucket).
+    """
+    out: dict[str, float] = {}
+    buckets: dict[float, float] = {}
+    total = 0.0
+    for key, value in after.items():
+        if not key.startswith("python_gc_pause_seconds_"):
+            continue
+        delta = value - before.get(key, 0.0)
+        if key.startswith("python_gc_pause_seconds_count"):
+            gen = key.split('generation="')[1].split('"')[0]
+            out[f"gen{gen}"] = delta
+            total += delta
+        elif key.startswith("python_gc_pause_seconds_bucket"):
+            le = key.split('le="')[1].split('"')[0]
+            bound = math.inf if le == "+Inf" else float(le)
+            buckets[bound] = buckets.get(bound, 0.0) + delta
+    worst = math.nan
+    for bound in sorted(buckets):
+        if buckets[bound] >= total:
+            worst = bound * 1000 if total else 0.0
+            break
+    out["worst_le_ms"] = worst
+    return out
+
+
+def histogram_window(
+    before: Mapping[str, float], after: Mapping[str, float], name: str
+) -> dict[str, float]:
+    """A histogram's observations in a window: count, mean (ms), and the share above each bucket."""
+    count = (after.get(f"{name}_count") or 0.0) - (before.get(f"{name}_count") or 0.0)
+    total = (after.get(f"{name}_sum") or 0.0) - (before.get(f"{name}_sum") or 0.0)
+    out = {"count": count, "mean_ms": total * 1000 / count if count else math.nan}
+    prefix = f'{name}_bucket{{le="'
+    for key, value in after.items():
+        if key.startswith(prefix):
+            le = key[len(prefix) : -2]
+            if le != "+Inf":
+                below = value - before.get(key, 0.0)
+                out[f"over_{float(le) * 1000:g}ms"] = count - below
+    return out
 
 
 def metric(values: Mapping[str, float], name: str) -> float | None:
@@ -365,6 +481,24 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return "\n".join(out)
 
 
+def code_version() -> str:
+    """The commit under test, with ``+dirty:<files>`` when server/ or channels/ have edits."""
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "server", "channels"],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+    except OSError:
+        return "unknown"
+    files = [f for f in dirty if "/" in f]
+    return head + (f"+dirty:{','.join(files)}" if files else "")
+
+
 def write_json(path: str | None, document: Mapping[str, Any]) -> None:
     """Write ``document`` to ``path`` (if given), NaN as null."""
     if not path:
@@ -434,9 +568,9 @@ class WsClient(asyncio.Protocol):
         self._upgraded = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self._request)
+        # uvloop's TCPTransport quacks like asyncio.Transport without subclassing it.
+        self.transport = typing.cast(asyncio.Transport, transport)
+        self.transport.write(self._request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         if not self.opened.done():

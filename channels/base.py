@@ -11,7 +11,7 @@ so whenever it knows it may have happened (a lost connection, a reconnect) by pu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
@@ -89,6 +89,10 @@ class Broker(Protocol):
 
     async def publish(self, channel: str, data: str) -> None:
         """Publish ``data`` to ``channel``; raises BrokerError if it cannot be handed over."""
+        ...
+
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        """Publish (channel, data) pairs in order, in one round trip where the broker allows."""
         ...
 
     def subscribe(

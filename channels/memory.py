@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
 from channels.base import BrokerError
@@ -39,6 +39,13 @@ class MemoryBroker:
             raise BrokerError("memory broker is not connected")
         # At-most-once like Redis: a full subscription drops the message and flags overflow.
         self._fanout.deliver(channel, data)
+
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        """Deliver each (channel, data) pair in order; BrokerError when closed."""
+        if not self._connected:
+            raise BrokerError("memory broker is not connected")
+        for channel, data in messages:
+            self._fanout.deliver(channel, data)
 
     def subscribe(
         self, *channels: str, maxsize: int = 256

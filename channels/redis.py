@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import AsyncIterator, Iterable, Iterator
+from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from itertools import islice
 from typing import Any
@@ -188,6 +188,22 @@ class RedisBroker:
         try:
             async with self._publish_slots:
                 await self._client.publish(channel, data)
+        except (RedisError, OSError) as exc:
+            raise BrokerError(f"redis publish failed: {exc or type(exc).__name__}") from exc
+
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        """Publish (channel, data) pairs in order in one pipelined round trip."""
+        if self._closed:
+            raise BrokerError("redis broker is not connected")
+        if not messages:
+            return
+        try:
+            async with self._publish_slots:
+                # Not a MULTI: publishes need no atomicity, only order and one round trip.
+                async with self._client.pipeline(transaction=False) as pipe:
+                    for channel, data in messages:
+                        pipe.publish(channel, data)
+                    await pipe.execute()
         except (RedisError, OSError) as exc:
             raise BrokerError(f"redis publish failed: {exc or type(exc).__name__}") from exc
 

@@ -113,8 +113,8 @@ def create_app(
                 stale_after=settings.broker_heartbeat_stale_after,
             )
             await stack.enter_async_context(heartbeat)
-            publisher = Publisher(
-                db, the_broker, prefix=settings.redis_channel_prefix, metrics=metrics
+            publisher = await stack.enter_async_context(
+                Publisher(db, the_broker, prefix=settings.redis_channel_prefix, metrics=metrics)
             )
             hub = Hub(
                 db=db,

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from sqlalchemy import (
     JSON,
@@ -14,6 +14,7 @@ from sqlalchemy import (
     Index,
     Integer,
     String,
+    Table,
     UniqueConstraint,
     text,
 )
@@ -166,3 +167,10 @@ class WebhookReceipt(Base):
     body: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     __table_args__ = (UniqueConstraint("gateway", "gateway_event_id", name="uq_webhook_receipt"),)
+
+
+# The Core tables, for the write path's lean statements (no unit of work on the hot path).
+orders_table = cast(Table, Order.__table__)
+events_table = cast(Table, Event.__table__)
+streams_table = cast(Table, Stream.__table__)
+stream_events_table = cast(Table, StreamEvent.__table__)

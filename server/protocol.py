@@ -27,7 +27,42 @@ def iso(moment: datetime | None) -> str | None:
     return moment.isoformat().replace("+00:00", "Z")
 
 
-def order_snapshot(order: Order) -> dict[str, Any]:
+@dataclass(frozen=True, slots=True)
+class OrderRow:
+    """An order as the write path reads and writes it (a plain row, no ORM identity)."""
+
+    id: str
+    customer_id: str | None
+    store_id: str
+    status: str
+    payment_status: str
+    payment_method: str
+    amount: int
+    currency: str
+    items: list[Any]
+    needs_review: bool
+    created_at: datetime
+    updated_at: datetime
+    expires_at: datetime | None
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """An event of the log as the write path appends it."""
+
+    id: int
+    order_id: str
+    kind: str
+    from_status: str | None
+    to_status: str
+    source: str
+    actor: str
+    data: dict[str, Any]
+    created_at: datetime
+
+
+def order_snapshot(order: Order | OrderRow) -> dict[str, Any]:
     """The public JSON form of an order."""
     return {
         "id": order.id,
@@ -47,7 +82,7 @@ def order_snapshot(order: Order) -> dict[str, Any]:
     }
 
 
-def event_payload(stream: str, seq: int, event: Event) -> dict[str, Any]:
+def event_payload(stream: str, seq: int, event: Event | EventRow) -> dict[str, Any]:
     """The ``event`` message for position ``seq`` of ``stream``."""
     payload: dict[str, Any] = {
         "type": "event",
@@ -68,7 +103,7 @@ def event_payload(stream: str, seq: int, event: Event) -> dict[str, Any]:
     return payload
 
 
-def audit_entry(event: Event) -> dict[str, Any]:
+def audit_entry(event: Event | EventRow) -> dict[str, Any]:
     """An event as the order's audit trail shows it."""
     return {
         "event_id": event.id,

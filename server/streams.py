@@ -6,12 +6,14 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.models import Event, Order, Stream, StreamEvent
+from server.models import Event, Order, Stream, StreamEvent, streams_table
+from server.protocol import OrderRow
 from server.workflow import TERMINAL
 
 
@@ -25,7 +27,7 @@ def store_stream(store_id: str) -> str:
     return f"store:{store_id}"
 
 
-def streams_of(order: Order) -> list[str]:
+def streams_of(order: Order | OrderRow) -> list[str]:
     """The streams an order's events belong to, in the fixed order they are locked."""
     streams = {store_stream(order.store_id)}
     if order.customer_id is not None:
@@ -52,16 +54,36 @@ def _insert(session: AsyncSession) -> type[postgresql.Insert] | type[sqlite.Inse
     return postgresql.Insert if session.get_bind().dialect.name == "postgresql" else sqlite.Insert
 
 
-async def allocate_seq(session: AsyncSession, stream: str) -> int:
-    """Take the next seq of ``stream``; the row stays locked to commit: seq order = commit order."""
-    insert = _insert(session)
-    statement = (
-        insert(Stream)
-        .values(name=stream, head_seq=1, epoch=new_epoch(), pruned_seq=0)
-        .on_conflict_do_update(index_elements=[Stream.name], set_={"head_seq": Stream.head_seq + 1})
-        .returning(Stream.head_seq)
+def _upsert_seq(insert: type[postgresql.Insert] | type[sqlite.Insert]) -> Any:
+    # The rows go as executemany parameters, not inline VALUES, so the statement is compiled
+    # once and cached.
+    table = streams_table
+    return (
+        insert(table)
+        .on_conflict_do_update(
+            index_elements=[table.c.name], set_={"head_seq": table.c.head_seq + 1}
+        )
+        .returning(table.c.name, table.c.head_seq, sort_by_parameter_order=True)
     )
-    return int((await session.execute(statement)).scalar_one())
+
+
+_UPSERT_SEQ = {"postgresql": _upsert_seq(postgresql.Insert), "sqlite": _upsert_seq(sqlite.Insert)}
+
+
+async def allocate_seqs(session: AsyncSession, streams: Sequence[str]) -> list[tuple[str, int]]:
+    """Take the next seq of each stream, in the order given (the lock order).
+
+    Each stream row stays locked until commit, so seq order is commit order; the rows are
+    locked in the order given (``streams_of`` sorts them), so two writers cannot deadlock.
+    """
+    statement = _UPSERT_SEQ[session.get_bind().dialect.name]
+    conn = await session.connection()
+    rows = await conn.execute(
+        statement,
+        [{"name": s, "head_seq": 1, "epoch": new_epoch(), "pruned_seq": 0} for s in streams],
+    )
+    heads = {name: int(head) for name, head in rows}
+    return [(stream, heads[stream]) for stream in streams]
 
 
 async def ensure_stream(session: AsyncSession, stream: str) -> StreamHead:

@@ -156,6 +156,22 @@ async def test_publish_after_disconnect_raises_broker_error(broker: Broker, pref
     await broker.disconnect()  # idempotent
     with pytest.raises(BrokerError):
         await broker.publish(prefix + "a", "too late")
+    with pytest.raises(BrokerError):
+        await broker.publish_many([(prefix + "a", "too late")])
+
+
+async def test_publish_many_delivers_every_message_in_order(broker: Broker, prefix: str) -> None:
+    async with broker.subscribe(prefix + "a", prefix + "b") as sub:
+        await broker.publish_many(
+            [(prefix + "a", "1"), (prefix + "b", "2"), (prefix + "a", "3"), (prefix + "z", "x")]
+        )
+        await broker.publish_many([])
+        got = [await receive_message(sub) for _ in range(3)]
+    assert [(m.channel, m.data) for m in got] == [
+        (prefix + "a", "1"),
+        (prefix + "b", "2"),
+        (prefix + "a", "3"),
+    ]
 
 
 async def test_subscriptions_left_open_get_nothing_after_disconnect(
