@@ -45,6 +45,7 @@ from server.streams import (
 logger = logging.getLogger(__name__)
 
 _BACKFILL_PAGE = 500
+_POLL_SLICE = 500
 
 
 class _Close(Exception):
@@ -91,6 +92,11 @@ class Hub:
         self._by_user: defaultdict[str, set[Connection]] = defaultdict(set)
         self._by_stream: defaultdict[str, set[Connection]] = defaultdict(set)
         self._closing = False
+        # Connection set-up reads the database; after a restart thousands of clients reconnect
+        # at once. Queue them here rather than exhaust the pool (whose timeout would end in
+        # 1011 closes).
+        self._db_slots = asyncio.Semaphore(max(1, settings.db_pool_size))
+        self.opened_total = 0
 
     @property
     def connection_count(self) -> int:
@@ -168,6 +174,7 @@ class Hub:
         if len(self._by_user.get(user_key, ())) >= self._settings.ws_max_connections_per_user:
             raise _Close(CloseCode.TOO_MANY_CONNECTIONS, "too many connections")
         conn = Connection(ws, principal)
+        self.opened_total += 1
         self._by_user[user_key].add(conn)
         self._by_stream[conn.stream].add(conn)
         self._metrics.ws_connections.inc()
@@ -198,16 +205,17 @@ class Hub:
     # -- hello and replay ---------------------------------------------------------------------
 
     async def _head(self, stream: str) -> StreamHead:
-        async with self._db.read() as session:
-            head = await read_head(session, stream)
-        if head is None:
-            async with self._db.transaction() as session:
-                head = await ensure_stream(session, stream)
+        async with self._db_slots:
+            async with self._db.read() as session:
+                head = await read_head(session, stream)
+            if head is None:
+                async with self._db.transaction() as session:
+                    head = await ensure_stream(session, stream)
         return head
 
     async def _snapshot(self, stream: str) -> tuple[StreamHead, list[dict[str, Any]]]:
         await self._head(stream)  # make sure the row exists before the read-only snapshot
-        async with self._db.snapshot() as session, session.begin():
+        async with self._db_slots, self._db.snapshot() as session, session.begin():
             head = await read_head(session, stream)
             assert head is not None
             orders = await open_orders(session, stream, limit=self._settings.snapshot_max_orders)
@@ -238,7 +246,7 @@ class Hub:
         assert cursor is not None
         self._metrics.ws_backfills.labels(reason=reason).inc()
         while True:
-            async with self._db.read() as session:
+            async with self._db_slots, self._db.read() as session:
                 rows = await events_after(session, conn.stream, cursor.last, limit=_BACKFILL_PAGE)
             for seq, event in rows:
                 if seq != cursor.last + 1:
@@ -370,14 +378,21 @@ class Hub:
         if not streams:
             return 0
         self._metrics.hub_polls.inc()
-        async with self._db.read() as session:
-            heads = await read_heads(session, streams)
         poked = 0
-        for stream, head in heads.items():
-            for conn in list(self._by_stream.get(stream, ())):
-                if conn.cursor is not None and conn.sub is not None and conn.cursor.behind(head):
-                    _poke(conn.sub, "poll")
-                    poked += 1
+        # In slices, yielding in between: 10,000 streams in one go would stall the event loop.
+        for start in range(0, len(streams), _POLL_SLICE):
+            async with self._db_slots, self._db.read() as session:
+                heads = await read_heads(session, streams[start : start + _POLL_SLICE])
+            for stream, head in heads.items():
+                for conn in list(self._by_stream.get(stream, ())):
+                    if (
+                        conn.cursor is not None
+                        and conn.sub is not None
+                        and conn.cursor.behind(head)
+                    ):
+                        _poke(conn.sub, "poll")
+                        poked += 1
+            await asyncio.sleep(0)
         return poked
 
     async def shutdown(self) -> None:

@@ -45,7 +45,7 @@ class Settings:
     ws_impl: str = "websockets-sansio"
     ws_per_message_deflate: bool = False
     hub_poll_interval: float = 1.0
-    hub_safety_poll_interval: float = 10.0
+    hub_safety_poll_interval: float = 30.0
     broker_heartbeat_interval: float = 1.0
     broker_heartbeat_stale_after: float = 3.0
     relay_in_process: bool | None = None
@@ -56,6 +56,8 @@ class Settings:
     order_expiry_seconds: int = 1_800
     snapshot_max_orders: int = 200
     graceful_shutdown_timeout: float = 10.0
+    gc_freeze: bool = True
+    gc_thaw_interval: float = 3600.0
     log_level: str = "INFO"
     log_format: str = "json"
     instance_id: str = field(default_factory=lambda: secrets.token_hex(4))
@@ -212,6 +214,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "order_expiry_seconds": (1, None),
     "snapshot_max_orders": (0, 10_000),
     "graceful_shutdown_timeout": (0, None),
+    "gc_thaw_interval": (0, None),
 }
 
 _PARSERS: dict[str, Callable[[str], Any]] = {

@@ -54,6 +54,8 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "ORDER_EXPIRY_SECONDS": ("60", 60),
     "SNAPSHOT_MAX_ORDERS": ("50", 50),
     "GRACEFUL_SHUTDOWN_TIMEOUT": ("2.5", 2.5),
+    "GC_FREEZE": ("false", False),
+    "GC_THAW_INTERVAL": ("60", 60.0),
     "LOG_LEVEL": ("DEBUG", "DEBUG"),
     "LOG_FORMAT": ("text", "text"),
     "INSTANCE_ID": ("web-7", "web-7"),

@@ -1,0 +1,73 @@
+"""The garbage-collector policy: freeze after bursts of connections, thaw on schedule."""
+
+from __future__ import annotations
+
+import gc
+import time
+import weakref
+from collections.abc import Iterator
+
+import pytest
+
+from server.gctune import GcPolicy
+
+
+@pytest.fixture(autouse=True)
+def _restore_collector() -> Iterator[None]:
+    yield
+    gc.unfreeze()
+
+
+class Opened:
+    """A stand-in for the hub's connection counter."""
+
+    def __init__(self) -> None:
+        self.total = 0
+
+    def __call__(self) -> int:
+        return self.total
+
+
+def test_it_freezes_only_after_enough_new_connections() -> None:
+    opened = Opened()
+    policy = GcPolicy(opened_total=opened, freeze_after=100, thaw_interval=0)
+    opened.total = 99
+    assert policy.step() is None
+    opened.total = 100
+    assert policy.step() == "freeze"
+    assert gc.get_freeze_count() > 0
+    opened.total = 150
+    assert policy.step() is None, "50 more is not another burst"
+    opened.total = 200
+    assert policy.step() == "freeze"
+
+
+def test_it_hands_frozen_objects_back_on_schedule() -> None:
+    opened = Opened()
+    policy = GcPolicy(opened_total=opened, freeze_after=1, thaw_interval=0.05)
+    opened.total = 1
+    assert policy.step() == "freeze"
+    time.sleep(0.06)
+    assert policy.step() == "thaw"
+    assert gc.get_freeze_count() == 0
+
+
+class Node:
+    """An object that can sit in a cycle."""
+
+    def __init__(self) -> None:
+        self.other: Node | None = None
+
+
+def test_frozen_objects_are_still_freed_by_reference_counting_and_cycles_after_a_thaw() -> None:
+    plain, cyclic = Node(), Node()
+    cyclic.other = cyclic
+    plain_ref, cyclic_ref = weakref.ref(plain), weakref.ref(cyclic)
+    gc.freeze()
+    del plain, cyclic
+    assert plain_ref() is None, "a connection's objects go when it ends"
+    gc.collect()
+    assert cyclic_ref() is not None, "a frozen cycle waits for the thaw"
+    gc.unfreeze()
+    gc.collect()
+    assert cyclic_ref() is None

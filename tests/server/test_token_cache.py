@@ -1,0 +1,37 @@
+"""The verified-token cache never lets a token outlive its exp or stand in for another."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from server.auth import AuthError, TokenVerifier
+from tests.support.clients import SECRET, token
+
+
+def test_a_cached_token_is_refused_once_it_expires() -> None:
+    verifier = TokenVerifier(key=SECRET, algorithms=("HS256",))
+    short = token("zoe", ttl=1.2)
+    assert verifier.verify(short).sub == "zoe"
+    assert verifier.verify(short).sub == "zoe"  # from the cache
+    time.sleep(1.3)
+    with pytest.raises(AuthError, match="expired"):
+        verifier.verify(short)
+
+
+def test_a_forged_token_is_never_cached_as_valid() -> None:
+    verifier = TokenVerifier(key=SECRET, algorithms=("HS256",))
+    forged = token("zoe", secret="another-secret-0123456789-0123456789")
+    for _ in range(2):
+        with pytest.raises(AuthError):
+            verifier.verify(forged)
+
+
+def test_the_cache_is_bounded() -> None:
+    verifier = TokenVerifier(key=SECRET, algorithms=("HS256",), cache_size=3)
+    tokens = [token(f"user-{i}") for i in range(5)]
+    for tok in tokens:
+        verifier.verify(tok)
+    assert [verifier.verify(tok).sub for tok in tokens] == [f"user-{i}" for i in range(5)]
+    assert len(verifier._cache) == 3
