@@ -27,6 +27,7 @@ from server.metrics import Metrics
 from server.services import Services
 from server.settings import Settings
 from server.writes import Publisher
+from tests.channels.helpers import RedisServer, free_port
 from tests.support.clients import SECRET
 from tests.support.servers import Running, serve_in_process
 
@@ -157,6 +158,17 @@ async def pg_backend(tmp_path: Path) -> AsyncIterator[Backend]:
     await _redis_check()
     async with fresh_pg_database() as url:
         yield Backend("postgres", url, REDIS_URL)
+
+
+@pytest.fixture
+async def private_redis() -> AsyncIterator[RedisServer]:
+    """A redis-server of this test's own, which it may kill and restart."""
+    server = RedisServer(free_port())
+    await server.start()
+    try:
+        yield server
+    finally:
+        await server.kill()
 
 
 @dataclass

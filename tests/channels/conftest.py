@@ -13,7 +13,7 @@ import redis.asyncio as aioredis
 from channels import Broker
 from channels.memory import MemoryBroker
 from channels.redis import RedisBroker
-from tests.channels.helpers import REDIS_URL, RedisServer, free_port, unavailable
+from tests.channels.helpers import REDIS_URL, unavailable
 
 
 @functools.cache
@@ -69,17 +69,6 @@ async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
 def prefix() -> str:
     """A channel prefix no other test uses, so tests sharing one Redis never collide."""
     return f"test:{uuid.uuid4().hex}:"
-
-
-@pytest.fixture
-async def private_redis() -> AsyncIterator[RedisServer]:
-    """A redis-server of this test's own, which it may kill and restart."""
-    server = RedisServer(free_port())
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.kill()
 
 
 @pytest.fixture

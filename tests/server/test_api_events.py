@@ -5,27 +5,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import httpx
 import pytest
 from websockets.asyncio.client import connect
 
 from tests.conftest import Service
+from tests.support.asserts import assert_error
 from tests.support.clients import auth, order_body, recv_events, recv_json, token
 
 ALICE = token("alice")
 BOB = token("bob")
 POS1 = token("pos-1", role="pos", store_id="store-1")
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The response is ``status`` with the one JSON error shape; its ``error`` object."""
-    assert response.status_code == status, response.text
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert error["code"] == code, body
-    assert isinstance(error["message"], str) and error["message"], body
-    return dict(error)
 
 
 async def create(service: Service, tok: str = ALICE, **overrides: Any) -> str:

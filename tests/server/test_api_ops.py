@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
-import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.applications import Starlette
@@ -13,22 +11,11 @@ from starlette.routing import Route
 
 from server.app import create_app
 from tests.conftest import Service
+from tests.support.asserts import assert_error
 from tests.support.clients import auth, order_body, token
 
 ALICE = token("alice")
 HTTP_METHODS = {"get", "put", "post", "delete", "options", "head", "patch", "trace"}
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The response is ``status`` with the one JSON error shape; its ``error`` object."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert error["code"] == code, body
-    assert isinstance(error["message"], str) and error["message"], body
-    return dict(error)
 
 
 def api_routes(app: Starlette) -> set[tuple[str, str]]:

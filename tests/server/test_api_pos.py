@@ -7,34 +7,13 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import func, select
 
-from server.models import Event, Order
 from tests.conftest import Service
+from tests.support.asserts import assert_error, counts
 from tests.support.clients import auth, order_body, token
 
 ALICE = token("alice")
 POS1 = token("pos-1", role="pos", store_id="store-1")
-
-
-async def counts(service: Service) -> tuple[int, int]:
-    """(orders, events) rows in the database."""
-    async with service.db.read() as session:
-        orders = (await session.execute(select(func.count()).select_from(Order))).scalar_one()
-        events = (await session.execute(select(func.count()).select_from(Event))).scalar_one()
-    return int(orders), int(events)
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The response is ``status`` with the one JSON error shape; its ``error`` object."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert error["code"] == code, body
-    assert isinstance(error["message"], str) and error["message"], body
-    return dict(error)
 
 
 async def create(

@@ -16,19 +16,17 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-import httpx
 import jwt
 import orjson
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 from websockets.typing import Origin
 
-from server.models import Event, Order
 from tests.conftest import Service, StartService
+from tests.support.asserts import assert_error, counts
 from tests.support.clients import (
     SECRET,
     auth,
@@ -121,26 +119,6 @@ FORGED_HS: dict[str, Callable[[], str]] = {
 
 
 # -- helpers ----------------------------------------------------------------------------------
-
-
-async def counts(service: Service) -> tuple[int, int]:
-    """(orders, events) rows in the database."""
-    async with service.db.read() as session:
-        orders = (await session.execute(select(func.count()).select_from(Order))).scalar_one()
-        events = (await session.execute(select(func.count()).select_from(Event))).scalar_one()
-    return int(orders), int(events)
-
-
-def assert_error(response: httpx.Response, status: int, code: str) -> dict[str, Any]:
-    """The response is ``status`` with the one JSON error shape; its ``error`` object."""
-    assert response.status_code == status, response.text
-    assert response.headers["content-type"].startswith("application/json")
-    body = response.json()
-    assert set(body) == {"error"}, body
-    error = body["error"]
-    assert error["code"] == code, body
-    assert isinstance(error["message"], str) and error["message"], body
-    return dict(error)
 
 
 async def refused_with_4401(url: str, **kwargs: Any) -> None:

@@ -3,29 +3,18 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import replace
 
 import pytest
 from websockets.asyncio.client import connect
 
-from tests.channels.helpers import RedisServer, free_port
+from tests.channels.helpers import RedisServer
 from tests.conftest import Backend, StartService
 from tests.support.clients import auth, expect_silence, order_body, recv_events, recv_json, token
 
 pytestmark = pytest.mark.slow
 
 OUTAGE_SECONDS = 30
-
-
-@pytest.fixture
-async def private_redis() -> AsyncIterator[RedisServer]:
-    server = RedisServer(free_port())
-    await server.start()
-    try:
-        yield server
-    finally:
-        await server.kill()
 
 
 @pytest.fixture
