@@ -6,13 +6,12 @@ import secrets
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
 
-from sqlalchemy import delete, func, select, update
+from sqlalchemy import TextClause, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.models import Event, Order, Stream, StreamEvent, streams_table
+from server.models import Event, Order, Stream, StreamEvent
 from server.protocol import OrderRow
 from server.workflow import TERMINAL
 
@@ -54,20 +53,18 @@ def _insert(session: AsyncSession) -> type[postgresql.Insert] | type[sqlite.Inse
     return postgresql.Insert if session.get_bind().dialect.name == "postgresql" else sqlite.Insert
 
 
-def _upsert_seq(insert: type[postgresql.Insert] | type[sqlite.Insert]) -> Any:
-    # The rows go as executemany parameters, not inline VALUES, so the statement is compiled
-    # once and cached.
-    table = streams_table
-    return (
-        insert(table)
-        .on_conflict_do_update(
-            index_elements=[table.c.name], set_={"head_seq": table.c.head_seq + 1}
-        )
-        .returning(table.c.name, table.c.head_seq, sort_by_parameter_order=True)
+def _upsert_seqs(count: int) -> TextClause:
+    # One multi-row upsert, in plain SQL that PostgreSQL and SQLite both speak: a statement
+    # built once per row count and cached. Rows are inserted, and so locked, in VALUES order.
+    rows = ", ".join(f"(:name{i}, 1, :epoch{i}, 0)" for i in range(count))
+    return text(
+        f"INSERT INTO streams (name, head_seq, epoch, pruned_seq) VALUES {rows} "
+        "ON CONFLICT (name) DO UPDATE SET head_seq = streams.head_seq + 1 "
+        "RETURNING name, head_seq"
     )
 
 
-_UPSERT_SEQ = {"postgresql": _upsert_seq(postgresql.Insert), "sqlite": _upsert_seq(sqlite.Insert)}
+_UPSERT_SEQS = {count: _upsert_seqs(count) for count in (1, 2)}
 
 
 async def allocate_seqs(session: AsyncSession, streams: Sequence[str]) -> list[tuple[str, int]]:
@@ -76,13 +73,15 @@ async def allocate_seqs(session: AsyncSession, streams: Sequence[str]) -> list[t
     Each stream row stays locked until commit, so seq order is commit order; the rows are
     locked in the order given (``streams_of`` sorts them), so two writers cannot deadlock.
     """
-    statement = _UPSERT_SEQ[session.get_bind().dialect.name]
+    statement = _UPSERT_SEQS.get(len(streams))
+    if statement is None:
+        statement = _upsert_seqs(len(streams))
+    params: dict[str, str] = {}
+    for i, stream in enumerate(streams):
+        params[f"name{i}"] = stream
+        params[f"epoch{i}"] = new_epoch()
     conn = await session.connection()
-    rows = await conn.execute(
-        statement,
-        [{"name": s, "head_seq": 1, "epoch": new_epoch(), "pruned_seq": 0} for s in streams],
-    )
-    heads = {name: int(head) for name, head in rows}
+    heads = {name: int(head) for name, head in await conn.execute(statement, params)}
     return [(stream, heads[stream]) for stream in streams]
 
 
