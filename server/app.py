@@ -10,6 +10,8 @@ from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -22,7 +24,13 @@ from channels import Broker, Heartbeat, create_broker
 from server.api import demo, events, ops, orders, pos
 from server.auth import TokenVerifier
 from server.db import Database, migrate
-from server.errors import ApiError, handle_api_error, handle_http_exception, handle_unexpected
+from server.errors import (
+    ApiError,
+    handle_api_error,
+    handle_database_error,
+    handle_http_exception,
+    handle_unexpected,
+)
 from server.gctune import GcPolicy
 from server.hub import Hub
 from server.logs import new_request_id, request_id
@@ -185,6 +193,8 @@ def create_app(
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: handle_http_exception,
+            DBAPIError: handle_database_error,
+            SQLAlchemyTimeoutError: handle_database_error,
             Exception: handle_unexpected,
         },
         lifespan=lifespan,

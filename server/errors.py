@@ -119,6 +119,18 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
 
 
+async def handle_database_error(request: Request, exc: Exception) -> Response:
+    # The database went away (restart, failover, network) or its pool is exhausted. The
+    # transaction did not commit, so nothing changed: say so, and when to try again.
+    logger.warning("database unavailable on %s %s: %s", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database is unavailable; nothing was changed, try again",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def handle_unexpected(request: Request, exc: Exception) -> Response:
     logger.exception("unhandled error on %s %s", request.method, request.url.path)
     return error_response(500, "internal_error", "internal server error")
