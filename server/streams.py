@@ -53,36 +53,66 @@ def _insert(session: AsyncSession) -> type[postgresql.Insert] | type[sqlite.Inse
     return postgresql.Insert if session.get_bind().dialect.name == "postgresql" else sqlite.Insert
 
 
-def _upsert_seqs(count: int) -> TextClause:
-    # One multi-row upsert, in plain SQL that PostgreSQL and SQLite both speak: a statement
-    # built once per row count and cached. Rows are inserted, and so locked, in VALUES order.
+def _upsert_sql(count: int) -> str:
+    # Plain SQL that PostgreSQL and SQLite both speak; rows are inserted, and so locked, in
+    # VALUES order.
     rows = ", ".join(f"(:name{i}, 1, :epoch{i}, 0)" for i in range(count))
-    return text(
+    return (
         f"INSERT INTO streams (name, head_seq, epoch, pruned_seq) VALUES {rows} "
         "ON CONFLICT (name) DO UPDATE SET head_seq = streams.head_seq + 1 "
         "RETURNING name, head_seq"
     )
 
 
-_UPSERT_SEQS = {count: _upsert_seqs(count) for count in (1, 2)}
+def _append_statements(count: int) -> dict[str, TextClause]:
+    """The statements that append one event to ``count`` streams, per dialect."""
+    index_rows = ", ".join(f"(:name{i}, :seq{i}, :event_id)" for i in range(count))
+    return {
+        # One round trip: the stream rows are locked from here to commit, and every writer of
+        # the same store queues on that lock, so the shorter the better.
+        "postgresql": text(
+            f"WITH s AS ({_upsert_sql(count)}) "
+            "INSERT INTO stream_events (stream, seq, event_id) "
+            "SELECT name, head_seq, :event_id FROM s RETURNING stream, seq"
+        ),
+        # SQLite has no INSERT inside WITH; its single writer lock makes the extra step moot.
+        "sqlite": text(_upsert_sql(count)),
+        "sqlite_index": text(
+            f"INSERT INTO stream_events (stream, seq, event_id) VALUES {index_rows}"
+        ),
+    }
 
 
-async def allocate_seqs(session: AsyncSession, streams: Sequence[str]) -> list[tuple[str, int]]:
-    """Take the next seq of each stream, in the order given (the lock order).
+# Built once per stream count and cached: an order's event goes to one or two streams.
+_APPEND = {count: _append_statements(count) for count in (1, 2)}
+
+
+async def append_to_streams(
+    session: AsyncSession, streams: Sequence[str], event_id: int
+) -> list[tuple[str, int]]:
+    """Give event ``event_id`` the next seq of each stream; (stream, seq) in the order given.
 
     Each stream row stays locked until commit, so seq order is commit order; the rows are
     locked in the order given (``streams_of`` sorts them), so two writers cannot deadlock.
     """
-    statement = _UPSERT_SEQS.get(len(streams))
-    if statement is None:
-        statement = _upsert_seqs(len(streams))
-    params: dict[str, str] = {}
+    statements = _APPEND.get(len(streams))
+    if statements is None:
+        statements = _append_statements(len(streams))
+    params: dict[str, object] = {"event_id": event_id}
     for i, stream in enumerate(streams):
         params[f"name{i}"] = stream
         params[f"epoch{i}"] = new_epoch()
     conn = await session.connection()
-    heads = {name: int(head) for name, head in await conn.execute(statement, params)}
-    return [(stream, heads[stream]) for stream in streams]
+    if conn.dialect.name == "postgresql":
+        rows = await conn.execute(statements["postgresql"], params)
+        seqs = {stream: int(seq) for stream, seq in rows}
+    else:
+        rows = await conn.execute(statements["sqlite"], params)
+        seqs = {stream: int(seq) for stream, seq in rows}
+        for i, stream in enumerate(streams):
+            params[f"seq{i}"] = seqs[stream]
+        await conn.execute(statements["sqlite_index"], params)
+    return [(stream, seqs[stream]) for stream in streams]
 
 
 async def ensure_stream(session: AsyncSession, stream: str) -> StreamHead:

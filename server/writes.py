@@ -28,8 +28,8 @@ from server.auth import Principal, Role
 from server.db import Database
 from server.errors import Conflict, Forbidden, NotFound
 from server.metrics import Metrics
-from server.models import Order, events_table, orders_table, stream_events_table, utcnow
-from server.streams import allocate_seqs, streams_of
+from server.models import Order, events_table, orders_table, utcnow
+from server.streams import append_to_streams, streams_of
 from server.workflow import (
     Mover,
     OrderStatus,
@@ -222,11 +222,7 @@ async def append_event(
     del values["id"]
     event_id = (await conn.execute(_INSERT_EVENT, values)).scalar_one()
     event = dataclasses.replace(draft, id=int(event_id))
-    seqs = await allocate_seqs(session, streams_of(order))
-    await conn.execute(
-        _INSERT_STREAM_EVENT,
-        [{"stream": stream, "seq": seq, "event_id": event.id} for stream, seq in seqs],
-    )
+    seqs = await append_to_streams(session, streams_of(order), event.id)
     deliveries = tuple(
         Delivery(stream, seq, protocol.dumps(protocol.event_payload(stream, seq, event)))
         for stream, seq in seqs
@@ -352,7 +348,6 @@ _UPDATE_STATUS = (
 )
 _INSERT_ORDER = insert(orders_table)
 _INSERT_EVENT = insert(events_table).returning(events_table.c.id)
-_INSERT_STREAM_EVENT = insert(stream_events_table)
 
 
 def _shallow_fields(row: protocol.OrderRow | protocol.EventRow) -> dict[str, Any]:
