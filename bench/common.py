@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import collections
 import contextlib
 import json
 import math
@@ -278,6 +279,12 @@ def machine_busy_seconds() -> float:
     return (sum(values[:8]) - idle) / CLK_TCK
 
 
+def machine_steal_seconds() -> float:
+    """CPU seconds the hypervisor gave this VM's vCPUs to someone else since boot (all cores)."""
+    with open("/proc/stat") as fh:
+        return int(fh.readline().split()[8]) / CLK_TCK
+
+
 class CpuMeter:
     """CPU% of named groups of processes between :meth:`start` and :meth:`stop`.
 
@@ -286,13 +293,15 @@ class CpuMeter:
     ``machine`` (every core, so up to 100 × nproc, from /proc/stat) and ``other``: machine
     minus the groups. In a VM /proc/stat's tick accounting can lag the per-process figures
     (``other`` has come out negative), so take those two as hints; :func:`preemptions` is the
-    direct evidence that something else took the server's core.
+    direct evidence that something else took the server's core. ``steal``: CPU% the hypervisor
+    took from this VM's vCPUs (included in ``machine``).
     """
 
     def __init__(self, groups: Mapping[str, Callable[[], Iterable[int]]]) -> None:
         self._groups = groups
         self._start: dict[str, dict[int, float]] = {}
         self._machine = 0.0
+        self._steal = 0.0
         self._t0 = 0.0
 
     def _sample(self) -> dict[str, dict[int, float]]:
@@ -304,12 +313,14 @@ class CpuMeter:
         """Take the starting sample."""
         self._t0 = time.monotonic()
         self._machine = machine_busy_seconds()
+        self._steal = machine_steal_seconds()
         self._start = self._sample()
 
     def stop(self) -> dict[str, float]:
         """CPU% of each group since :meth:`start` (100 = one core busy)."""
         elapsed = max(1e-9, time.monotonic() - self._t0)
         machine = machine_busy_seconds() - self._machine
+        steal = machine_steal_seconds() - self._steal
         result: dict[str, float] = {}
         for name, pids in self._sample().items():
             begun = self._start.get(name, {})
@@ -318,6 +329,7 @@ class CpuMeter:
         accounted = sum(result.values())
         result["machine"] = round(100.0 * machine / elapsed, 1)
         result["other"] = round(result["machine"] - accounted, 1)
+        result["steal"] = round(100.0 * steal / elapsed, 1)
         return result
 
 
@@ -672,3 +684,235 @@ async def ws_connect(
         _, client = await loop.create_connection(lambda: WsClient(request, on_text), host, port)
         await client.opened
     return client
+
+
+# -- a lean HTTP/1.1 client --------------------------------------------------------------------
+
+# What a request's callback gets: the HTTP status (0: the connection failed before an answer,
+# and the body is the reason), the body, and the time.time() the request was written.
+ResponseCallback = Callable[[int, bytes, float], None]
+
+
+def http_request(
+    method: str,
+    path: str,
+    host: str,
+    *,
+    body: bytes = b"",
+    headers: Iterable[tuple[str, str]] = (),
+) -> bytes:
+    """A complete HTTP/1.1 request (keep-alive; a body is sent as JSON)."""
+    head = f"{method} {path} HTTP/1.1\r\nHost: {host}\r\n"
+    head += "".join(f"{name}: {value}\r\n" for name, value in headers)
+    if body or method in ("POST", "PUT", "PATCH"):
+        head += f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+    return (head + "\r\n").encode("latin-1") + body
+
+
+class HttpConnection(asyncio.Protocol):
+    """One keep-alive HTTP/1.1 connection of an :class:`HttpPool`.
+
+    Requests are written whole; responses are matched to them in order (pipelining is allowed
+    by HTTP/1.1 and by uvicorn). Only the status line, Content-Length and Connection are parsed:
+    enough for a server that always sends Content-Length, as Starlette's responses do.
+    """
+
+    def __init__(self, pool: HttpPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.inflight: collections.deque[tuple[ResponseCallback, float]] = collections.deque()
+        self.idle_since = 0.0
+        self.listed = False  # in the pool's ready queue
+        self.closed = False
+        self._buf = bytearray()
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = typing.cast(asyncio.Transport, transport)
+        self.idle_since = self.pool.loop.time()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        reason = f"connection lost: {exc or 'closed by server'}".encode()
+        inflight, self.inflight = self.inflight, collections.deque()
+        for callback, sent in inflight:
+            callback(0, reason, sent)
+        self.pool._lost(self)
+
+    def send(self, data: bytes, callback: ResponseCallback) -> None:
+        assert self.transport is not None
+        self.inflight.append((callback, time.time()))
+        self.transport.write(data)
+
+    def close(self) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        keep_alive = True
+        while self.inflight:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                break
+            head = bytes(buf[:end]).lower()
+            try:
+                status = int(head[9:12])
+                at = head.find(b"\r\ncontent-length:")
+                if at >= 0:
+                    stop = head.find(b"\r\n", at + 17)
+                    length = int(head[at + 17 : stop if stop >= 0 else len(head)])
+                elif status in (204, 304) or status < 200:
+                    length = 0
+                else:
+                    raise ValueError("no Content-Length (chunked or close-delimited)")
+            except ValueError as exc:
+                self.pool.protocol_errors += 1
+                self._fail(f"bad response: {exc}")
+                return
+            total = end + 4 + length
+            if len(buf) < total:
+                break
+            body = bytes(buf[end + 4 : total])
+            del buf[:total]
+            if b"\r\nconnection: close" in head:
+                keep_alive = False
+            callback, sent = self.inflight.popleft()
+            callback(status, body, sent)
+            if not keep_alive:
+                break
+        if not keep_alive:
+            self.closed = True
+            self.close()
+            return
+        if not self.inflight:
+            self.idle_since = self.pool.loop.time()
+        self.pool._ready_again(self)
+
+    def _fail(self, reason: str) -> None:
+        self.closed = True
+        self._buf.clear()
+        self.close()  # connection_lost fails what is still in flight
+        if self.inflight:
+            callback, sent = self.inflight.popleft()
+            callback(0, reason.encode(), sent)
+
+
+class HttpPool:
+    """N keep-alive HTTP/1.1 connections on bare :class:`asyncio.Protocol` s, and a FIFO queue.
+
+    :meth:`request` hands a prebuilt request (:func:`http_request`) and a callback to the next
+    connection with room (``depth`` requests in flight per connection: 1 = one at a time,
+    more = pipelined), or queues it. No task, future or per-request object beyond a tuple, so
+    the load generator spends its CPU on sending and receiving, not on an HTTP library. A
+    connection the server closed is replaced (bounded retries); one idle longer than
+    ``max_idle`` seconds is replaced before use, so uvicorn's keep-alive timeout (5 s) never
+    closes a socket under a request being written. Requests that were sent and lost with their
+    connection are reported (status 0), never retried: a retried POST could apply twice.
+    """
+
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        *,
+        connections: int = 32,
+        depth: int = 1,
+        max_idle: float = 3.0,
+        reconnect_attempts: int = 20,
+    ) -> None:
+        self.host, self.port = host, port
+        self.size, self.depth, self.max_idle = connections, max(1, depth), max_idle
+        self.reconnect_attempts = reconnect_attempts
+        self.loop = asyncio.get_running_loop()
+        self.queue: collections.deque[tuple[bytes, ResponseCallback]] = collections.deque()
+        self.connections: set[HttpConnection] = set()
+        self.reconnects = 0
+        self.protocol_errors = 0
+        self._ready: collections.deque[HttpConnection] = collections.deque()
+        self._opening: set[asyncio.Task[None]] = set()
+        self._closing = False
+
+    @property
+    def hostport(self) -> str:
+        """The Host header's value."""
+        return f"{self.host}:{self.port}"
+
+    async def open(self, timeout: float = 30.0) -> None:
+        """Open every connection; raises if one cannot be opened."""
+        async with asyncio.timeout(timeout):
+            await asyncio.gather(*(self._connect() for _ in range(self.size)))
+
+    async def _connect(self) -> None:
+        _, conn = await self.loop.create_connection(
+            lambda: HttpConnection(self), self.host, self.port
+        )
+        if self._closing:
+            conn.close()
+            return
+        self.connections.add(conn)
+        self._ready_again(conn)
+
+    def request(self, data: bytes, callback: ResponseCallback) -> None:
+        """Send ``data`` when a connection has room; ``callback`` gets the answer."""
+        self.queue.append((data, callback))
+        self._pump()
+
+    def _pump(self) -> None:
+        ready, queue, depth = self._ready, self.queue, self.depth
+        now = self.loop.time()
+        while queue and ready:
+            conn = ready.popleft()
+            if conn.closed:
+                conn.listed = False
+                continue
+            if not conn.inflight and now - conn.idle_since > self.max_idle:
+                conn.listed = False
+                conn.closed = True
+                conn.close()  # replaced in _lost
+                continue
+            conn.send(*queue.popleft())
+            if len(conn.inflight) < depth:
+                ready.append(conn)  # round robin while pipelining
+            else:
+                conn.listed = False
+
+    def _ready_again(self, conn: HttpConnection) -> None:
+        if not conn.listed and not conn.closed and len(conn.inflight) < self.depth:
+            conn.listed = True
+            self._ready.append(conn)
+        self._pump()
+
+    def _lost(self, conn: HttpConnection) -> None:
+        self.connections.discard(conn)
+        if self._closing:
+            return
+        task = self.loop.create_task(self._replace())
+        self._opening.add(task)
+        task.add_done_callback(self._opening.discard)
+
+    async def _replace(self) -> None:
+        for attempt in range(self.reconnect_attempts):
+            try:
+                await self._connect()
+                self.reconnects += 1
+                return
+            except OSError:
+                await asyncio.sleep(0.1 * (attempt + 1))
+        if not self.connections and len(self._opening) <= 1:
+            queued, self.queue = self.queue, collections.deque()
+            for _, callback in queued:
+                callback(0, b"no connection to the server", time.time())
+
+    def in_flight(self) -> int:
+        """Requests queued or sent and not yet answered."""
+        return len(self.queue) + sum(len(c.inflight) for c in self.connections)
+
+    def close(self) -> None:
+        """Close every connection; queued requests are dropped."""
+        self._closing = True
+        for task in self._opening:
+            task.cancel()
+        for conn in list(self.connections):
+            conn.close()
+        self.queue.clear()

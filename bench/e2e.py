@@ -7,10 +7,14 @@ It holds C customers connected (plus one POS watcher per store on the store stre
 cash orders for them over REST (R*D/4 by default: each order can take four POS steps,
 CONFIRMED → PREPARING → READY → OUT_FOR_DELIVERY → DELIVERED), then POS terminals post status
 changes at R per second for D seconds on an open-loop schedule (request j is due at t0 + j/R,
-whatever happened to the earlier ones) over a pool of keep-alive HTTP connections.
+whatever happened to the earlier ones) over N keep-alive HTTP/1.1 connections
+(:class:`common.HttpPool`: bare asyncio Protocols, one request in flight per connection unless
+``--http-pipeline``; a due request waits in the pool's queue for a free connection).
 Latency is from a POST's scheduled send time to the WebSocket receipt of that order's event
-with that status on its customer's socket. Every successful POST (creations included) must
-arrive exactly once, in seq order per connection.
+with that status on its customer's socket ("sent" is when the request was written to its
+socket). Every successful POST (creations included) must arrive exactly once, in seq order per
+connection. The load generator's own CPU per status change is measured and reported, so a run
+shows whether it, rather than the server, was the limit.
 """
 
 from __future__ import annotations
@@ -20,12 +24,12 @@ import asyncio
 import math
 import os
 import time
-from collections import Counter, defaultdict
+from array import array
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
 import orjson
 
 from bench import common, profile
@@ -117,116 +121,164 @@ async def _connect_all(
     return errors
 
 
-def _order_body(store: str) -> dict[str, Any]:
-    return {
-        "store_id": store,
-        "items": [{"sku": "tea", "name": "Masala tea", "quantity": 2, "unit_price": 1500}],
-        "currency": "INR",
-        "payment_method": "cash",
-    }
+def _order_body(store: str) -> bytes:
+    return orjson.dumps(
+        {
+            "store_id": store,
+            "items": [{"sku": "tea", "name": "Masala tea", "quantity": 2, "unit_price": 1500}],
+            "currency": "INR",
+            "payment_method": "cash",
+        }
+    )
 
 
 async def _create_orders(
     state: _State,
-    http: httpx.AsyncClient,
+    http: common.HttpPool,
     customers: list[str],
     stores: list[str],
     count: int,
-    concurrency: int,
+    timeout: float,
 ) -> tuple[list[tuple[str, str]], float]:
-    """Create ``count`` cash orders, round-robin over customers and stores; (order, store)."""
-    tokens = [common.token(c) for c in customers]
-    orders: list[tuple[str, str] | None] = [None] * count
-    gate = asyncio.Semaphore(concurrency)
+    """Create ``count`` cash orders, round-robin over customers and stores; (order, store).
 
-    async def one(j: int) -> None:
+    All requests go into the pool's queue at once; its connections bound the concurrency.
+    """
+    tokens = [common.token(c) for c in customers]
+    bodies = {store: _order_body(store) for store in stores}
+    orders: list[tuple[str, str] | None] = [None] * count
+    answered = 0
+    all_answered = asyncio.Event()
+
+    def send(j: int) -> None:
         customer, store = j % len(customers), stores[j % len(stores)]
-        async with gate:
-            started = time.time()
-            try:
-                response = await http.post(
-                    "/api/orders",
-                    json=_order_body(store),
-                    headers={"Authorization": f"Bearer {tokens[customer]}"},
-                )
-            except httpx.HTTPError as exc:
-                state.http_errors[f"create {type(exc).__name__}"] += 1
+        started = time.time()
+
+        def done(status: int, body: bytes, sent: float) -> None:
+            nonlocal answered
+            answered += 1
+            if answered == count:
+                all_answered.set()
+            if status != 201:
+                state.http_errors[f"create {status or body.decode(errors='replace')[:60]}"] += 1
                 return
-            done = time.time()
-        if response.status_code != 201:
-            state.http_errors[f"create {response.status_code}"] += 1
-            return
-        order_id = response.json()["order"]["id"]
-        state.order_owner[order_id] = customer
-        state.sent[(order_id, "CONFIRMED")] = (started, started, done)
-        orders[j] = (order_id, store)
+            order_id = orjson.loads(body)["order"]["id"]
+            state.order_owner[order_id] = customer
+            state.sent[(order_id, "CONFIRMED")] = (started, sent, time.time())
+            orders[j] = (order_id, store)
+
+        http.request(
+            common.http_request(
+                "POST",
+                "/api/orders",
+                http.hostport,
+                body=bodies[store],
+                headers=[("Authorization", f"Bearer {tokens[customer]}")],
+            ),
+            done,
+        )
 
     started = time.monotonic()
-    await asyncio.gather(*(one(j) for j in range(count)))
+    for j in range(count):
+        send(j)
+    try:
+        await asyncio.wait_for(all_answered.wait(), timeout)
+    except TimeoutError:
+        state.http_errors["create unanswered"] += count - answered
     return [o for o in orders if o is not None], time.monotonic() - started
 
 
 async def _post_statuses(
     state: _State,
-    http: httpx.AsyncClient,
+    http: common.HttpPool,
     orders: list[tuple[str, str]],
     rate: float,
     total: int,
+    timeout: float,
 ) -> dict[str, Any]:
-    """POST ``total`` status changes at ``rate``/s on an open-loop schedule."""
-    pos_tokens = {
-        store: common.token(f"pos-{store}", role="pos", store_id=store) for _, store in orders
+    """POST ``total`` status changes at ``rate``/s on an open-loop schedule.
+
+    Request j is due at t0 + j/rate. It is handed to the pool when due, unless the same order's
+    previous step is still unanswered: then it goes out when that answer comes (a POS terminal
+    does not skip a step), and its lateness shows it. No task or future per request.
+    """
+    n = len(orders)
+    pos_auth = {
+        store: [
+            ("Authorization", f"Bearer {common.token(f'pos-{store}', role='pos', store_id=store)}")
+        ]
+        for store in {store for _, store in orders}
     }
-    previous: dict[str, asyncio.Task[None]] = {}
-    tasks: list[asyncio.Task[None]] = []
-    waited_for_previous = 0
-    late_starts: list[float] = []
-
-    async def one(j: int, due: float, before: asyncio.Task[None] | None) -> None:
-        nonlocal waited_for_previous
-        order_id, store = orders[j % len(orders)]
-        status = STEPS[j // len(orders)]
-        if before is not None and not before.done():
-            waited_for_previous += 1
-            await asyncio.wait([before])
-        started = time.time()
-        late_starts.append(started - due)
-        try:
-            response = await http.post(
-                f"/api/pos/orders/{order_id}/status",
-                json={"status": status},
-                headers={"Authorization": f"Bearer {pos_tokens[store]}"},
-            )
-        except httpx.HTTPError as exc:
-            state.http_errors[f"status {type(exc).__name__}"] += 1
-            return
-        if response.status_code != 200:
-            state.http_errors[f"status {response.status_code}"] += 1
-            return
-        state.sent[(order_id, status)] = (due, started, time.time())
-
+    bodies = [orjson.dumps({"status": status}) for status in STEPS]
+    busy: set[str] = set()  # orders with a status change in flight
+    parked: defaultdict[str, deque[int]] = defaultdict(deque)  # due, waiting for the previous
+    waited_for_previous = max_queued = 0
+    late_writes = array("d")  # socket write time − due time, s
+    answered = 0
+    all_answered = asyncio.Event()
     loop = asyncio.get_running_loop()
     t0_wall, t0 = time.time(), loop.time()
+
+    def issue(j: int) -> None:
+        order_id, store = orders[j % n]
+        step = j // n
+        due = t0_wall + j / rate
+        busy.add(order_id)
+
+        def done(status: int, body: bytes, sent: float) -> None:
+            nonlocal answered
+            answered += 1
+            late_writes.append(sent - due)
+            if status == 200:
+                state.sent[(order_id, STEPS[step])] = (due, sent, time.time())
+            else:
+                state.http_errors[f"status {status or body.decode(errors='replace')[:60]}"] += 1
+            waiting = parked.get(order_id)
+            if waiting:
+                issue(waiting.popleft())
+            else:
+                busy.discard(order_id)
+            if answered == total:
+                all_answered.set()
+
+        http.request(
+            common.http_request(
+                "POST",
+                f"/api/pos/orders/{order_id}/status",
+                http.hostport,
+                body=bodies[step],
+                headers=pos_auth[store],
+            ),
+            done,
+        )
+
     j = 0
     while j < total:
         due_now = min(total, int((loop.time() - t0) * rate) + 1)
         while j < due_now:
-            order_id = orders[j % len(orders)][0]
-            task = loop.create_task(one(j, t0_wall + j / rate, previous.get(order_id)))
-            previous[order_id] = task
-            tasks.append(task)
+            order_id = orders[j % n][0]
+            if order_id in busy:
+                waited_for_previous += 1
+                parked[order_id].append(j)
+            else:
+                issue(j)
             j += 1
+        max_queued = max(max_queued, len(http.queue))
         await asyncio.sleep(max(0.0, j / rate - (loop.time() - t0)))
     scheduled_for = loop.time() - t0
-    await asyncio.gather(*tasks)
-    late = common.summarize_ms(late_starts)
+    try:
+        await asyncio.wait_for(all_answered.wait(), timeout)
+    except TimeoutError:
+        state.http_errors["status unanswered"] += total - answered
     return {
         "posted": total,
+        "answered": answered,
         "schedule_seconds": scheduled_for,
         "all_answered_seconds": loop.time() - t0,
         "t0": t0_wall,
         "waited_for_previous_step": waited_for_previous,
-        "start_lateness": late,
+        "write_lateness": common.summarize_ms(late_writes),
+        "max_queued": max_queued,
     }
 
 
@@ -270,12 +322,13 @@ async def _bench(args: argparse.Namespace, server: common.ServerProcess) -> dict
     )
 
     total = min(int(args.rate * args.duration), 4 * args.orders)
-    limits = httpx.Limits(
-        max_connections=args.http_connections, max_keepalive_connections=args.http_connections
+    http = common.HttpPool(
+        "127.0.0.1", server.port, connections=args.http_connections, depth=args.http_pipeline
     )
-    async with httpx.AsyncClient(base_url=server.base, limits=limits, timeout=30) as http:
+    try:
+        await http.open()
         orders, create_seconds = await _create_orders(
-            state, http, customers, stores, args.orders, args.create_concurrency
+            state, http, customers, stores, args.orders, args.answer_timeout
         )
         created_keys = [(o, "CONFIRMED") for o, _ in orders]
         create_drain = await _drain(state, created_keys, args.drain)
@@ -301,14 +354,26 @@ async def _bench(args: argparse.Namespace, server: common.ServerProcess) -> dict
         if args.profile:
             recording = profile.record(server.pid, args.profile, common.RESULTS / "e2e-py-spy.raw")
         preempted = common.preemptions(server.pid)
+        server_cpu = common.cpu_seconds(server.pid)
         meter.start()
-        phase = await _post_statuses(state, http, orders, args.rate, total)
+        loadgen_cpu = time.process_time()
+        phase = await _post_statuses(state, http, orders, args.rate, total, args.answer_timeout)
+        loadgen_cpu = time.process_time() - loadgen_cpu
         cpu = meter.stop()
+        server_cpu = common.cpu_seconds(server.pid) - server_cpu
         preempted = common.preemptions(server.pid) - preempted
         profile_summary = profile.finish(recording, common.RESULTS / "e2e-py-spy.raw")
         status_keys = [k for k in state.sent if k[1] != "CONFIRMED"]
         drained = await _drain(state, list(state.sent), args.drain)
         after = await common.scrape(server.base)
+        reconnects, protocol_errors = http.reconnects, http.protocol_errors
+    finally:
+        http.close()
+    answered = max(1, phase["answered"])
+    phase["loadgen_cpu_ms_per_request"] = loadgen_cpu * 1000 / answered
+    phase["server_cpu_ms_per_request"] = server_cpu * 1000 / answered
+    phase["http_reconnects"] = reconnects
+    phase["http_protocol_errors"] = protocol_errors
 
     # -- checks ----------------------------------------------------------------------------
     missing = [k for k in state.sent if k not in state.received]
@@ -458,6 +523,16 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         f" {w.get('over_50ms', math.nan):g} over 50 ms, {w.get('over_100ms', math.nan):g} over"
         f" 100 ms, {w.get('over_250ms', math.nan):g} over 250 ms"
     )
+    ph = r["phase"]
+    late = ph["write_lateness"]
+    print(
+        f"load generator: {ph['loadgen_cpu_ms_per_request']:.3f} ms of its CPU per status change"
+        f" (POST + its 2 WebSocket events), server {ph['server_cpu_ms_per_request']:.3f} ms;"
+        f" request written after its due time: p50 {late['p50_ms']:.1f} ms, p99"
+        f" {late['p99_ms']:.1f} ms, max {late['max_ms']:.1f} ms; {ph['max_queued']:,} requests"
+        f" queued at most for a free connection; {ph['waited_for_previous_step']:,} waited for"
+        f" their order's previous step; {ph['http_reconnects']} reconnects"
+    )
     if r["profile"]:
         print(r["profile"])
     print(
@@ -483,8 +558,18 @@ def main() -> None:
     parser.add_argument(
         "--orders", type=int, default=None, help="orders to create (default rate*duration/4)"
     )
-    parser.add_argument("--http-connections", type=int, default=32)
-    parser.add_argument("--create-concurrency", type=int, default=32)
+    parser.add_argument(
+        "--http-connections", type=int, default=32, help="keep-alive connections of the POS client"
+    )
+    parser.add_argument(
+        "--http-pipeline",
+        type=int,
+        default=1,
+        help="requests in flight per connection (1: one at a time; more: pipelined)",
+    )
+    parser.add_argument(
+        "--answer-timeout", type=float, default=300.0, help="max wait for the last answer, s"
+    )
     parser.add_argument("--connect-concurrency", type=int, default=200)
     parser.add_argument("--p99-target-ms", type=float, default=50.0)
     parser.add_argument("--drain", type=float, default=15.0, help="max wait for stragglers, s")
@@ -495,7 +580,7 @@ def main() -> None:
     parser.add_argument(
         "--server-module",
         default="server",
-        help="python -m MODULE to run (bench.gctuned: the GC-freeze experiment)",
+        help="python -m MODULE to run instead of the server (a wrapper around it)",
     )
     parser.add_argument(
         "--server-env", type=_env_pair, action="append", default=[], help="NAME=VALUE"

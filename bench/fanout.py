@@ -642,7 +642,7 @@ def main() -> None:
     parser.add_argument(
         "--server-module",
         default="server",
-        help="python -m MODULE to run (bench.gctuned: the GC-freeze experiment)",
+        help="python -m MODULE to run instead of the server (a wrapper around it)",
     )
     parser.add_argument(
         "--server-env", type=_env_pair, action="append", default=[], help="NAME=VALUE"

@@ -37,9 +37,16 @@ def _serve() -> None:
 
     def snapshot(signum: int, frame: FrameType | None) -> None:
         nonlocal taken
+        # The server's GC policy freezes long-lived objects, and gc.get_objects() does not list
+        # frozen ones: hand them back to the collector for the census, then freeze again.
+        frozen = gc.get_freeze_count()
+        gc.unfreeze()
         gc.collect()
         tracemalloc.take_snapshot().dump(str(out / f"snap{taken}.bin"))
         census = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
+        census["(frozen by the server before the census)"] = frozen
+        if frozen:
+            gc.freeze()
         (out / f"types{taken}.json").write_text(json.dumps(census))
         (out / f"done{taken}").write_text("")
         taken += 1
@@ -94,6 +101,8 @@ async def _bench(args: argparse.Namespace, server: common.ServerProcess) -> dict
     heap = sum(s.size_diff for s in by_line)
     types0: dict[str, int] = json.loads((out / "types0.json").read_text())
     types1: dict[str, int] = json.loads((out / "types1.json").read_text())
+    frozen_key = "(frozen by the server before the census)"
+    frozen = types1.pop(frozen_key, 0) - types0.pop(frozen_key, 0)
     objects = Counter({k: v - types0.get(k, 0) for k, v in types1.items()})
     for client in [*clients, *warm]:
         client.close()
@@ -103,6 +112,8 @@ async def _bench(args: argparse.Namespace, server: common.ServerProcess) -> dict
         "rss_per_connection_bytes": (rss_after - rss_before) * 1024 / n,
         "heap_per_connection_bytes": heap / n,
         "gc_objects_per_connection": sum(objects.values()) / n,
+        "gc_objects_total": sum(types1.values()),
+        "frozen_per_connection": frozen / n,
         "by_file": [
             (str(s.traceback[0].filename), s.size_diff / n, s.count_diff / n)
             for s in by_file[: args.top]
@@ -150,15 +161,20 @@ def main() -> None:
     common.raise_nofile()
     common.pin(args.loadgen_cpu)
     server = common.ServerProcess(env={}, cpu=args.server_cpu, module="bench.memprofile")
+    version = common.code_version()
+    print(f"code under test: {version}", flush=True)
     try:
         result = common.run(_bench(args, server))
     finally:
         server.stop()
+    result["code"] = version
     n = result["connections"]
     print(
         f"{n:,} idle connections: {result['rss_per_connection_bytes'] / 1024:.1f} KiB RSS each"
         f" (inflated by tracemalloc), {result['heap_per_connection_bytes'] / 1024:.1f} KiB of"
         f" Python heap each, {result['gc_objects_per_connection']:.0f} gc-tracked objects each"
+        f" ({result['gc_objects_total']:,} in the process; the server had frozen"
+        f" {result['frozen_per_connection']:.0f} per connection by the time of the census)"
     )
     print(
         common.table(

@@ -64,9 +64,34 @@ def _package(file: str) -> str:
     return file.split("/")[0] if "/" in file else (file or "?")
 
 
+# What a sample was doing, by the first rule its stack matches (stack files, frame names).
+# SQLAlchemy runs the database calls in greenlets, which py-spy shows as stacks of their own
+# (rooted in sqlalchemy/, not under the request that started them): the file rules catch both.
+_ACTIVITIES: tuple[tuple[str, tuple[str, ...], tuple[str, ...]], ...] = (
+    ("database: SQLAlchemy + asyncpg", ("sqlalchemy/", "asyncpg/"), ()),
+    ("broker: Redis publish and subscribe", ("redis/",), ("publish_many",)),
+    (
+        "hub: WebSocket fan-out",
+        ("websockets/", "uvicorn/protocols/websockets/", "channels/"),
+        ("Hub.",),
+    ),
+    ("HTTP request, outside the above", (), ("RequestResponseCycle", "HttpToolsProtocol")),
+)
+
+
+def _activity(frames: list[str]) -> str:
+    files = [_where(frame)[1] for frame in frames]
+    stack = ";".join(frames)
+    for label, prefixes, names in _ACTIVITIES:
+        if any(f.startswith(prefixes) for f in files) or any(n in stack for n in names):
+            return label
+    return "event loop and the rest"
+
+
 def summarize(path: Path, top: int = 30) -> str:
-    """Self time by package, and the functions with the most inclusive time."""
+    """Self time by package and by activity, and the functions with the most inclusive time."""
     by_package: Counter[str] = Counter()
+    by_activity: Counter[str] = Counter()
     inclusive: Counter[str] = Counter()
     total = 0
     for line in path.read_text().splitlines():
@@ -77,6 +102,7 @@ def summarize(path: Path, top: int = 30) -> str:
         total += n
         frames = stack.split(";")
         by_package[_package(_where(frames[-1])[1])] += n
+        by_activity[_activity(frames)] += n
         seen = set()
         for frame in frames:
             name, file = _where(frame)
@@ -88,6 +114,8 @@ def summarize(path: Path, top: int = 30) -> str:
         return "no samples"
     lines = [f"py-spy: {total} samples with the GIL held ({path})", "self time by package:"]
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in by_package.most_common(15)]
+    lines.append("by activity (whole stack):")
+    lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in by_activity.most_common()]
     lines.append("inclusive time by function:")
     lines += [f"  {100 * n / total:5.1f}%  {name}" for name, n in inclusive.most_common(top)]
     return "\n".join(lines)
