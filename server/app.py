@@ -182,8 +182,8 @@ def create_app(
         Route("/openapi.json", ops.openapi, methods=["GET"], include_in_schema=False),
         WebSocketRoute("/ws", _ws_endpoint),
     ]
-    if settings.demo_tokens_enabled:
-        routes.append(Route("/demo/token", demo.mint_token, methods=["POST"]))
+    # Always routed (the static /demo mount would otherwise answer 405); 404 when disabled.
+    routes.append(Route("/demo/token", demo.mint_token, methods=["POST"]))
     if DEMO_DIR.is_dir():
         routes.append(Mount("/demo", StaticFiles(directory=DEMO_DIR, html=True), name="demo"))
 

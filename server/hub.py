@@ -112,7 +112,9 @@ class Hub:
     async def endpoint(self, ws: WebSocket) -> None:
         """Serve one /ws connection from handshake to close."""
         if self._closing:
-            await ws.close(CloseCode.SERVICE_RESTART)
+            # Accept so the client reads 1012 ("reconnect elsewhere"), not a refused handshake.
+            await ws.accept()
+            await self._close(ws, CloseCode.SERVICE_RESTART, "server restart")
             return
         if not origin_allowed(
             ws.headers.get("origin"), ws.headers.get("host"), self._settings.allowed_origins
