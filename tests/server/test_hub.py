@@ -400,3 +400,31 @@ async def test_an_event_is_in_the_log_before_anyone_hears_of_it(service: Service
     # And the 2xx came after the commit: the answer's event is in the log.
     async with service.db.read() as session:
         assert await session.get(Event, response.json()["event"]["event_id"]) is not None
+
+
+async def test_a_lost_last_message_on_a_quiet_stream_is_found_by_the_safety_poll(
+    start_service: StartService,
+) -> None:
+    # No relay, no later event to reveal a seq jump, a healthy broker: only the hub's slow
+    # safety poll of stream heads can notice.
+    service = await start_service(hub_safety_poll_interval=0.5, hub_poll_interval=0.2)
+    order_id = await place(service, "rex")
+    async with connect(ws_url(service, "rex", since=1)) as ws:
+        await recv_json(ws)
+        dead = Publisher(
+            service.db,
+            create_broker(None),
+            prefix=service.settings.redis_channel_prefix,
+            metrics=service.metrics,
+        )
+        await change_order_status(
+            service.db,
+            dead,
+            service.metrics,
+            order_id=order_id,
+            to=OrderStatus.PREPARING,
+            actor=Actor.system(),
+        )
+        (event,) = await recv_events(ws, 1, timeout=10)
+        assert event["seq"] == 2 and event["status"] == "PREPARING"
+    assert (service.metrics.registry.get_sample_value("hub_polls_total") or 0) >= 1
