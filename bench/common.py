@@ -7,6 +7,7 @@ messages a second; the server, not the client, should be what a benchmark measur
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import collections
@@ -203,6 +204,34 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 
 
 # -- /proc -------------------------------------------------------------------------------------
+
+
+def run_bench(
+    args: argparse.Namespace,
+    bench: Callable[[argparse.Namespace, ServerProcess], Coroutine[Any, Any, dict[str, Any]]],
+    report: Callable[[argparse.Namespace, dict[str, Any]], None],
+) -> None:
+    """Run one benchmark end to end: pin, start the server, bound the run, always stop the
+    server, then print and (with --json) save the results with the code version."""
+    install_sigterm()
+    raise_nofile()
+    pin(args.loadgen_cpu)
+    server = ServerProcess(env={}, cpu=args.server_cpu, module=args.server_module)
+    version = code_version()
+    print(f"code under test: {version}", flush=True)
+
+    async def bounded() -> dict[str, Any]:
+        async with asyncio.timeout(args.max_seconds):
+            return await bench(args, server)
+
+    try:
+        result = run(bounded())
+    finally:
+        server.stop()
+    result["args"] = {k: v for k, v in vars(args).items() if k != "json"}
+    result["code"] = version
+    report(args, result)
+    write_json(args.json, result)
 
 
 def rss_kib(pid: int) -> int:

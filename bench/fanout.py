@@ -661,25 +661,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    common.install_sigterm()
-    common.raise_nofile()
-    common.pin(args.loadgen_cpu)
-    server = common.ServerProcess(env={}, cpu=args.server_cpu, module=args.server_module)
-    version = common.code_version()
-    print(f"code under test: {version}", flush=True)
-
-    async def bounded() -> dict[str, Any]:
-        async with asyncio.timeout(args.max_seconds):
-            return await _bench(args, server)
-
-    try:
-        result = common.run(bounded())
-    finally:
-        server.stop()
-    result["args"] = {k: v for k, v in vars(args).items() if k != "json"}
-    result["code"] = version
-    _report(args, result)
-    common.write_json(args.json, result)
+    common.run_bench(args, _bench, _report)
 
 
 if __name__ == "__main__":

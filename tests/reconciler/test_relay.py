@@ -8,13 +8,13 @@ from datetime import timedelta
 from sqlalchemy import func, select, update
 from websockets.asyncio.client import connect
 
-from channels import Message, create_broker
+from channels import Message
 from reconciler.relay import Relay
 from server.models import Event, StreamEvent, utcnow
 from server.workflow import OrderStatus
-from server.writes import Actor, Publisher, change_order_status
 from tests.conftest import Service
 from tests.support.clients import auth, order_body, recv_events, recv_json, token
+from tests.support.writes import write_without_publishing
 
 
 async def unpublished(service: Service) -> int:
@@ -25,19 +25,6 @@ async def unpublished(service: Service) -> int:
             )
             or 0
         )
-
-
-async def write_without_publishing(service: Service, order_id: str, to: OrderStatus) -> None:
-    """A writer that commits and dies before its publish: its broker refuses everything."""
-    dead = Publisher(
-        service.db,
-        create_broker(None),  # never connected: every publish raises BrokerError
-        prefix=service.settings.redis_channel_prefix,
-        metrics=service.metrics,
-    )
-    await change_order_status(
-        service.db, dead, service.metrics, order_id=order_id, to=to, actor=Actor.system()
-    )
 
 
 async def new_order(service: Service, customer: str) -> str:

@@ -14,11 +14,10 @@ import pytest
 from sqlalchemy import func, select
 from websockets.asyncio.client import ClientConnection, connect
 
-from channels import create_broker
 from server.auth import Principal, Role
 from server.models import Event, Order, StreamEvent
 from server.workflow import OrderStatus, PaymentMethod
-from server.writes import Actor, Publisher, change_order_status, create_order
+from server.writes import Actor, create_order
 from tests.conftest import Service, StartService
 from tests.support.clients import (
     auth,
@@ -29,6 +28,7 @@ from tests.support.clients import (
     recv_json,
     token,
 )
+from tests.support.writes import write_without_publishing
 
 POS = token("pos-1", role="pos", store_id="store-1")
 FLOW = ["PREPARING", "READY", "OUT_FOR_DELIVERY", "DELIVERED"]
@@ -150,22 +150,7 @@ async def test_a_publish_that_never_happened_reaches_a_live_subscriber_through_t
     order_id = await place(service, "fay")
     async with connect(ws_url(service, "fay", since=1)) as ws:
         await recv_json(ws)  # hello
-        # A writer that commits and then dies before publishing: its broker refuses everything.
-        dead_broker = create_broker(None)
-        publisher = Publisher(
-            service.db,
-            dead_broker,
-            prefix=service.settings.redis_channel_prefix,
-            metrics=service.metrics,
-        )
-        await change_order_status(
-            service.db,
-            publisher,
-            service.metrics,
-            order_id=order_id,
-            to=OrderStatus.PREPARING,
-            actor=Actor.system(),
-        )
+        await write_without_publishing(service, order_id, OrderStatus.PREPARING)
         async with service.db.read() as session:
             unpublished = await session.scalar(
                 select(func.count()).select_from(Event).where(Event.published_at.is_(None))
@@ -189,20 +174,7 @@ async def test_a_lost_publish_is_repaired_from_the_log_as_soon_as_the_next_seq_a
     order_id = await place(service, "gus")
     async with connect(ws_url(service, "gus", since=1)) as ws:
         await recv_json(ws)
-        dead = Publisher(
-            service.db,
-            create_broker(None),
-            prefix=service.settings.redis_channel_prefix,
-            metrics=service.metrics,
-        )
-        await change_order_status(
-            service.db,
-            dead,
-            service.metrics,
-            order_id=order_id,
-            to=OrderStatus.PREPARING,
-            actor=Actor.system(),
-        )
+        await write_without_publishing(service, order_id, OrderStatus.PREPARING)
         assert (await move(service, order_id, "READY")).status_code == 200
         events = await recv_events(ws, 2)
         assert seqs(events) == [2, 3]
@@ -411,20 +383,7 @@ async def test_a_lost_last_message_on_a_quiet_stream_is_found_by_the_safety_poll
     order_id = await place(service, "rex")
     async with connect(ws_url(service, "rex", since=1)) as ws:
         await recv_json(ws)
-        dead = Publisher(
-            service.db,
-            create_broker(None),
-            prefix=service.settings.redis_channel_prefix,
-            metrics=service.metrics,
-        )
-        await change_order_status(
-            service.db,
-            dead,
-            service.metrics,
-            order_id=order_id,
-            to=OrderStatus.PREPARING,
-            actor=Actor.system(),
-        )
+        await write_without_publishing(service, order_id, OrderStatus.PREPARING)
         (event,) = await recv_events(ws, 1, timeout=10)
         assert event["seq"] == 2 and event["status"] == "PREPARING"
     assert (service.metrics.registry.get_sample_value("hub_polls_total") or 0) >= 1
