@@ -36,6 +36,8 @@ class ScrubTokens(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         record.request_id = request_id.get()
+        # uvicorn attaches an ANSI-coloured copy of some messages; it is noise in a JSON line.
+        record.__dict__.pop("color_message", None)
         if record.args:
             try:
                 record.msg = record.getMessage()
