@@ -206,6 +206,14 @@ def run(main: Coroutine[Any, Any, T]) -> T:
 # -- /proc -------------------------------------------------------------------------------------
 
 
+def env_pair(raw: str) -> tuple[str, str]:
+    """argparse type for --server-env NAME=VALUE."""
+    name, sep, value = raw.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError("expected NAME=VALUE")
+    return name, value
+
+
 def run_bench(
     args: argparse.Namespace,
     bench: Callable[[argparse.Namespace, ServerProcess], Coroutine[Any, Any, dict[str, Any]]],

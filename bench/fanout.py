@@ -598,13 +598,6 @@ def _report(args: argparse.Namespace, result: dict[str, Any]) -> None:
     )
 
 
-def _env_pair(raw: str) -> tuple[str, str]:
-    name, sep, value = raw.partition("=")
-    if not sep or not name:
-        raise argparse.ArgumentTypeError("expected NAME=VALUE")
-    return name, value
-
-
 def main() -> None:
     """Parse arguments, run the fan-out benchmark, print the table (and write --json)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -645,7 +638,7 @@ def main() -> None:
         help="python -m MODULE to run instead of the server (a wrapper around it)",
     )
     parser.add_argument(
-        "--server-env", type=_env_pair, action="append", default=[], help="NAME=VALUE"
+        "--server-env", type=common.env_pair, action="append", default=[], help="NAME=VALUE"
     )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--max-seconds", type=float, default=900.0, help="hard time limit")

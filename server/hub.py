@@ -98,11 +98,6 @@ class Hub:
         self._db_slots = asyncio.Semaphore(max(1, settings.db_pool_size))
         self.opened_total = 0
 
-    @property
-    def connection_count(self) -> int:
-        """How many sockets are open on this process."""
-        return sum(len(conns) for conns in self._by_stream.values())
-
     def channel(self, stream: str) -> str:
         """The broker channel carrying ``stream``."""
         return self._settings.redis_channel_prefix + stream
@@ -186,19 +181,17 @@ class Hub:
                 self.channel(conn.stream), maxsize=self._settings.ws_queue_size
             ) as sub:
                 conn.sub = sub
-                conn.cursor = await self._start(conn, since, epoch)
+                await self._start(conn, since, epoch)
                 writer = asyncio.create_task(self._write_loop(conn, sub))
                 try:
                     await self._read_loop(conn, writer)
                 finally:
                     writer.cancel()
                     try:
-                        await writer
+                        await writer  # it handles its own errors; only our cancel comes back
                     except asyncio.CancelledError:
                         if asyncio.current_task().cancelling():  # type: ignore[union-attr]
                             raise
-                    except (_Close, WebSocketDisconnect):
-                        pass
         finally:
             self._metrics.ws_connections.dec()
             _discard(self._by_user, user_key, conn)
@@ -215,7 +208,8 @@ class Hub:
                     head = await ensure_stream(session, stream)
         return head
 
-    async def _snapshot(self, stream: str) -> tuple[StreamHead, list[dict[str, Any]]]:
+    async def snapshot(self, stream: str) -> tuple[StreamHead, list[dict[str, Any]]]:
+        """The stream's head and its open orders, read in one database snapshot."""
         await self._head(stream)  # make sure the row exists before the read-only snapshot
         async with self._db_slots, self._db.snapshot() as session, session.begin():
             head = await read_head(session, stream)
@@ -223,24 +217,25 @@ class Hub:
             orders = await open_orders(session, stream, limit=self._settings.snapshot_max_orders)
             return head, [protocol.order_snapshot(order) for order in orders]
 
-    async def _start(self, conn: Connection, since: int | None, epoch: str | None) -> StreamCursor:
+    async def _start(self, conn: Connection, since: int | None, epoch: str | None) -> None:
+        """Send hello (or reset) and replay what the client missed; sets ``conn.cursor``."""
         if since is None:
-            head, orders = await self._snapshot(conn.stream)
+            head, orders = await self.snapshot(conn.stream)
             await conn.ws.send_text(protocol.hello(conn.stream, head.epoch, head.head_seq, orders))
-            return StreamCursor(head.head_seq)
+            conn.cursor = StreamCursor(head.head_seq)
+            return
         head = await self._head(conn.stream)
         if (epoch is not None and epoch != head.epoch) or not (
             head.pruned_seq <= since <= head.head_seq
         ):
-            head, orders = await self._snapshot(conn.stream)
+            head, orders = await self.snapshot(conn.stream)
             logger.info("ws reset %s: since=%s epoch=%s head=%s", conn.stream, since, epoch, head)
             await conn.ws.send_text(protocol.reset(conn.stream, head.epoch, head.head_seq, orders))
-            return StreamCursor(head.head_seq)
+            conn.cursor = StreamCursor(head.head_seq)
+            return
         await conn.ws.send_text(protocol.hello(conn.stream, head.epoch, head.head_seq, None))
-        cursor = StreamCursor(since)
-        conn.cursor = cursor
+        conn.cursor = StreamCursor(since)
         await self._backfill(conn, "resume")
-        return cursor
 
     async def _backfill(self, conn: Connection, reason: str) -> None:
         """Send every event of the stream after the cursor, from the database."""

@@ -13,7 +13,7 @@ from channels import Message
 from server import protocol
 from server.api.common import principal, query_int
 from server.services import Services, services
-from server.streams import StreamHead, ensure_stream, events_after, open_orders, read_head
+from server.streams import StreamHead, ensure_stream, events_after, read_head
 
 PAGE = 500
 
@@ -70,13 +70,8 @@ async def stream_events(request: Request) -> JSONResponse:
 
 
 async def _reset(svc: Services, stream: str) -> JSONResponse:
-    async with svc.db.transaction() as session:
-        await ensure_stream(session, stream)
-    async with svc.db.snapshot() as session, session.begin():
-        head = await read_head(session, stream)
-        assert head is not None
-        orders = await open_orders(session, stream, limit=svc.settings.snapshot_max_orders)
-        snapshot = [protocol.order_snapshot(o) for o in orders]
+    # The same snapshot /ws sends in its reset message.
+    head, snapshot = await svc.hub.snapshot(stream)
     return JSONResponse(
         {
             "stream": stream,
@@ -93,7 +88,7 @@ async def _wait_for_events(
     svc: Services, stream: str, since: int, wait: int
 ) -> tuple[StreamHead, list[dict[str, Any]]]:
     deadline = time.monotonic() + wait
-    channel = svc.settings.redis_channel_prefix + stream
+    channel = svc.publisher.channel(stream)
     # Subscribe before re-reading, so an event committed in between wakes us.
     async with svc.broker.subscribe(channel, maxsize=16) as sub:
         while True:

@@ -92,7 +92,6 @@ async def metrics(request: Request) -> Response:
       200: {description: Prometheus text format}
     """
     svc = services(request)
-    svc.metrics.ws_connections.set(svc.hub.connection_count)
     return Response(generate_latest(svc.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
 
