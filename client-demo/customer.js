@@ -8,6 +8,7 @@
 import { apiRequest, connect } from "./orderstatus.js";
 import { allowedNext, isTerminal, statusLabel, trackerSteps } from "./workflow.js";
 import {
+  connectionStatusHandler,
   $,
   CURRENCY,
   MENU,
@@ -86,11 +87,7 @@ async function signIn(/** @type {string} */ name) {
     baseUrl: location.origin,
     getToken: tokens.getToken,
     backoffMaxMs: 8000,
-    onStatus: (status) => {
-      renderConnection($("conn"), status);
-      if (status.state === "stopped" && status.error) showBanner({ title: "Live updates stopped", detail: status.error });
-      renderStreamInfo();
-    },
+    onStatus: connectionStatusHandler(renderStreamInfo),
     onSnapshot: (orders, info) => {
       for (const order of orders) mergeOrder(order);
       if (info.reason === "reset") refreshStale(orders);

@@ -7,6 +7,7 @@
 import { ApiError, apiRequest, connect } from "./orderstatus.js";
 import { actionLabel, allowedNext, isTerminal, statusLabel } from "./workflow.js";
 import {
+  connectionStatusHandler,
   $,
   STORES,
   announce,
@@ -200,11 +201,7 @@ async function signIn(storeId, terminal) {
     baseUrl: location.origin,
     getToken: tokens.getToken,
     backoffMaxMs: 8000,
-    onStatus: (status) => {
-      renderConnection($("conn"), status);
-      if (status.state === "stopped" && status.error) showBanner({ title: "Live updates stopped", detail: status.error });
-      renderStreamInfo();
-    },
+    onStatus: connectionStatusHandler(renderStreamInfo),
     onSnapshot: (orders, info) => {
       for (const order of orders) mergeOrder(order);
       renderBoard();

@@ -188,6 +188,22 @@ export function renderConnection(el, status) {
  * Say something to screen-reader users (the announcer is an aria-live region).
  * @param {string} text
  */
+/**
+ * The onStatus callback both pages use: show the connection state, surface a stop, then let
+ * the page refresh what it shows about its stream.
+ * @param {() => void} afterwards
+ * @returns {(status: {state: string, error?: string}) => void}
+ */
+export function connectionStatusHandler(afterwards) {
+  return (status) => {
+    renderConnection($("conn"), status);
+    if (status.state === "stopped" && status.error) {
+      showBanner({ title: "Live updates stopped", detail: status.error });
+    }
+    afterwards();
+  };
+}
+
 export function announce(text) {
   const el = document.getElementById("announcer");
   if (!el) return;
