@@ -387,3 +387,21 @@ async def test_a_lost_last_message_on_a_quiet_stream_is_found_by_the_safety_poll
         (event,) = await recv_events(ws, 1, timeout=10)
         assert event["seq"] == 2 and event["status"] == "PREPARING"
     assert (service.metrics.registry.get_sample_value("hub_polls_total") or 0) >= 1
+
+
+async def test_the_same_move_sent_by_many_terminals_at_once_happens_exactly_once(
+    service: Service,
+) -> None:
+    order_id = await place(service, "sid")
+    async with connect(ws_url(service, "sid", since=1)) as ws:
+        await recv_json(ws)
+        answers = await asyncio.gather(*(move(service, order_id, "PREPARING") for _ in range(10)))
+        assert sorted(r.status_code for r in answers) == [200] + [409] * 9
+        (event,) = await recv_events(ws, 1)
+        assert event["seq"] == 2 and event["previous_status"] == "CONFIRMED"
+        await expect_silence(ws, 0.3)
+    async with service.db.read() as session:
+        moves = await session.scalar(
+            select(func.count()).select_from(Event).where(Event.order_id == order_id)
+        )
+    assert moves == 2  # created, then PREPARING once
