@@ -9,7 +9,7 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,9 @@ from tests.support.servers import Running, serve_in_process
 PG_DSN = os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_HOST = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
 REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-TEMPLATE_DB = "orderstatus_test_template"
+# One template per test session (pid), so concurrent runs on one PostgreSQL never drop each
+# other's template while it is being cloned.
+TEMPLATE_DB = f"orderstatus_test_template_{os.getpid()}"
 IN_CI = os.environ.get("CI", "").lower() == "true"
 
 _state: dict[str, Any] = {}
@@ -68,6 +70,23 @@ async def _pg_template() -> None:
         await conn.close()
     await migrate(f"{PG_HOST}/{TEMPLATE_DB}")
     _state["pg_ready"] = True
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _drop_pg_template() -> Iterator[None]:
+    """Drop this session's template database when the session ends (if one was made)."""
+    yield
+    if not _state.get("pg_ready"):
+        return
+
+    async def drop() -> None:
+        conn = await asyncpg.connect(PG_DSN, timeout=5)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    asyncio.run(drop())
 
 
 async def _redis_check() -> None:
