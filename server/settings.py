@@ -69,8 +69,14 @@ class Settings:
 
     @property
     def demo_tokens_enabled(self) -> bool:
-        """Demo-token minting is on by default only on the embedded default."""
-        return self.embedded if self.demo_tokens is None else self.demo_tokens
+        """Demo tokens: on by default only on the embedded default with no real JWT key.
+
+        Anyone who can reach ``/demo/token`` can mint any identity, so a configured
+        JWT_SECRET / JWT_PUBLIC_KEY turns them off unless DEMO_TOKENS=true says otherwise.
+        """
+        if self.demo_tokens is not None:
+            return self.demo_tokens
+        return self.embedded and not (self.jwt_secret or self.jwt_public_key)
 
     @property
     def retention(self) -> timedelta | None:
