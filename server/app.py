@@ -108,7 +108,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         if settings.migrate_on_start:
             await migrate(settings.database_url)
-        db = Database(settings.database_url, pool_size=settings.db_pool_size)
+        db = Database(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            sqlite_synchronous=settings.sqlite_synchronous,
+        )
         own_broker = broker is None
         the_broker = broker or create_broker(settings.redis_url)
         async with contextlib.AsyncExitStack() as stack:

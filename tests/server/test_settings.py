@@ -33,6 +33,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     ),
     "MIGRATE_ON_START": ("off", False),
     "DB_POOL_SIZE": ("5", 5),
+    "SQLITE_SYNCHRONOUS": ("normal", "NORMAL"),
     "MAX_BODY_BYTES": ("1024", 1024),
     "WS_QUEUE_SIZE": ("8", 8),
     "WS_MAX_MESSAGE_BYTES": ("2048", 2048),
