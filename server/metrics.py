@@ -43,6 +43,11 @@ class Metrics:
         self.relayed_events = Counter(
             "relay_events_total", "Events published by the outbox relay", registry=r
         )
+        self.relay_parked_events = Counter(
+            "relay_parked_events_total",
+            "Events the relay gave up publishing after repeated failures (left to gap repair)",
+            registry=r,
+        )
         self.ws_connections = Gauge("ws_connections", "Open WebSocket connections", registry=r)
         self.ws_messages_sent = Counter(
             "ws_messages_sent_total", "Event messages sent to WebSocket clients", registry=r

@@ -152,6 +152,14 @@ class Publisher:
             [(self._prefix + d.stream, protocol.pack(d.seq, d.text)) for d in deliveries]
         )
 
+    async def probe(self) -> bool:
+        """Whether the broker takes a publish right now (an empty message on a private channel)."""
+        try:
+            await self._broker.publish(self._prefix + "_probe", "")
+        except BrokerError:
+            return False
+        return True
+
     async def publish(self, deliveries: Sequence[Delivery], event_ids: Sequence[int]) -> bool:
         """Publish every delivery; mark the events published only if all went out."""
         try:
