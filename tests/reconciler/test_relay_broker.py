@@ -37,15 +37,15 @@ async def test_an_event_the_broker_refuses_does_not_hold_up_the_ones_after_it(
     prefix = service.settings.redis_channel_prefix
     # Redis's ACL refuses every channel of customer "bad" (NOPERM); everything else is allowed.
     await private_redis.command(
-        "ACL", "SETUSER", "default", "resetchannels",
-        f"&{prefix}customer:ok", f"&{prefix}store:*", f"&{prefix}_*",
+        "ACL",
+        "SETUSER",
+        "default",
+        "resetchannels",
+        f"&{prefix}customer:ok",
+        f"&{prefix}store:*",
+        f"&{prefix}_*",
     )
-    relay = Relay(
-        service.db,
-        service.publisher,
-        service.metrics,
-        grace=0,
-    )
+    relay = Relay(service.db, service.publisher, service.metrics, grace=0, max_attempts=2)
     async with service.broker.subscribe(prefix + "customer:ok") as sub:
         assert await relay.run_once() == 1
         item = await asyncio.wait_for(sub.get(), 5)
