@@ -74,6 +74,13 @@ class Metrics:
             "Events delivered from the database by gap repair",
             registry=r,
         )
+        self.ws_unfillable_gaps = Counter(
+            "ws_unfillable_gaps_total",
+            "Gaps the log could not fill (pruned, reset, restored), by cause and outcome"
+            " (reset: a fresh snapshot was sent; close: the socket was closed)",
+            ["cause", "outcome"],
+            registry=r,
+        )
         self.hub_polls = Counter(
             "hub_polls_total", "Head polls of connected streams (broker not delivering)", registry=r
         )
