@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from sqlalchemy import delete, text, update
 from websockets.asyncio.client import ClientConnection, connect
+from websockets.exceptions import ConnectionClosed
 
 from server.models import Stream, StreamEvent
 from server.workflow import OrderStatus
@@ -102,7 +103,7 @@ async def test_a_log_recreated_under_a_connected_client_ends_in_a_reset_with_its
         assert reset["epoch"] != hello["epoch"]
         sentinel = await place(service, "hana")
         async with asyncio.timeout(10):
-            events = []
+            events: list[dict[str, Any]] = []
             while not events or events[-1]["order_id"] != sentinel:
                 events.extend(await recv_events(ws, 1))
         assert [e["seq"] for e in events] == list(
@@ -167,7 +168,7 @@ async def test_a_ping_flood_is_closed_with_4400_after_its_burst(service: Service
         for _ in range(11):
             await ws.send('{"type": "ping"}')
         pongs = 0
-        with pytest.raises(Exception):
+        with pytest.raises(ConnectionClosed):
             while True:
                 assert (await recv_json(ws))["type"] == "pong"
                 pongs += 1
