@@ -6,6 +6,7 @@ Run it through ``./scripts/mutation`` (which sets up the venv and the services f
     ./scripts/mutation pure             the pure modules only
     ./scripts/mutation io               the I/O core only
     ./scripts/mutation cursor hub       modules by name (stem, path or dotted name)
+    ./scripts/mutation hub:_write_loop  one module, narrowed to some of its functions
 
 Each module runs in its own copy of the project under ``.mutation/<module>/`` with its own
 ``[tool.mutmut]`` section: ``only_mutate`` is the module, the test selection is the module's test
@@ -20,6 +21,7 @@ Environment: ``MUTATION_JOBS`` (mutants tested at once, default 1), ``MUTATION_B
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import json
 import os
@@ -142,15 +144,30 @@ def percent(killed: int, total: int) -> float:
 
 
 def select(names: list[str]) -> list[Target]:
-    """The targets named by group, stem, path or dotted name; all of them for no names."""
+    """The targets named by group, stem, path or dotted name; all of them for no names.
+
+    ``module:f,g`` narrows a module to those functions (``name`` or ``Class.name``).
+    """
     if not names:
         return list(TARGETS)
     chosen: list[Target] = []
     for name in names:
+        name, _, only = name.partition(":")
         found = [t for t in TARGETS if name in (t.group, t.path, t.dotted, Path(t.path).stem)]
         if not found:
             known = ", ".join([*GROUPS, *(Path(t.path).stem for t in TARGETS)])
             sys.exit(f"unknown module or group {name!r}; choose from {known}")
+        if only:
+            if len(found) != 1:
+                sys.exit(f"{name}:{only}: functions can only narrow one module")
+            wanted = only.split(",")
+            known_functions = found[0].functions or tuple(wanted)
+            functions = tuple(
+                f for f in known_functions if any(f == w or f.endswith("." + w) for w in wanted)
+            )
+            if len(functions) < len(wanted):
+                sys.exit(f"{name}:{only}: not all of these are in {known_functions}")
+            found = [dataclasses.replace(found[0], functions=functions)]
         chosen += [t for t in found if t not in chosen]
     return chosen
 
