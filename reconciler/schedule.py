@@ -1,4 +1,4 @@
-"""When a payment is checked next: the polling schedule, backoff with jitter, Retry-After.
+"""When a payment is checked next: the polling schedule, backoff with jitter, honouring Retry-After.
 
 PURE: no I/O, no clock of its own (times are handed in), no randomness of its own (a random
 number in [0, 1) is handed in), so every branch is tested exhaustively.
@@ -18,10 +18,8 @@ A schedule is data, written in one line so a setting can carry it per gateway::
 
 from __future__ import annotations
 
-import email.utils
 import math
 from dataclasses import dataclass
-from datetime import UTC
 from enum import Enum
 
 
@@ -154,26 +152,14 @@ def backoff(attempt: int, *, jitter: float, base: float = 1.0, cap: float = 300.
     return max(ceiling / 10, ceiling * _unit(jitter))
 
 
-def retry_after(value: str | None, *, now: float, cap: float = 3600.0) -> float | None:
-    """Seconds a ``Retry-After`` header asks us to wait (delta-seconds or an HTTP date).
-
-    None when absent or unreadable (the caller falls back to ``backoff``); never negative,
-    never more than ``cap`` (a gateway cannot park a payment for a year).
-    """
-    if value is None:
-        return None
-    text = value.strip()
-    if not text:
-        return None
-    if text.isdigit():
-        return min(float(text), cap)
-    try:
-        when = email.utils.parsedate_to_datetime(text)
-    except (TypeError, ValueError, IndexError):
-        return None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=UTC)
-    return min(max(0.0, when.timestamp() - now), cap)
+def wait_after_unavailable(
+    retry_after: float | None, attempt: int, *, jitter: float, cap: float = 3600.0
+) -> float:
+    """Seconds to wait after the gateway could not answer: its Retry-After if it gave one
+    (never more than ``cap``: a gateway cannot park a payment for a year), else ``backoff``."""
+    if retry_after is not None:
+        return min(max(0.0, retry_after), cap)
+    return backoff(attempt, jitter=jitter)
 
 
 def _unit(jitter: float) -> float:

@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import email.utils
-
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.schedule import DEFAULT, Phase, Schedule, Step, backoff, retry_after
+from reconciler.schedule import DEFAULT, Phase, Schedule, Step, backoff, wait_after_unavailable
 
 ONE_LINE = "first=20-25 3x30 6x60 10x60 30x60 then=60 timeout=1200 tail=900x3600,3600 horizon=86400"
 
@@ -179,33 +177,18 @@ def test_backoff_stays_within_a_tenth_of_the_ceiling_and_the_ceiling(
     assert ceiling / 10 <= backoff(attempt, jitter=jitter) <= ceiling
 
 
-NOW = 1_700_000_000.0
-
-
 @pytest.mark.parametrize(
-    ("header", "seconds"),
+    ("retry_after", "attempt", "seconds"),
     [
-        (None, None),
-        ("", None),
-        ("  ", None),
-        ("7", 7.0),
-        (" 12 ", 12.0),
-        ("0", 0.0),
-        ("999999", 3600.0),  # capped
-        ("-5", None),
-        ("1.5", None),
-        ("soon", None),
-        (email.utils.formatdate(NOW + 30, usegmt=True), 30.0),
-        (email.utils.formatdate(NOW - 30, usegmt=True), 0.0),  # in the past: now
-        ("Mon, 99 Foo 2024 99:99:99 GMT", None),
+        (7.0, 1, 7.0),
+        (0.0, 5, 0.0),
+        (-3.0, 1, 0.0),
+        (10**9, 1, 3600.0),  # capped
+        (None, 1, 0.5),  # no Retry-After: backoff
+        (None, 4, 4.0),
     ],
 )
-def test_retry_after_reads_seconds_or_an_http_date(
-    header: str | None, seconds: float | None
+def test_a_gateway_that_says_when_is_believed_within_a_cap(
+    retry_after: float | None, attempt: int, seconds: float
 ) -> None:
-    assert retry_after(header, now=NOW) == seconds
-
-
-def test_retry_after_without_a_zone_is_read_as_utc() -> None:
-    header = email.utils.formatdate(NOW + 60, usegmt=True).replace(" GMT", "")
-    assert retry_after(header, now=NOW) == pytest.approx(60.0)
+    assert wait_after_unavailable(retry_after, attempt, jitter=0.5) == seconds
