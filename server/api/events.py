@@ -11,7 +11,9 @@ from starlette.responses import JSONResponse
 
 from channels import Message
 from server import protocol
-from server.api.common import principal, query_int
+from server.api import schemas
+from server.api.common import principal, query
+from server.api.contract import operation
 from server.services import Services, services
 from server.streams import StreamHead, ensure_stream, events_after, read_head
 
@@ -31,27 +33,19 @@ async def _read(svc: Services, stream: str, since: int) -> tuple[StreamHead, lis
     return head, [protocol.event_payload(stream, seq, event) for seq, event in rows]
 
 
+@operation(
+    "The caller's stream after SEQ (the REST fallback of /ws), long-polling up to WAIT s",
+    tag="events",
+    query=lambda settings: schemas.events_query(int(settings.longpoll_max_wait)),
+    responses={200: ("Events, or a reset with a fresh snapshot", schemas.EventsPage)},
+)
 async def stream_events(request: Request) -> JSONResponse:
-    """
-    summary: The caller's stream after SEQ (the REST fallback of /ws), long-polling up to WAIT s
-    tags: [events]
-    security: [{bearer: []}]
-    parameters:
-      - {name: since, in: query, schema: {type: integer, minimum: 0}}
-      - {name: epoch, in: query, schema: {type: string}}
-      - {name: wait, in: query, schema: {type: integer, minimum: 0, maximum: 30}}
-    responses:
-      200:
-        description: "{stream, epoch, head_seq, events, more}; SEQ gone: {reset: true, orders}"
-      400: {description: Bad since or wait}
-      401: {description: Unauthenticated}
-    """
+    """The caller's stream after ``since`` (the REST fallback of /ws), long-polling ``wait`` s."""
     caller = principal(request)
     svc = services(request)
     svc.metrics.longpoll_requests.inc()
-    since = query_int(request, "since", 0, lo=0, hi=2**62)
-    wait = query_int(request, "wait", 0, lo=0, hi=int(svc.settings.longpoll_max_wait))
-    epoch = request.query_params.get("epoch") or None
+    params = query(request, schemas.events_query(int(svc.settings.longpoll_max_wait)))
+    since, wait, epoch = params.since, params.wait, params.epoch
     stream = caller.stream
     head, events = await _read(svc, stream, since)
     if (epoch and epoch != head.epoch) or not head.pruned_seq <= since <= head.head_seq:
