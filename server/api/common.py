@@ -91,13 +91,12 @@ _QUERY_INT = re.compile(r"-?[0-9]{1,40}")
 def query(request: Request, kind: type[S]) -> S:
     """The query string as a ``kind``; 400 ``invalid_query`` (or the field's own error).
 
-    An empty value is an absent one; parameters ``kind`` does not declare are ignored.
+    An empty value is a value (``limit=`` is not an integer); parameters ``kind`` does not
+    declare are ignored.
     """
     integers = _integer_fields(kind)
     data: dict[str, Any] = {}
     for name, value in request.query_params.items():
-        if value == "":
-            continue
         if name in integers and _QUERY_INT.fullmatch(value):
             data[name] = int(value)
         else:

@@ -158,6 +158,11 @@ async def test_a_wrong_method_is_a_405_json_error(service: Service, method: str,
         ("GET", "/api/orders/ord_x/cancel", {"POST"}),
         ("GET", "/api/pos/orders/ord_x/status", {"POST"}),
         ("POST", "/api/events", {"GET", "HEAD"}),
+        # Two routes share the path: the Allow header names both.
+        ("DELETE", "/api/orders", {"GET", "HEAD", "POST"}),
+        # Beside the static /demo mount, which takes only GET and HEAD.
+        ("OPTIONS", "/demo/token", {"POST"}),
+        ("GET", "/demo/token", {"POST"}),
     ],
 )
 async def test_a_405_says_which_methods_are_allowed(
