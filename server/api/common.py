@@ -194,7 +194,8 @@ def _problem(kind: type[msgspec.Struct], text: str, *, default: tuple[int, str])
             return _error(status, code, template.format(field), field)
     if not where:
         # The body as a whole is of the wrong type (an array, a string, null).
-        return BadRequest(f"body must be a JSON object, not: {what}", code="invalid_json")
+        detail = what[:1].lower() + what[1:]
+        return BadRequest(f"body must be a JSON object ({detail})", code="invalid_json")
     declared = _lookup(kind, path)
     status, code = (declared and declared.error) or default
     if declared and isinstance(declared.type, inspect.EnumType):

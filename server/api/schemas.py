@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import functools
 from datetime import datetime
-from typing import Annotated, Any, Literal, cast
+from typing import Annotated, Literal, cast
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -348,8 +348,3 @@ class Ready(Struct):
 class NotReady(Struct):
     error: ErrorDetail
     checks: dict[str, str]
-
-
-def to_builtins(value: Struct) -> Any:
-    """A Struct as plain JSON-ready data."""
-    return msgspec.to_builtins(value)
