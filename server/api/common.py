@@ -164,10 +164,8 @@ _MISSING = re.compile(r"Object missing required field `(?P<name>.*)`")
 def _lookup(kind: type[msgspec.Struct], path: str) -> Declared | None:
     """The declaration of the field at msgspec's error ``path`` (``.items[0].sku``)."""
     current: inspect.Type = _struct_info(kind)
-    found: Declared | None = None
     for name, index in _SEGMENT.findall(path):
-        found = _field(current)
-        current = found.type
+        current = _field(current).type
         if index and isinstance(current, inspect.ListType):
             current = current.item_type
         elif name and isinstance(current, inspect.StructType):
