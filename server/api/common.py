@@ -86,6 +86,7 @@ def decode_body(raw: bytes, kind: type[S]) -> S:
 
 # An integer in a query string: ASCII digits, bounded so int() never meets a 5,000-digit string.
 _QUERY_INT = re.compile(r"-?[0-9]{1,40}")
+_QUERY_BOOL = {"true": True, "false": False}
 
 
 def query(request: Request, kind: type[S]) -> S:
@@ -94,11 +95,13 @@ def query(request: Request, kind: type[S]) -> S:
     An empty value is a value (``limit=`` is not an integer); parameters ``kind`` does not
     declare are ignored.
     """
-    integers = _integer_fields(kind)
+    integers, booleans = _typed_fields(kind)
     data: dict[str, Any] = {}
     for name, value in request.query_params.items():
         if name in integers and _QUERY_INT.fullmatch(value):
             data[name] = int(value)
+        elif name in booleans and value in _QUERY_BOOL:
+            data[name] = _QUERY_BOOL[value]
         else:
             data[name] = value
     try:
@@ -114,9 +117,13 @@ def _decoder(kind: type[S]) -> msgspec.json.Decoder[S]:
 
 
 @functools.cache
-def _integer_fields(kind: type[msgspec.Struct]) -> frozenset[str]:
-    fields = declared_fields(kind)
-    return frozenset(name for name, f in fields.items() if isinstance(f.type, inspect.IntType))
+def _typed_fields(kind: type[msgspec.Struct]) -> tuple[frozenset[str], frozenset[str]]:
+    """The names of ``kind``'s integer fields and of its boolean fields."""
+    fields = declared_fields(kind).items()
+    return (
+        frozenset(name for name, f in fields if isinstance(f.type, inspect.IntType)),
+        frozenset(name for name, f in fields if isinstance(f.type, inspect.BoolType)),
+    )
 
 
 @functools.cache
