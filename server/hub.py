@@ -31,6 +31,7 @@ from server.auth import AuthError, Principal, TokenVerifier, bearer_token, origi
 from server.cursor import Action, StreamCursor
 from server.db import Database
 from server.errors import CloseCode
+from server.hooks import NO_HOOKS, Hooks
 from server.metrics import Metrics
 from server.settings import Settings
 from server.streams import (
@@ -82,9 +83,11 @@ class Hub:
         verifier: TokenVerifier,
         settings: Settings,
         metrics: Metrics,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         self._db = db
         self._broker = broker
+        self._hooks = hooks
         self._heartbeat = heartbeat
         self._verifier = verifier
         self._settings = settings
@@ -181,6 +184,7 @@ class Hub:
                 self.channel(conn.stream), maxsize=self._settings.ws_queue_size
             ) as sub:
                 conn.sub = sub
+                await self._hooks.after_subscribe(conn.stream)
                 await self._start(conn, since, epoch)
                 writer = asyncio.create_task(self._write_loop(conn, sub))
                 try:
@@ -214,6 +218,7 @@ class Hub:
         async with self._db_slots, self._db.snapshot() as session, session.begin():
             head = await read_head(session, stream)
             assert head is not None
+            await self._hooks.after_snapshot_head(stream)
             orders = await open_orders(session, stream, limit=self._settings.snapshot_max_orders)
             return head, [protocol.order_snapshot(order) for order in orders]
 
@@ -243,8 +248,10 @@ class Hub:
         assert cursor is not None
         self._metrics.ws_backfills.labels(reason=reason).inc()
         while True:
+            await self._hooks.before_backfill_read(conn.stream)
             async with self._db_slots, self._db.read() as session:
                 rows = await events_after(session, conn.stream, cursor.last, limit=_BACKFILL_PAGE)
+            await self._hooks.after_backfill_read(conn.stream, [seq for seq, _ in rows])
             for seq, event in rows:
                 if seq != cursor.last + 1:
                     # A hole in the index means a writer's seq is not committed yet; stop here,
