@@ -24,7 +24,9 @@ async def main(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    db = Database(settings.database_url, pool_size=2)
+    db = Database(
+        settings.database_url, pool_size=2, sqlite_synchronous=settings.sqlite_synchronous
+    )
     broker = create_broker(settings.redis_url)
     await broker.connect()
     metrics = Metrics()

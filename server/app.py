@@ -103,7 +103,7 @@ def create_app(
     """
     settings.validate()
     metrics = metrics or Metrics()
-    # On the embedded default with no configured key, tokens are signed with a per-process secret.
+    # Demo tokens get a per-process secret of their own, never the configured key.
     demo_secret = secrets.token_urlsafe(32) if settings.demo_tokens_enabled else None
     verifier = TokenVerifier.from_settings(settings, demo_secret=demo_secret)
 
@@ -111,7 +111,11 @@ def create_app(
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
         if settings.migrate_on_start:
             await migrate(settings.database_url)
-        db = Database(settings.database_url, pool_size=settings.db_pool_size)
+        db = Database(
+            settings.database_url,
+            pool_size=settings.db_pool_size,
+            sqlite_synchronous=settings.sqlite_synchronous,
+        )
         own_broker = broker is None
         the_broker = broker or create_broker(settings.redis_url)
         async with contextlib.AsyncExitStack() as stack:
@@ -175,6 +179,15 @@ def create_app(
                 "redis" if settings.redis_url else "memory",
                 settings.instance_id,
             )
+            if verifier.mints_demo_tokens:
+                logger.warning(
+                    "DEMO_TOKENS is on: anyone who can reach POST /demo/token can mint a customer"
+                    " or POS token for any identity (signed with a per-process demo secret%s);"
+                    " never run it like this in production",
+                    ", alongside the configured JWT key"
+                    if settings.jwt_secret or settings.jwt_public_key
+                    else "",
+                )
             yield {"services": services}
 
     routes: list[Any] = [

@@ -63,22 +63,36 @@ class Principal:
         return f"{self.role.value}:{self.sub}"
 
 
+#: The ``kid`` header that marks a demo token, signed with the per-process demo secret.
+DEMO_KID = "demo"
+_DEMO_ALGORITHM = "HS256"
+
+
 class TokenVerifier:
-    """Verifies bearer tokens against the configured key and pinned algorithms."""
+    """Verifies bearer tokens against the configured key and pinned algorithms.
+
+    With ``demo_secret`` (DEMO_TOKENS on) it also mints demo tokens and accepts them: HS256,
+    header ``kid: demo``, signed with that per-process secret and never with the real key, so a
+    demo token cannot pass for a real one and turning demo tokens off revokes every one.
+    """
 
     def __init__(
         self,
         *,
-        key: str,
+        key: str | None,
         algorithms: tuple[str, ...],
         leeway: float = 0.0,
         cache_size: int = 10_000,
+        demo_secret: str | None = None,
     ) -> None:
         if not algorithms:
             raise ValueError("at least one algorithm must be pinned")
+        if key is None and demo_secret is None:
+            raise ValueError("JWT_SECRET or JWT_PUBLIC_KEY is required")
         self._key = key
         self._algorithms = list(algorithms)
         self._leeway = leeway
+        self._demo_secret = demo_secret
         # A terminal or app sends the same token on every call; checking its signature again
         # each time was 7% of the server's CPU under load. Only valid tokens are cached, by
         # their exact text, and their expiry is checked on every hit.
@@ -88,10 +102,17 @@ class TokenVerifier:
     @classmethod
     def from_settings(cls, settings: Settings, demo_secret: str | None = None) -> TokenVerifier:
         """The verifier configured by JWT_SECRET / JWT_PUBLIC_KEY and JWT_ALGORITHMS."""
-        key = settings.jwt_public_key or settings.jwt_secret or demo_secret
-        if not key:
-            raise ValueError("JWT_SECRET or JWT_PUBLIC_KEY is required")
-        return cls(key=key, algorithms=settings.jwt_algorithms, leeway=settings.jwt_leeway)
+        return cls(
+            key=settings.jwt_public_key or settings.jwt_secret,
+            algorithms=settings.jwt_algorithms,
+            leeway=settings.jwt_leeway,
+            demo_secret=demo_secret,
+        )
+
+    @property
+    def mints_demo_tokens(self) -> bool:
+        """Whether this verifier has a demo secret (DEMO_TOKENS on)."""
+        return self._demo_secret is not None
 
     def verify(self, token: str) -> Principal:
         """The principal of a valid token; AuthError for anything else."""
@@ -113,13 +134,22 @@ class TokenVerifier:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:
             raise AuthError("malformed token") from exc
-        if header.get("alg") not in self._algorithms:
+        # The key is chosen by the header, but each key has its own pinned algorithms, so a
+        # token cannot pick a weaker check: a demo-marked token is only ever HS256 with the
+        # demo secret, and without demo tokens on it is checked against the real key (and fails).
+        if self._demo_secret is not None and header.get("kid") == DEMO_KID:
+            key, algorithms = self._demo_secret, [_DEMO_ALGORITHM]
+        elif self._key is not None:
+            key, algorithms = self._key, self._algorithms
+        else:
+            raise AuthError("only demo tokens are accepted (no JWT key configured)")
+        if header.get("alg") not in algorithms:
             raise AuthError("token algorithm not allowed")
         try:
             claims: dict[str, Any] = jwt.decode(
                 token,
-                self._key,
-                algorithms=self._algorithms,
+                key,
+                algorithms=algorithms,
                 options={"require": ["exp", "sub"]},
                 leeway=self._leeway,
             )
@@ -129,9 +159,13 @@ class TokenVerifier:
             raise AuthError(f"invalid token: {exc.__class__.__name__}") from exc
         return principal_from_claims(claims)
 
-    def mint(self, claims: dict[str, Any]) -> str:
-        """Sign claims with the configured secret (demo tokens; HS* only)."""
-        return jwt.encode(claims, self._key, algorithm=self._algorithms[0])
+    def mint_demo(self, claims: dict[str, Any]) -> str:
+        """Sign claims as a demo token, with the demo secret only; ValueError when off."""
+        if self._demo_secret is None:
+            raise ValueError("demo tokens are off")
+        return jwt.encode(
+            claims, self._demo_secret, algorithm=_DEMO_ALGORITHM, headers={"kid": DEMO_KID}
+        )
 
 
 def principal_from_claims(claims: dict[str, Any]) -> Principal:

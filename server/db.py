@@ -1,7 +1,9 @@
 """The async engine, session factories and migrate-on-start.
 
-SQLite: WAL, busy timeout, foreign keys, and writes that take the write lock up front
-(``BEGIN IMMEDIATE``) so two writers queue instead of failing with "database is locked".
+SQLite: WAL with ``synchronous=FULL`` (a commit is on disk before it returns, so a 2xx survives
+power loss; SQLITE_SYNCHRONOUS=NORMAL trades that away), busy timeout, foreign keys, and writes
+that take the write lock up front (``BEGIN IMMEDIATE``) so two writers queue instead of failing
+with "database is locked".
 PostgreSQL: an asyncpg pool; writes lock rows explicitly (see ``writes.py``).
 """
 
@@ -29,12 +31,25 @@ logger = logging.getLogger(__name__)
 MIGRATIONS = Path(__file__).parent / "migrations"
 # Arbitrary constant: the PostgreSQL advisory lock that serialises concurrent migrators.
 _MIGRATION_LOCK = 7_311_953_001
+#: The SQLite ``synchronous`` levels we allow: FULL (durable, the default) or NORMAL (faster).
+SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
 
 
 class Database:
     """Engine plus two session factories: ``write`` (locks for writing) and ``snapshot``."""
 
-    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 10,
+        echo: bool = False,
+        sqlite_synchronous: str = "FULL",
+    ) -> None:
+        if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
+            raise ValueError(
+                f"sqlite_synchronous: expected FULL or NORMAL, got {sqlite_synchronous!r}"
+            )
         self.url = url
         self.dialect = make_url(url).get_backend_name()
         options: dict[str, Any] = {
@@ -51,7 +66,7 @@ class Database:
             options.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
         self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.dialect == "sqlite":
-            _configure_sqlite(self.engine)
+            _configure_sqlite(self.engine, synchronous=sqlite_synchronous)
             write_engine = self.engine.execution_options(sqlite_begin="IMMEDIATE")
             snapshot_engine = self.engine
         else:
@@ -93,14 +108,16 @@ def _ensure_sqlite_dir(url: str) -> None:
         Path(database).expanduser().resolve().parent.mkdir(parents=True, exist_ok=True)
 
 
-def _configure_sqlite(engine: AsyncEngine) -> None:
+def _configure_sqlite(engine: AsyncEngine, *, synchronous: str) -> None:
     @event.listens_for(engine.sync_engine, "connect")
     def _on_connect(dbapi_connection: Any, _record: Any) -> None:
         # Let us emit BEGIN ourselves (pysqlite's implicit BEGIN cannot be IMMEDIATE).
         dbapi_connection.isolation_level = None
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=NORMAL")
+        # In WAL mode NORMAL syncs only at checkpoints: a commit acknowledged since the last
+        # one can vanish with a power cut or an OS crash. FULL syncs the WAL on every commit.
+        cursor.execute(f"PRAGMA synchronous={synchronous}")
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=30000")
         cursor.close()

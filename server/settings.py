@@ -35,6 +35,7 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     migrate_on_start: bool = True
     db_pool_size: int = 10
+    sqlite_synchronous: str = "FULL"
     max_body_bytes: int = 65_536
     ws_queue_size: int = 256
     ws_max_message_bytes: int = 4_096
@@ -69,8 +70,14 @@ class Settings:
 
     @property
     def demo_tokens_enabled(self) -> bool:
-        """Demo-token minting is on by default only on the embedded default."""
-        return self.embedded if self.demo_tokens is None else self.demo_tokens
+        """Demo tokens: on by default only on the embedded default with no real JWT key.
+
+        Anyone who can reach ``/demo/token`` can mint any identity, so a configured
+        JWT_SECRET / JWT_PUBLIC_KEY turns them off unless DEMO_TOKENS=true says otherwise.
+        """
+        if self.demo_tokens is not None:
+            return self.demo_tokens
+        return self.embedded and not (self.jwt_secret or self.jwt_public_key)
 
     @property
     def retention(self) -> timedelta | None:
@@ -103,6 +110,10 @@ class Settings:
         if self.jwt_public_key and any(a.startswith("HS") for a in self.jwt_algorithms):
             # Mixing HMAC with a public key is the classic algorithm-confusion hole.
             raise ValueError("JWT_ALGORITHMS: HS* cannot be combined with JWT_PUBLIC_KEY")
+        if self.sqlite_synchronous not in {"FULL", "NORMAL"}:
+            raise ValueError(
+                f"SQLITE_SYNCHRONOUS: expected FULL or NORMAL, got {self.sqlite_synchronous!r}"
+            )
         if self.ws_impl not in {"websockets", "websockets-sansio", "wsproto"}:
             raise ValueError(
                 f"WS_IMPL: expected websockets, websockets-sansio or wsproto, got {self.ws_impl!r}"
@@ -172,6 +183,13 @@ def _database_url(raw: str) -> str:
     return raw
 
 
+def _sqlite_synchronous(raw: str) -> str:
+    level = raw.strip().upper()
+    if level not in {"FULL", "NORMAL"}:
+        raise ValueError(f"expected FULL or NORMAL, got {raw!r}")
+    return level
+
+
 def _log_format(raw: str) -> str:
     if raw not in {"json", "text"}:
         raise ValueError(f"expected json or text, got {raw!r}")
@@ -221,5 +239,6 @@ _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": _redis_url,
     "database_url": _database_url,
     "log_format": _log_format,
+    "sqlite_synchronous": _sqlite_synchronous,
     "port": _int,
 }

@@ -1,4 +1,9 @@
-"""Demo-token minting: the embedded default only (DEMO_TOKENS), so the demo pages can sign in."""
+"""Demo-token minting (DEMO_TOKENS), so the demo pages can sign in.
+
+On by default only on the embedded default with no JWT key configured. Tokens are signed with a
+per-process secret, never with JWT_SECRET / JWT_PUBLIC_KEY: they work only on this process and
+only while demo tokens are on.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +40,7 @@ async def mint_token(request: Request) -> JSONResponse:
       422: {description: Bad claims}
     """
     svc = services(request)
-    if not svc.settings.demo_tokens_enabled:
+    if not svc.verifier.mints_demo_tokens:
         raise NotFound("demo tokens are disabled")
     body = await json_body(request)
     sub = body.get("sub")
@@ -54,4 +59,4 @@ async def mint_token(request: Request) -> JSONResponse:
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 5 <= ttl <= 86_400:
         raise Unprocessable("ttl must be an integer between 5 and 86400", field="ttl")
     claims = demo_claims(sub, role, store_id if role is Role.POS else None, ttl)
-    return JSONResponse({"token": svc.verifier.mint(claims), "expires_at": claims["exp"]})
+    return JSONResponse({"token": svc.verifier.mint_demo(claims), "expires_at": claims["exp"]})

@@ -481,6 +481,31 @@ async def test_a_bad_limit_or_cursor_is_400(
     assert_error(r, 400, code)
 
 
+@pytest.mark.parametrize(
+    "moment",
+    ["0001-01-01T00:00:00+01:00", "9999-12-31T23:59:59-01:00", "0001-01-01T00:00:00+00:00"],
+)
+async def test_a_cursor_at_the_edge_of_time_is_400_never_a_500(
+    service: Service, moment: str
+) -> None:
+    # Defect 6: a cursor whose instant falls outside datetime's range once moved to UTC
+    # raised OverflowError (500).
+    await create(service)
+    cursor = _cursor([moment, "ord_" + "0" * 24])
+    r = await service.http.get("/api/orders", params={"cursor": cursor}, headers=auth(ALICE))
+    assert_error(r, 400, "invalid_cursor")
+
+
+@pytest.mark.parametrize("micros", ["0", "9" * 16])
+async def test_any_cursor_of_the_documented_form_is_answered(service: Service, micros: str) -> None:
+    # The cursor's pattern in /openapi.json describes every cursor the server takes.
+    await create(service)
+    cursor = f"{micros}_ord_{'f' * 24}"
+    r = await service.http.get("/api/orders", params={"cursor": cursor}, headers=auth(ALICE))
+    assert r.status_code == 200, r.text
+    assert len(r.json()["orders"]) == (0 if micros == "0" else 1)
+
+
 # -- get --------------------------------------------------------------------------------------
 
 

@@ -33,6 +33,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     ),
     "MIGRATE_ON_START": ("off", False),
     "DB_POOL_SIZE": ("5", 5),
+    "SQLITE_SYNCHRONOUS": ("normal", "NORMAL"),
     "MAX_BODY_BYTES": ("1024", 1024),
     "WS_QUEUE_SIZE": ("8", 8),
     "WS_MAX_MESSAGE_BYTES": ("2048", 2048),
@@ -352,10 +353,23 @@ def test_validate_applies_to_settings_built_directly() -> None:
 def test_embedded_means_sqlite_and_the_in_memory_broker(
     database_url: str, redis_url: str | None, embedded: bool
 ) -> None:
-    settings = Settings(database_url=database_url, redis_url=redis_url, jwt_secret="x")
+    settings = Settings(database_url=database_url, redis_url=redis_url)
     assert settings.embedded is embedded
     assert settings.demo_tokens_enabled is embedded
     assert settings.relay_enabled is embedded
+
+
+@pytest.mark.parametrize(
+    "key", [{"jwt_secret": "x"}, {"jwt_public_key": "pem", "jwt_algorithms": ("RS256",)}]
+)
+def test_a_configured_jwt_key_turns_demo_tokens_off_unless_they_are_asked_for(
+    key: dict[str, Any],
+) -> None:
+    assert not Settings(**key).demo_tokens_enabled
+    assert not Settings.from_environ(
+        {k.upper(): str(v[0] if isinstance(v, tuple) else v) for k, v in key.items()}
+    ).demo_tokens_enabled
+    assert Settings(demo_tokens=True, **key).demo_tokens_enabled
 
 
 @pytest.mark.parametrize("explicit", [True, False])
