@@ -12,6 +12,9 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from gateways import GatewaysConfig, PhonePeConfig, SandboxConfig, StripeConfig
+from gateways.stripe import DEFAULT_API_BASE as STRIPE_API_BASE
+
 T = TypeVar("T")
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.data/orderstatus.db"
@@ -55,6 +58,21 @@ class Settings:
     event_retention_days: float = 0.0
     longpoll_max_wait: float = 30.0
     order_expiry_seconds: int = 1_800
+    # Payment gateways: one without credentials is not offered (see gateways_config()).
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    phonepe_merchant_id: str | None = None
+    phonepe_salt_key: str | None = field(default=None, repr=False)
+    phonepe_salt_index: int = 1
+    phonepe_client_id: str | None = None
+    phonepe_client_secret: str | None = field(default=None, repr=False)
+    phonepe_client_version: int = 1
+    phonepe_callback_username: str | None = None
+    phonepe_callback_password: str | None = field(default=None, repr=False)
+    phonepe_api_base: str | None = None
+    sandbox_api_base: str | None = None
+    sandbox_webhook_secret: str | None = field(default=None, repr=False)
     snapshot_max_orders: int = 200
     graceful_shutdown_timeout: float = 10.0
     gc_freeze: bool = True
@@ -89,6 +107,37 @@ class Settings:
         """Whether the outbox relay runs inside the web process."""
         return self.embedded if self.relay_in_process is None else self.relay_in_process
 
+    def gateways_config(self) -> GatewaysConfig:
+        """The gateways with credentials, as ``gateways.create_gateways`` takes them."""
+        stripe = phonepe = sandbox = None
+        if self.stripe_api_key or self.stripe_webhook_secret:
+            if not (self.stripe_api_key and self.stripe_webhook_secret):
+                raise ValueError("STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET: set both or neither")
+            stripe = StripeConfig(
+                api_key=self.stripe_api_key,
+                webhook_secret=self.stripe_webhook_secret,
+                api_base=self.stripe_api_base or STRIPE_API_BASE,
+            )
+        if self.phonepe_merchant_id or self.phonepe_salt_key or self.phonepe_client_id:
+            phonepe = PhonePeConfig(
+                merchant_id=self.phonepe_merchant_id,
+                salt_key=self.phonepe_salt_key,
+                salt_index=self.phonepe_salt_index,
+                client_id=self.phonepe_client_id,
+                client_secret=self.phonepe_client_secret,
+                client_version=self.phonepe_client_version,
+                callback_username=self.phonepe_callback_username,
+                callback_password=self.phonepe_callback_password,
+                api_base=self.phonepe_api_base,
+            )
+        if self.sandbox_api_base or self.sandbox_webhook_secret:
+            if not (self.sandbox_api_base and self.sandbox_webhook_secret):
+                raise ValueError("SANDBOX_API_BASE and SANDBOX_WEBHOOK_SECRET: set both or neither")
+            sandbox = SandboxConfig(
+                api_base=self.sandbox_api_base, webhook_secret=self.sandbox_webhook_secret
+            )
+        return GatewaysConfig(stripe=stripe, phonepe=phonepe, sandbox=sandbox)
+
     def validate(self) -> Settings:
         """Check ranges and cross-field rules, naming the variable; return self so it chains."""
         for name, (low, high) in _BOUNDS.items():
@@ -114,6 +163,7 @@ class Settings:
             raise ValueError(
                 f"SQLITE_SYNCHRONOUS: expected FULL or NORMAL, got {self.sqlite_synchronous!r}"
             )
+        self.gateways_config()  # half-configured gateways name their variables
         if self.ws_impl not in {"websockets", "websockets-sansio", "wsproto"}:
             raise ValueError(
                 f"WS_IMPL: expected websockets, websockets-sansio or wsproto, got {self.ws_impl!r}"
@@ -231,6 +281,8 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "longpoll_max_wait": (0, 300),
     "order_expiry_seconds": (1, None),
     "snapshot_max_orders": (0, 10_000),
+    "phonepe_salt_index": (1, None),
+    "phonepe_client_version": (1, None),
     "graceful_shutdown_timeout": (0, None),
     "gc_thaw_interval": (0, None),
 }

@@ -291,6 +291,28 @@ async def test_approve_delay_is_a_late_authorisation(rig: Rig) -> None:
     assert (await rig.gateway.fetch_status(start.ref)).status is PaymentStatus.COMPLETED
 
 
+async def test_expire_after_is_the_gateways_own_timeout(rig: Rig) -> None:
+    await rig.chaos(expire_after=0.5)
+    abandoned, paid = await rig.start("pay_abandoned"), await rig.start("pay_in_time")
+    await rig.click(paid, "approve")
+    assert (await rig.webhook()).ref == paid.ref
+    expired = await rig.webhook()
+    assert expired.ref == abandoned.ref and expired.event_type == "payment.expired"
+    assert expired.state is not None and expired.state.status is PaymentStatus.EXPIRED
+    await rig.click(abandoned, "approve")  # too late
+    assert (await rig.gateway.fetch_status(abandoned.ref)).status is PaymentStatus.EXPIRED
+    assert (await rig.gateway.fetch_status(paid.ref)).status is PaymentStatus.COMPLETED
+
+
+async def test_a_late_authorisation_under_way_outlives_the_timeout(rig: Rig) -> None:
+    await rig.chaos(expire_after=0.3, approve_delay=0.8)
+    start = await rig.start("pay_slow_but_sure")
+    await rig.click(start, "approve")
+    assert (await rig.webhook()).event_type == "payment.processing"
+    done = await rig.webhook()
+    assert done.state is not None and done.state.status is PaymentStatus.COMPLETED
+
+
 @pytest.mark.parametrize("knobs", [{"drop": 150}, {"nope": 1}, {"delay": "x"}])
 async def test_bad_knobs_get_a_422_and_change_nothing(rig: Rig, knobs: dict[str, object]) -> None:
     response = await rig.http.put(rig.base + "/control/chaos", json=knobs)
@@ -341,6 +363,39 @@ async def test_it_mounts_under_sandbox_in_another_app() -> None:
             assert start.redirect_url == f"{running.http}/sandbox/pay/{start.ref}"
             assert (await rig.click(start, "approve")).status_code == 303
             assert (await rig.webhook()).state is not None
+
+
+async def test_the_adapter_can_reach_it_in_process_without_a_socket() -> None:
+    # The embedded default may talk to a mounted sandbox through httpx's ASGI transport;
+    # public_url then names where browsers reach the page.
+    async with receiver() as (url, queue):
+        config = SandboxServerConfig(
+            webhook_secret=SECRET, webhook_url=url, public_url="http://127.0.0.1:8000/sandbox"
+        )
+        async with SandboxServer(config) as sandbox:
+            transport = httpx.ASGITransport(app=sandbox.app)
+            async with httpx.AsyncClient(transport=transport) as http:
+                gateway = SandboxGateway(
+                    SandboxConfig(api_base="http://sandbox", webhook_secret=SECRET), client=http
+                )
+                rig = Rig("http://sandbox", sandbox, gateway, http, queue)
+                start = await rig.start("pay_asgi")
+                assert start.redirect_url == f"http://127.0.0.1:8000/sandbox/pay/{start.ref}"
+                await http.post(f"http://sandbox/control/payments/{start.ref}/approve")
+                assert (await rig.webhook()).ref == start.ref
+
+
+def test_a_bad_variable_stops_the_process_naming_it() -> None:
+    env = {**os.environ, "SANDBOX_WEBHOOK_SECRET": SECRET, "SANDBOX_REORDER": "lots"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateways.sandbox_server"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert b"SANDBOX_REORDER" in done.stderr
 
 
 async def test_it_runs_as_its_own_process() -> None:
