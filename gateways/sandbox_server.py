@@ -131,6 +131,8 @@ class Chaos:
                 raise ValueError(f"{name}: not a chaos knob (known: {', '.join(known)})")
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name}: expected a number, got {value!r}")
+            if name == "retry_after" and value != int(value):
+                raise ValueError(f"{name}: expected whole seconds, got {value!r}")
             changes[name] = int(value) if name == "retry_after" else float(value)
         return replace(self, **changes)
 
