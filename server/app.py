@@ -32,6 +32,7 @@ from server.errors import (
     handle_unexpected,
 )
 from server.gctune import GcPolicy
+from server.hooks import NO_HOOKS, Hooks
 from server.hub import Hub
 from server.logs import new_request_id, request_id
 from server.metrics import Metrics
@@ -91,12 +92,14 @@ def create_app(
     broker: Broker | None = None,
     metrics: Metrics | None = None,
     background: Sequence[BackgroundJob] = (),
+    hooks: Hooks = NO_HOOKS,
 ) -> Starlette:
     """Build the ASGI app; nothing connects until its lifespan starts.
 
     ``broker``: an already-connected broker to use instead of the one REDIS_URL names.
     ``background``: jobs run for the app's lifetime, each given the services and a stop event
     (``python -m server`` runs the outbox relay this way on the embedded default).
+    ``hooks``: test-only pause points (server/hooks.py); the default does nothing.
     """
     settings.validate()
     metrics = metrics or Metrics()
@@ -128,7 +131,13 @@ def create_app(
             )
             await stack.enter_async_context(heartbeat)
             publisher = await stack.enter_async_context(
-                Publisher(db, the_broker, prefix=settings.redis_channel_prefix, metrics=metrics)
+                Publisher(
+                    db,
+                    the_broker,
+                    prefix=settings.redis_channel_prefix,
+                    metrics=metrics,
+                    hooks=hooks,
+                )
             )
             hub = Hub(
                 db=db,
@@ -137,6 +146,7 @@ def create_app(
                 verifier=verifier,
                 settings=settings,
                 metrics=metrics,
+                hooks=hooks,
             )
             metrics.watch_gc()
             stack.callback(metrics.unwatch_gc)

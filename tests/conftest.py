@@ -1,6 +1,7 @@
 """The backend matrix (sqlite+memory, postgres+redis), a fresh database per test, servers, tokens.
 
-Under CI=true an unreachable PostgreSQL or Redis fails the run; elsewhere those tests skip.
+Under CI (any truthy CI value: true, 1, yes) an unreachable PostgreSQL or Redis fails the run;
+elsewhere those tests skip.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ from channels import Broker, create_broker
 from reconciler.relay import Relay
 from server.app import BackgroundJob, create_app
 from server.db import Database, migrate
+from server.hooks import NO_HOOKS, Hooks
 from server.metrics import Metrics
 from server.services import Services
 from server.settings import Settings
 from server.writes import Publisher
 from tests.channels.helpers import RedisServer, free_port
+from tests.support.ci import IN_CI
 from tests.support.clients import SECRET
 from tests.support.servers import Running, serve_in_process
 
@@ -37,16 +40,15 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # One template per test session (pid), so concurrent runs on one PostgreSQL never drop each
 # other's template while it is being cloned.
 TEMPLATE_DB = f"orderstatus_test_template_{os.getpid()}"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 _state: dict[str, Any] = {}
 
 
 def unavailable(what: str, exc: BaseException) -> None:
-    """Fail under CI=true, skip elsewhere."""
+    """Fail under CI, skip elsewhere."""
     message = f"{what} unreachable: {exc!r}"
     if IN_CI:
-        pytest.fail(f"{message} (CI=true: a missing backend is a failure)", pytrace=False)
+        pytest.fail(f"{message} (under CI a missing backend is a failure)", pytrace=False)
     pytest.skip(message)
 
 
@@ -212,11 +214,16 @@ StartService = Callable[..., Awaitable[Service]]
 
 @pytest.fixture
 async def start_service(backend: Backend) -> AsyncIterator[StartService]:
-    """Start the app in-process on this test's backend; ``relay=True`` runs the outbox relay too."""
+    """Start the app in-process on this test's backend; ``relay=True`` runs the outbox relay too,
+    ``hooks`` installs test pause points (server/hooks.py)."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(
-            *, relay: bool = False, broker: Broker | None = None, **overrides: Any
+            *,
+            relay: bool = False,
+            broker: Broker | None = None,
+            hooks: Hooks = NO_HOOKS,
+            **overrides: Any,
         ) -> Service:
             settings = backend.settings(**overrides)
             if broker is None:
@@ -237,7 +244,9 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
                     ).run(stop)
 
                 background.append(run_relay)
-            app = create_app(settings, broker=broker, metrics=metrics, background=background)
+            app = create_app(
+                settings, broker=broker, metrics=metrics, background=background, hooks=hooks
+            )
             running = await stack.enter_async_context(
                 serve_in_process(
                     app,

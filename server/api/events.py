@@ -17,7 +17,7 @@ from server.api.common import principal, query
 from server.api.contract import operation
 from server.errors import error_response
 from server.services import Services, services
-from server.streams import StreamHead, ensure_stream, events_after, read_head
+from server.streams import StreamHead, ensure_stream, events_after, read_head, resume_problem
 
 PAGE = 500
 
@@ -37,17 +37,15 @@ async def _read(svc: Services, stream: str, since: int) -> tuple[StreamHead, lis
     return head, [protocol.event_payload(stream, seq, event) for seq, event in rows]
 
 
-def _position_holds(head: StreamHead, since: int, epoch: str | None) -> bool:
-    """Whether ``since`` (of ``epoch``) is still a position on this log; else the client resets."""
-    return (epoch is None or epoch == head.epoch) and head.pruned_seq <= since <= head.head_seq
-
-
 @operation(
     "The caller's stream after SEQ (the REST fallback of /ws), long-polling up to WAIT s",
     tag="events",
     query=lambda settings: schemas.events_query(int(settings.longpoll_max_wait)),
     responses={
-        200: ("Events, or a reset with a fresh snapshot", schemas.EventsPage),
+        200: (
+            "Events, a reset with a fresh snapshot, or the snapshot asked for",
+            schemas.EventsPage,
+        ),
         429: "Too many long-polls for this user (LONGPOLL_MAX_PER_USER); Retry-After",
     },
 )
@@ -57,8 +55,10 @@ async def stream_events(request: Request) -> Response:
     svc = services(request)
     svc.metrics.longpoll_requests.inc()
     params = query(request, schemas.events_query(int(svc.settings.longpoll_max_wait)))
+    if params.snapshot:
+        return await _reset(svc, caller.stream, key="snapshot")
     if params.wait == 0:
-        return await _answer(svc, caller.stream, params.since, params.epoch, 0)
+        return await _answer(svc, caller.stream, params, 0)
     active = _longpolls(request)
     user = f"{caller.role.value}:{caller.sub}"
     if active[user] >= svc.settings.longpoll_max_per_user:
@@ -70,7 +70,7 @@ async def stream_events(request: Request) -> Response:
         )
     active[user] += 1
     try:
-        return await _answer(svc, caller.stream, params.since, params.epoch, params.wait)
+        return await _answer(svc, caller.stream, params, params.wait)
     finally:
         active[user] -= 1
         if not active[user]:
@@ -87,10 +87,16 @@ def _longpolls(request: Request) -> Counter[str]:
 
 
 async def _answer(
-    svc: Services, stream: str, since: int, epoch: str | None, wait: int
+    svc: Services, stream: str, params: schemas.EventsQuery, wait: int
 ) -> JSONResponse:
+    since = params.since
+
+    async def gone(head: StreamHead) -> bool:
+        problem = await resume_problem(svc.db, head, params.epoch, since, params.last_event_id)
+        return problem is not None
+
     head, events = await _read(svc, stream, since)
-    if not _position_holds(head, since, epoch):
+    if await gone(head):
         return await _reset(svc, stream)
     if not events and wait > 0:
         deadline = time.monotonic() + wait
@@ -100,7 +106,7 @@ async def _answer(
             while True:
                 head, events = await _read(svc, stream, since)
                 # The log may have been reset, restored or pruned past us while we waited.
-                if not _position_holds(head, since, epoch):
+                if await gone(head):
                     return await _reset(svc, stream)
                 remaining = deadline - time.monotonic()
                 if events or remaining <= 0:
@@ -127,16 +133,7 @@ async def _answer(
     )
 
 
-async def _reset(svc: Services, stream: str) -> JSONResponse:
-    # The same snapshot /ws sends in its reset message.
-    head, snapshot = await svc.hub.snapshot(stream)
-    return JSONResponse(
-        {
-            "stream": stream,
-            "epoch": head.epoch,
-            "head_seq": head.head_seq,
-            "events": [],
-            "reset": True,
-            "orders": snapshot,
-        }
-    )
+async def _reset(svc: Services, stream: str, *, key: str = "reset") -> JSONResponse:
+    # The same snapshot /ws sends in its hello and reset messages.
+    snapshot = await svc.hub.snapshot(stream)
+    return JSONResponse({"stream": stream, **snapshot.fields(), "events": [], key: True})

@@ -188,6 +188,14 @@ class EventsQuery(Struct):
 
     since: Seq = 0
     epoch: Annotated[str, Meta(min_length=1, max_length=100)] | None = None
+    last_event_id: (
+        Annotated[
+            int,
+            Meta(ge=1, le=MAX_SEQ, description="the event_id of the event the client saw at since"),
+        ]
+        | None
+    ) = None
+    snapshot: bool = False
     wait: int = 0
 
 
@@ -319,8 +327,10 @@ class StoreOrders(Struct):
 
 
 class EventsPage(Struct):
-    """Events after ``since``; on a reset (position gone, other epoch) ``reset`` and a fresh
-    snapshot of the open ``orders`` instead."""
+    """Events after ``since``; on a reset (position gone, other epoch, another event at
+    ``since`` than ``last_event_id``) ``reset`` and a fresh snapshot instead — the open
+    ``orders``, ``head_event_id``, and ``truncated`` with ``next_cursor`` when there are more;
+    with ``snapshot=true`` the same snapshot marked ``snapshot``."""
 
     stream: str
     epoch: str
@@ -328,7 +338,11 @@ class EventsPage(Struct):
     events: list[StreamEvent]
     more: bool | UnsetType = UNSET
     reset: bool | UnsetType = UNSET
+    snapshot: bool | UnsetType = UNSET
     orders: list[Order] | UnsetType = UNSET
+    head_event_id: int | None | UnsetType = UNSET
+    truncated: bool | UnsetType = UNSET
+    next_cursor: str | None | UnsetType = UNSET
 
 
 class DemoToken(Struct):
