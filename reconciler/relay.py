@@ -103,8 +103,7 @@ class Relay:
         if self._retention is None:
             return 0
         before = utcnow() - self._retention
-        async with self._db.transaction() as session:
-            pruned = await prune(session, before)
+        pruned = await prune(self._db, before)
         if pruned:
             logger.info("pruned %d event(s) older than %s", pruned, before.isoformat())
         return pruned

@@ -11,6 +11,7 @@ from sqlalchemy import TextClause, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from server.db import Database
 from server.models import Event, Order, Stream, StreamEvent
 from server.protocol import OrderRow
 from server.workflow import TERMINAL
@@ -186,32 +187,47 @@ async def open_orders(session: AsyncSession, stream: str, *, limit: int) -> Sequ
     return rows.scalars().all()
 
 
-async def prune(session: AsyncSession, before: datetime, *, batch: int = 1000) -> int:
+async def prune(db: Database, before: datetime, *, batch: int = 1000, chunk: int = 100) -> int:
     """Delete up to ``batch`` events older than ``before`` and their stream positions.
 
-    Each stream's ``pruned_seq`` moves up to the newest seq deleted, so a client resuming from
-    before it gets a ``reset`` instead of a silent hole.
+    Each stream's ``pruned_seq`` first moves up to the newest seq about to be deleted, so a
+    client resuming from before it gets a ``reset`` instead of a silent hole (and a hub
+    backfilling across it resets its client). It works in small transactions, ``chunk`` events
+    at a time: each stream row is locked alone, in the fixed (sorted) order, for one UPDATE,
+    and no stream row is held while events are deleted — writers queue on these rows, so
+    pruning must neither hold them long nor lock two against the writers' order.
     """
-    ids = list(
-        (
-            await session.execute(
-                select(Event.id).where(Event.created_at < before).order_by(Event.id).limit(batch)
+    total = 0
+    while total < batch:
+        async with db.read() as session:
+            ids = list(
+                (
+                    await session.execute(
+                        select(Event.id)
+                        .where(Event.created_at < before)
+                        .order_by(Event.id)
+                        .limit(min(chunk, batch - total))
+                    )
+                ).scalars()
             )
-        ).scalars()
-    )
-    if not ids:
-        return 0
-    newest = await session.execute(
-        select(StreamEvent.stream, func.max(StreamEvent.seq))
-        .where(StreamEvent.event_id.in_(ids))
-        .group_by(StreamEvent.stream)
-    )
-    for stream, seq in newest:
-        await session.execute(
-            update(Stream)
-            .where(Stream.name == stream, Stream.pruned_seq < seq)
-            .values(pruned_seq=seq)
-        )
-    await session.execute(delete(StreamEvent).where(StreamEvent.event_id.in_(ids)))
-    await session.execute(delete(Event).where(Event.id.in_(ids)))
-    return len(ids)
+            if not ids:
+                break
+            newest = (
+                await session.execute(
+                    select(StreamEvent.stream, func.max(StreamEvent.seq))
+                    .where(StreamEvent.event_id.in_(ids))
+                    .group_by(StreamEvent.stream)
+                )
+            ).all()
+        for stream, seq in sorted(newest):
+            async with db.transaction() as session:
+                await session.execute(
+                    update(Stream)
+                    .where(Stream.name == stream, Stream.pruned_seq < seq)
+                    .values(pruned_seq=seq)
+                )
+        async with db.transaction() as session:
+            await session.execute(delete(StreamEvent).where(StreamEvent.event_id.in_(ids)))
+            await session.execute(delete(Event).where(Event.id.in_(ids)))
+        total += len(ids)
+    return total
