@@ -59,6 +59,42 @@ class Settings:
     graceful_shutdown_timeout: float = 10.0
     gc_freeze: bool = True
     gc_thaw_interval: float = 3600.0
+    # Payments (issue 5): every gateway variable of DESIGN §7, and the reconciler.
+    public_url: str | None = None
+    payment_return_url: str | None = None
+    payment_read_check_after: float = 30.0
+    payment_read_check_timeout: float = 2.0
+    payment_check_reuse: float = 5.0
+    payment_failure_policy: str = "retry"
+    gateway_timeout: float = 10.0
+    gateway_connect_timeout: float = 3.0
+    stripe_api_key: str | None = None
+    stripe_webhook_secret: str | None = None
+    stripe_api_base: str | None = None
+    stripe_poll_schedule: str | None = None
+    stripe_rate_limit: str = "25/second"
+    phonepe_merchant_id: str | None = None
+    phonepe_salt_key: str | None = None
+    phonepe_salt_index: int = 1
+    phonepe_client_id: str | None = None
+    phonepe_client_secret: str | None = None
+    phonepe_client_version: int = 1
+    phonepe_callback_username: str | None = None
+    phonepe_callback_password: str | None = None
+    phonepe_api_base: str | None = None
+    phonepe_auth_base: str | None = None
+    phonepe_poll_schedule: str | None = None
+    phonepe_rate_limit: str = "10/second"
+    sandbox: bool | None = None
+    sandbox_api_base: str | None = None
+    sandbox_webhook_secret: str | None = None
+    sandbox_api_key: str | None = None
+    sandbox_poll_schedule: str | None = None
+    sandbox_rate_limit: str = "50/second"
+    reconciler_in_process: bool | None = None
+    reconciler_interval: float = 1.0
+    reconciler_batch: int = 100
+    reconciler_concurrency: int = 16
     log_level: str = "INFO"
     log_format: str = "json"
     instance_id: str = field(default_factory=lambda: secrets.token_hex(4))
@@ -89,8 +125,55 @@ class Settings:
         """Whether the outbox relay runs inside the web process."""
         return self.embedded if self.relay_in_process is None else self.relay_in_process
 
+    @property
+    def sandbox_enabled(self) -> bool:
+        """The bundled sandbox gateway: on by default only on the embedded default."""
+        return self.embedded if self.sandbox is None else self.sandbox
+
+    @property
+    def reconciler_enabled(self) -> bool:
+        """Whether the payment reconciler runs inside the web process."""
+        return self.embedded if self.reconciler_in_process is None else self.reconciler_in_process
+
+    def poll_schedule(self, gateway: str) -> str | None:
+        """``<GATEWAY>_POLL_SCHEDULE``: the gateway's polling schedule in its one-line form."""
+        value: str | None = getattr(self, f"{gateway}_poll_schedule", None)
+        return value
+
+    def rate_limit(self, gateway: str) -> str:
+        """``<GATEWAY>_RATE_LIMIT``: status calls allowed, shared by every process."""
+        value: str = getattr(self, f"{gateway}_rate_limit", "")
+        return value
+
     def validate(self) -> Settings:
         """Check ranges and cross-field rules, naming the variable; return self so it chains."""
+        from limits import parse
+
+        from reconciler.schedule import Schedule
+
+        if self.payment_failure_policy not in {"retry", "cancel"}:
+            raise ValueError(
+                "PAYMENT_FAILURE_POLICY: expected retry or cancel, "
+                f"got {self.payment_failure_policy!r}"
+            )
+        for gateway in ("stripe", "phonepe", "sandbox"):
+            schedule = self.poll_schedule(gateway)
+            if schedule:
+                try:
+                    Schedule.parse(schedule)
+                except ValueError as exc:
+                    raise ValueError(f"{gateway.upper()}_POLL_SCHEDULE: {exc}") from None
+            rate = self.rate_limit(gateway)
+            if rate:
+                try:
+                    parse(rate)
+                except ValueError:
+                    raise ValueError(
+                        f"{gateway.upper()}_RATE_LIMIT: expected a rate such as 100/second,"
+                        f" got {rate!r}"
+                    ) from None
+        if bool(self.stripe_api_key) != bool(self.stripe_webhook_secret):
+            raise ValueError("STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET: set both or neither")
         for name, (low, high) in _BOUNDS.items():
             value = getattr(self, name)
             if value < low or (high is not None and value > high):
@@ -233,6 +316,14 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "snapshot_max_orders": (0, 10_000),
     "graceful_shutdown_timeout": (0, None),
     "gc_thaw_interval": (0, None),
+    "payment_read_check_after": (0, None),
+    "payment_read_check_timeout": (0.01, 60),
+    "payment_check_reuse": (0, None),
+    "gateway_timeout": (0.1, 300),
+    "gateway_connect_timeout": (0.1, 300),
+    "reconciler_interval": (0.01, None),
+    "reconciler_batch": (1, 10_000),
+    "reconciler_concurrency": (1, 1_000),
 }
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
