@@ -639,6 +639,49 @@ class Settlement:
         )
         return result.scalar() is not None
 
+    # -- expiry --------------------------------------------------------------------------------
+
+    async def expire_order(self, order_id: str, *, actor: Actor) -> bool:
+        """Expire an unpaid order past its ``expires_at``: never one with a live or paid payment.
+
+        True if it expired. The caller made the last status check first (``check(final=True)``);
+        a payment still live after it (the gateway could not answer) keeps the order open.
+        """
+        now = self.clock()
+        async with self.db.transaction() as session:
+            conn = await session.connection()
+            row = (await conn.execute(_LOCK_ORDER, {"order_id": order_id})).first()
+            if row is None:
+                return False
+            order = _order_row(row._mapping)
+            if (
+                order.status != OrderStatus.PENDING_PAYMENT.value
+                or order.expires_at is None
+                or order.expires_at > now
+            ):
+                return False
+            payments = (await conn.execute(_LOCK_PAYMENTS, {"order_id": order_id})).all()
+            if any(p.status in LIVE or p.status in PAID for p in payments):
+                return False
+            order = dataclasses.replace(
+                order, status=OrderStatus.EXPIRED.value, version=order.version + 1, updated_at=now
+            )
+            await conn.execute(_UPDATE_ORDER, _order_values(order))
+            event, deliveries = await append_event(
+                session,
+                order,
+                kind=ORDER_STATUS,
+                from_status=OrderStatus.PENDING_PAYMENT.value,
+                to_status=OrderStatus.EXPIRED.value,
+                actor=actor,
+                note="not paid before it expired",
+            )
+        self.metrics.events_written.labels(kind=ORDER_STATUS, source=actor.source).inc()
+        self.metrics.orders_expired.inc()
+        await self.publisher.publish(deliveries, [event.id])
+        logger.info("order %s expired unpaid", order_id)
+        return True
+
     # -- webhooks ------------------------------------------------------------------------------
 
     async def receive_webhook(self, event: WebhookEvent) -> str:
@@ -746,6 +789,7 @@ class Settlement:
         reuse_within: float = 0.0,
         wait_for_rate: bool = True,
         patience: float | None = None,
+        claimed: bool = False,
     ) -> CheckResult:
         """Ask the gateway where ``payment_id`` stands and apply the answer, once at a time.
 
@@ -762,6 +806,7 @@ class Settlement:
                     final=final,
                     reuse_within=reuse_within,
                     wait_for_rate=wait_for_rate,
+                    claimed=claimed,
                 ),
                 name=f"check-{payment_id}",
             )
@@ -783,6 +828,7 @@ class Settlement:
         final: bool,
         reuse_within: float,
         wait_for_rate: bool,
+        claimed: bool,
     ) -> CheckResult:
         now = self.clock()
         async with self.db.transaction() as session:
@@ -791,24 +837,33 @@ class Settlement:
             if row is None:
                 return CheckResult(None, asked=False, outcome="missing")
             status = P(row.status)
+            skip = None
             if status not in LIVE and status is not P.EXPIRED:
-                return CheckResult(payment_view(row), asked=False, outcome="settled")
-            if (
+                skip = "settled"
+            elif (
                 reuse_within > 0
                 and row.last_checked_at is not None
                 and (now - row.last_checked_at).total_seconds() < reuse_within
             ):
-                return CheckResult(payment_view(row), asked=False, outcome="recent")
-            taken = await conn.execute(
-                update(payments_table)
-                .where(
-                    payments_table.c.id == payment_id,
-                    (payments_table.c.check_lease_until.is_(None))
-                    | (payments_table.c.check_lease_until < now),
+                skip = "recent"
+            if skip is not None:
+                if claimed:
+                    await conn.execute(_RELEASE, {"payment_id": payment_id})
+                return CheckResult(payment_view(row), asked=False, outcome=skip)
+            if claimed:
+                # The reconciler's claim already holds the lease for this check.
+                pass
+            elif (
+                await conn.execute(
+                    update(payments_table)
+                    .where(
+                        payments_table.c.id == payment_id,
+                        (payments_table.c.check_lease_until.is_(None))
+                        | (payments_table.c.check_lease_until < now),
+                    )
+                    .values(check_lease_until=now + timedelta(seconds=self.lease))
                 )
-                .values(check_lease_until=now + timedelta(seconds=self.lease))
-            )
-            if taken.rowcount == 0:
+            ).rowcount == 0:
                 return CheckResult(payment_view(row), asked=False, outcome="leased")
         gateway = self.gateways.get(row.gateway)
         if gateway is None:
@@ -880,11 +935,7 @@ class Settlement:
 
     async def _release(self, payment_id: str) -> None:
         async with self.db.transaction() as session:
-            await session.execute(
-                update(payments_table)
-                .where(payments_table.c.id == payment_id)
-                .values(check_lease_until=None)
-            )
+            await session.execute(_RELEASE, {"payment_id": payment_id})
 
     async def _record_unavailable(
         self, payment_id: str, gateway: str, error: str, retry_after: float | None
@@ -942,6 +993,11 @@ _LOCK_PAYMENTS = (
     .where(payments_table.c.order_id == bindparam("order_id"))
     .order_by(payments_table.c.id)
     .with_for_update()
+)
+_RELEASE = (
+    update(payments_table)
+    .where(payments_table.c.id == bindparam("payment_id"))
+    .values(check_lease_until=None)
 )
 _UPDATE_ORDER = (
     update(orders_table)
