@@ -144,7 +144,8 @@ class Chaos:
         try:
             return cls().updated(values)
         except ValueError as exc:
-            raise ValueError(f"SANDBOX_{exc}") from None
+            knob, _, reason = str(exc).partition(":")
+            raise ValueError(f"SANDBOX_{knob.upper()}:{reason}") from None
 
 
 @dataclass(frozen=True, slots=True)

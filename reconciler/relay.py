@@ -2,9 +2,17 @@
 
 A web process publishes right after commit; if it died in between, or the broker refused the
 publish, the event sits unpublished in the log. The relay finds it and publishes it, so live
-subscribers get it within seconds without reconnecting. Several relays may run at once: on
-PostgreSQL each claims its batch with ``FOR UPDATE SKIP LOCKED``. A publish that goes out twice
-is harmless: hubs drop a seq they already delivered.
+subscribers get it within seconds without reconnecting. A publish that goes out twice is
+harmless: hubs drop a seq they already delivered.
+
+One pass: claim a batch, read it, **end the transaction**, publish, then mark the published ones
+in a short transaction of their own — no transaction (on SQLite: the database's write lock) is
+held while the broker is slow. Several relays may run at once on PostgreSQL: each claims its
+batch with session-level advisory locks (held on the relay's connection, outside any
+transaction), so no two publish the same event. An event that cannot be published while the
+broker takes others (a payload the broker refuses, a malformed row) does not hold up the ones
+after it; after ``max_attempts`` failed passes it is *parked* — marked, logged at ERROR and
+counted in ``relay_parked_events_total`` — and subscribers get it from the log by gap repair.
 """
 
 from __future__ import annotations
@@ -12,19 +20,41 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import defaultdict
-from datetime import timedelta
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import bindparam, select, text, update
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from channels import BrokerError
 from server import protocol
 from server.db import Database
 from server.metrics import Metrics
-from server.models import Event, StreamEvent, utcnow
+from server.models import events_table, stream_events_table, utcnow
 from server.streams import prune
 from server.writes import Delivery, Publisher
 
 logger = logging.getLogger(__name__)
+
+#: The first key of the relay's advisory locks (two-int form: its own key space, apart from the
+#: bigint migration lock); the second is the event id folded into an int4.
+_RELAY_LOCK_CLASS = 7_311_954
+
+
+@dataclass(frozen=True, slots=True)
+class _Straggler:
+    """An unpublished event and its positions in its streams."""
+
+    event: protocol.EventRow
+    positions: tuple[tuple[str, int], ...]
+
+    def deliveries(self) -> list[Delivery]:
+        return [
+            Delivery(stream, seq, protocol.dumps(protocol.event_payload(stream, seq, self.event)))
+            for stream, seq in self.positions
+        ]
 
 
 class Relay:
@@ -41,7 +71,10 @@ class Relay:
         batch: int = 200,
         retention: timedelta | None = None,
         prune_every: float = 60.0,
+        max_attempts: int = 5,
     ) -> None:
+        if max_attempts < 1:
+            raise ValueError("max_attempts must be at least 1")
         self._db = db
         self._publisher = publisher
         self._metrics = metrics
@@ -50,53 +83,114 @@ class Relay:
         self._batch = batch
         self._retention = retention
         self._prune_every = prune_every
+        self._max_attempts = max_attempts
+        # Failed passes per event, while the broker took other events; cleared on success.
+        self._failures: dict[int, int] = {}
 
     async def run_once(self) -> int:
         """Publish one batch of unpublished events older than the grace period; how many."""
         cutoff = utcnow() - self._grace
-        async with self._db.transaction() as session:
-            statement = (
-                select(Event)
-                .where(Event.published_at.is_(None), Event.created_at <= cutoff)
-                .order_by(Event.id)
-                .limit(self._batch)
-            )
-            if self._db.is_postgres:
-                statement = statement.with_for_update(skip_locked=True)
-            events = list((await session.execute(statement)).scalars())
-            if not events:
+        async with self._claim(cutoff) as (conn, stragglers):
+            if not stragglers:
                 return 0
-            by_id = {event.id: event for event in events}
-            positions: defaultdict[int, list[tuple[str, int]]] = defaultdict(list)
-            rows = await session.execute(
-                select(StreamEvent.event_id, StreamEvent.stream, StreamEvent.seq)
-                .where(StreamEvent.event_id.in_(list(by_id)))
-                .order_by(StreamEvent.stream, StreamEvent.seq)
-            )
-            for event_id, stream, seq in rows:
-                positions[event_id].append((stream, int(seq)))
-            published: list[int] = []
-            for event in events:
-                deliveries = [
-                    Delivery(
-                        stream, seq, protocol.dumps(protocol.event_payload(stream, seq, event))
-                    )
-                    for stream, seq in positions[event.id]
-                ]
-                try:
-                    await self._publisher.send(deliveries)
-                except BrokerError as exc:
-                    logger.warning("relay could not publish event %s: %s", event.id, exc)
-                    break
-                published.append(event.id)
-            if published:
-                await session.execute(
-                    update(Event).where(Event.id.in_(published)).values(published_at=utcnow())
-                )
+            published, parked = await self._publish(stragglers)
+            done = published + parked
+            if done:
+                await self._mark(conn, done)
         if published:
             self._metrics.relayed_events.inc(len(published))
             logger.info("relay published %d straggling event(s)", len(published))
         return len(published)
+
+    @asynccontextmanager
+    async def _claim(
+        self, cutoff: datetime
+    ) -> AsyncIterator[tuple[AsyncConnection, list[_Straggler]]]:
+        """A batch of stragglers, read on a connection that holds no transaction afterwards."""
+        async with self._db.engine.connect() as conn:
+            if not self._db.is_postgres:
+                # SQLite: one relay per database file (the embedded default runs the only one).
+                ids = list(
+                    (
+                        await conn.execute(_CANDIDATES, {"cutoff": cutoff, "batch": self._batch})
+                    ).scalars()
+                )
+                stragglers = await _load(conn, ids)
+                await conn.commit()
+                yield conn, stragglers
+                return
+            try:
+                ids = list(
+                    (
+                        await conn.execute(
+                            _CLAIM,
+                            {"cls": _RELAY_LOCK_CLASS, "cutoff": cutoff, "batch": self._batch},
+                        )
+                    ).scalars()
+                )
+                # Read again after locking: another relay may have published and marked one of
+                # these between our first look and our lock.
+                stragglers = await _load(conn, ids)
+                await conn.commit()
+                yield conn, stragglers
+            finally:
+                await _unlock_all(conn)
+
+    async def _publish(self, stragglers: Sequence[_Straggler]) -> tuple[list[int], list[int]]:
+        """Publish each straggler in order; (published ids, parked ids)."""
+        published: list[int] = []
+        parked: list[int] = []
+        for straggler in stragglers:
+            event_id = straggler.event.id
+            try:
+                await self._publisher.send(straggler.deliveries())
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if isinstance(exc, BrokerError) and not await self._publisher.probe():
+                    # The broker takes nothing: stop here, and count nothing against events.
+                    logger.warning("relay could not publish event %s: %s", event_id, exc)
+                    break
+                if self._failed(event_id, exc):
+                    parked.append(event_id)
+                continue
+            self._failures.pop(event_id, None)
+            published.append(event_id)
+        return published, parked
+
+    def _failed(self, event_id: int, exc: Exception) -> bool:
+        """Count a failure of ``event_id`` while the broker works; True when it is to be parked."""
+        failures = self._failures.get(event_id, 0) + 1
+        if failures < self._max_attempts:
+            self._failures[event_id] = failures
+            logger.warning(
+                "relay could not publish event %s (attempt %d of %d), moving on: %r",
+                event_id,
+                failures,
+                self._max_attempts,
+                exc,
+            )
+            return False
+        self._failures.pop(event_id, None)
+        self._metrics.relay_parked_events.inc()
+        logger.error(
+            "relay gave up on event %s after %d failed publishes (%r); it stays in the log and"
+            " subscribers get it by gap repair",
+            event_id,
+            failures,
+            exc,
+        )
+        return True
+
+    async def _mark(self, conn: AsyncConnection, event_ids: list[int]) -> None:
+        """Mark events published, in a short transaction of its own."""
+        if self._db.is_postgres:
+            await conn.execute(_MARK, {"ids": event_ids, "now": utcnow()})
+            await conn.commit()
+            return
+        # SQLite: through the write sessions, which take the write lock up front.
+        async with self._db.transaction() as session:
+            await session.execute(_MARK, {"ids": event_ids, "now": utcnow()})
 
     async def prune_once(self) -> int:
         """Delete events older than the retention period (none if retention is off)."""
@@ -132,3 +226,73 @@ class Relay:
                 except TimeoutError:
                     pass
         logger.info("relay stopped")
+
+
+_CANDIDATES = (
+    select(events_table.c.id)
+    .where(
+        events_table.c.published_at.is_(None),
+        events_table.c.created_at <= bindparam("cutoff"),
+    )
+    .order_by(events_table.c.id)
+    .limit(bindparam("batch"))
+)
+# The LIMIT inside the subquery keeps PostgreSQL from calling the lock function on rows it
+# would not return (a lock taken there would be held, unseen, until the pass ends).
+_CLAIM = text(
+    "SELECT id FROM ("
+    " SELECT id FROM events WHERE published_at IS NULL AND created_at <= :cutoff"
+    " ORDER BY id LIMIT :batch"
+    ") AS candidates"
+    " WHERE pg_try_advisory_lock(:cls, (id % 2147483647)::int)"
+    " ORDER BY id"
+).columns(id=events_table.c.id.type)
+_MARK = (
+    update(events_table)
+    .where(events_table.c.id.in_(bindparam("ids", expanding=True)))
+    .where(events_table.c.published_at.is_(None))
+    .values(published_at=bindparam("now"))
+)
+
+
+async def _load(conn: AsyncConnection, ids: list[int]) -> list[_Straggler]:
+    """The still-unpublished events among ``ids``, oldest first, with their positions."""
+    if not ids:
+        return []
+    rows = await conn.execute(
+        select(events_table)
+        .where(events_table.c.id.in_(ids), events_table.c.published_at.is_(None))
+        .order_by(events_table.c.id)
+    )
+    events = [
+        protocol.EventRow(**{k: v for k, v in row._mapping.items() if k != "published_at"})
+        for row in rows
+    ]
+    if not events:
+        return []
+    positions: defaultdict[int, list[tuple[str, int]]] = defaultdict(list)
+    position_rows = await conn.execute(
+        select(
+            stream_events_table.c.event_id, stream_events_table.c.stream, stream_events_table.c.seq
+        )
+        .where(stream_events_table.c.event_id.in_([e.id for e in events]))
+        .order_by(stream_events_table.c.stream, stream_events_table.c.seq)
+    )
+    for event_id, stream, seq in position_rows:
+        positions[int(event_id)].append((str(stream), int(seq)))
+    return [_Straggler(e, tuple(positions[e.id])) for e in events]
+
+
+async def _unlock_all(conn: AsyncConnection) -> None:
+    """Release this connection's advisory locks before it goes back to the pool."""
+    try:
+        await conn.rollback()
+        await conn.execute(text("SELECT pg_advisory_unlock_all()"))
+        await conn.commit()
+    except asyncio.CancelledError:
+        await conn.invalidate()
+        raise
+    except Exception:
+        # Closing the connection releases its locks on the server.
+        logger.warning("relay could not release its claims; dropping the connection")
+        await conn.invalidate()

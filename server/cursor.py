@@ -54,6 +54,12 @@ class StreamCursor:
             raise ValueError(f"cursor at {self.last} cannot advance to {seq}")
         self.last = seq
 
+    def restart(self, last: int) -> None:
+        """Start over at ``last`` (after a ``reset``: the client holds a fresh snapshot)."""
+        if last < 0:
+            raise ValueError("seq cannot be negative")
+        self.last = last
+
     def behind(self, head: int) -> bool:
         """Whether the stream's head is past what this client has been given."""
         return head > self.last

@@ -7,7 +7,8 @@ Exception tree::
     ├── Unauthenticated   401  unauthenticated
     ├── Forbidden         403  forbidden
     ├── NotFound          404  not_found
-    ├── Conflict          409  invalid_transition (lists allowed next statuses)
+    ├── Conflict          409  invalid_transition (lists allowed next statuses),
+    │                          unknown_status (the stored status is not one this code knows)
     ├── PayloadTooLarge   413  payload_too_large
     └── Unprocessable     422  validation_error (names the field)
 """

@@ -38,6 +38,7 @@ from server.streams import (
     ensure_stream,
     events_after,
     open_orders,
+    position_problem,
     read_head,
     read_heads,
 )
@@ -46,6 +47,10 @@ logger = logging.getLogger(__name__)
 
 _BACKFILL_PAGE = 500
 _POLL_SLICE = 500
+# What one socket may send: a burst of 10 messages, then one a second (a client pings every
+# ~15 s); beyond that it is closed with 4400.
+_CLIENT_MESSAGE_BURST = 10
+_CLIENT_MESSAGES_PER_SECOND = 1.0
 
 
 class _Close(Exception):
@@ -60,14 +65,31 @@ class _Close(Exception):
 class Connection:
     """One client socket: who it is, where its stream is, and its broker subscription."""
 
-    __slots__ = ("ws", "principal", "stream", "cursor", "sub")
+    __slots__ = ("ws", "principal", "stream", "epoch", "cursor", "sub", "allowance", "allowance_at")
 
     def __init__(self, ws: WebSocket, principal: Principal) -> None:
         self.ws = ws
         self.principal = principal
         self.stream = principal.stream
+        self.epoch: str | None = None
         self.cursor: StreamCursor | None = None
         self.sub: SubscriptionLike | None = None
+        # A token bucket of client messages (pings, auth refreshes).
+        self.allowance = float(_CLIENT_MESSAGE_BURST)
+        self.allowance_at = time.monotonic()
+
+    def take_message_allowance(self) -> bool:
+        """Spend one client message from the bucket; False when the client is over its rate."""
+        now = time.monotonic()
+        self.allowance = min(
+            float(_CLIENT_MESSAGE_BURST),
+            self.allowance + (now - self.allowance_at) * _CLIENT_MESSAGES_PER_SECOND,
+        )
+        self.allowance_at = now
+        if self.allowance < 1.0:
+            return False
+        self.allowance -= 1.0
+        return True
 
 
 class Hub:
@@ -96,6 +118,9 @@ class Hub:
         # at once. Queue them here rather than exhaust the pool (whose timeout would end in
         # 1011 closes).
         self._db_slots = asyncio.Semaphore(max(1, settings.db_pool_size))
+        # The newest seq this hub knows of per connected stream (from the events it relays, its
+        # backfills and its polls): pings are answered from here, never from the database.
+        self._heads: dict[str, int] = {}
         self.opened_total = 0
 
     def channel(self, stream: str) -> str:
@@ -196,6 +221,16 @@ class Hub:
             self._metrics.ws_connections.dec()
             _discard(self._by_user, user_key, conn)
             _discard(self._by_stream, conn.stream, conn)
+            if conn.stream not in self._by_stream:
+                self._heads.pop(conn.stream, None)
+
+    def _note_head(self, stream: str, seq: int) -> None:
+        if seq > self._heads.get(stream, 0):
+            self._heads[stream] = seq
+
+    def known_head(self, stream: str) -> int:
+        """The newest seq of ``stream`` this hub has seen (0 if none); no database read."""
+        return self._heads.get(stream, 0)
 
     # -- hello and replay ---------------------------------------------------------------------
 
@@ -222,20 +257,35 @@ class Hub:
         if since is None:
             head, orders = await self.snapshot(conn.stream)
             await conn.ws.send_text(protocol.hello(conn.stream, head.epoch, head.head_seq, orders))
-            conn.cursor = StreamCursor(head.head_seq)
+            self._place(conn, head, head.head_seq)
             return
         head = await self._head(conn.stream)
-        if (epoch is not None and epoch != head.epoch) or not (
-            head.pruned_seq <= since <= head.head_seq
-        ):
+        problem = position_problem(head, epoch, since)
+        if problem is not None:
             head, orders = await self.snapshot(conn.stream)
-            logger.info("ws reset %s: since=%s epoch=%s head=%s", conn.stream, since, epoch, head)
+            logger.info(
+                "ws reset %s (%s): since=%s epoch=%s head=%s",
+                conn.stream,
+                problem,
+                since,
+                epoch,
+                head,
+            )
             await conn.ws.send_text(protocol.reset(conn.stream, head.epoch, head.head_seq, orders))
-            conn.cursor = StreamCursor(head.head_seq)
+            self._place(conn, head, head.head_seq)
             return
         await conn.ws.send_text(protocol.hello(conn.stream, head.epoch, head.head_seq, None))
-        conn.cursor = StreamCursor(since)
+        self._place(conn, head, since)
         await self._backfill(conn, "resume")
+
+    def _place(self, conn: Connection, head: StreamHead, last: int) -> None:
+        """Put the connection at ``last`` of the log ``head`` describes."""
+        conn.epoch = head.epoch
+        if conn.cursor is None:
+            conn.cursor = StreamCursor(last)
+        else:
+            conn.cursor.restart(last)  # the write loop holds this cursor
+        self._note_head(conn.stream, head.head_seq)
 
     async def _backfill(self, conn: Connection, reason: str) -> None:
         """Send every event of the stream after the cursor, from the database."""
@@ -244,12 +294,25 @@ class Hub:
         self._metrics.ws_backfills.labels(reason=reason).inc()
         while True:
             async with self._db_slots, self._db.read() as session:
+                # The head first: the events read after it are at least as new.
+                head = await read_head(session, conn.stream)
                 rows = await events_after(session, conn.stream, cursor.last, limit=_BACKFILL_PAGE)
+            problem = position_problem(head, conn.epoch, cursor.last)
+            if problem is None and head is not None:
+                self._note_head(conn.stream, head.head_seq)
+                # A hole is never a writer still in flight: its seq and its position commit
+                # together, and the stream row lock makes seq order commit order (on SQLite the
+                # one writer lock does), so every seq up to a committed head is readable. Only
+                # the log itself can have lost it: positions pruned after the retention check,
+                # or rows deleted or restored from a backup under the connection.
+                expected = min(head.head_seq - cursor.last, _BACKFILL_PAGE)
+                contiguous = all(seq == cursor.last + 1 + i for i, (seq, _) in enumerate(rows))
+                if len(rows) < expected or not contiguous:
+                    problem = "hole"
+            if problem is not None:
+                await self._unfillable(conn, problem)
+                return
             for seq, event in rows:
-                if seq != cursor.last + 1:
-                    # A hole in the index means a writer's seq is not committed yet; stop here,
-                    # its publish (or the next poll) brings us back.
-                    return
                 await conn.ws.send_text(
                     protocol.dumps(protocol.event_payload(conn.stream, seq, event))
                 )
@@ -258,12 +321,39 @@ class Hub:
             if len(rows) < _BACKFILL_PAGE:
                 return
 
+    async def _unfillable(self, conn: Connection, cause: str) -> None:
+        """The log cannot fill the client's hole: reset it onto a fresh snapshot, never silence.
+
+        If even the snapshot cannot be read, the error closes the socket (1011) and the client
+        resumes later; either way the outcome is counted.
+        """
+        assert conn.cursor is not None
+        last = conn.cursor.last
+        try:
+            head, orders = await self.snapshot(conn.stream)
+            await conn.ws.send_text(protocol.reset(conn.stream, head.epoch, head.head_seq, orders))
+        except Exception:
+            self._metrics.ws_unfillable_gaps.labels(cause=cause, outcome="close").inc()
+            raise
+        logger.warning(
+            "ws %s: the log cannot fill the gap after seq %d (%s); reset to %s",
+            conn.stream,
+            last,
+            cause,
+            head,
+        )
+        self._heads[conn.stream] = head.head_seq  # the log may have gone back
+        self._place(conn, head, head.head_seq)
+        self._metrics.ws_unfillable_gaps.labels(cause=cause, outcome="reset").inc()
+
     # -- the two loops ------------------------------------------------------------------------
 
     async def _write_loop(self, conn: Connection, sub: SubscriptionLike) -> None:
         cursor = conn.cursor
         assert cursor is not None
         send = conn.ws.send_text
+        heads = self._heads
+        stream = conn.stream
         try:
             while True:
                 item = await sub.get()
@@ -279,6 +369,8 @@ class Hub:
                 except ValueError:
                     logger.warning("dropping malformed broker message on %s", item.channel)
                     continue
+                if seq > heads.get(stream, 0):
+                    heads[stream] = seq
                 decision = cursor.offer(seq)
                 if decision.action is Action.BACKFILL:
                     await self._backfill(conn, "seq_jump")
@@ -302,8 +394,12 @@ class Hub:
     async def _read_loop(self, conn: Connection, writer: asyncio.Task[None]) -> None:
         ws = conn.ws
         loop = asyncio.get_running_loop()
+        leeway = self._settings.jwt_leeway
         while True:
-            deadline = loop.time() + max(0.0, conn.principal.expires_at - time.time())
+            # The same leeway the token was accepted with, or a token let in by it would be
+            # closed right after hello.
+            lifetime = conn.principal.expires_at + leeway - time.time()
+            deadline = loop.time() + max(0.0, lifetime)
             try:
                 async with asyncio.timeout_at(deadline):
                     message = await ws.receive()
@@ -316,14 +412,19 @@ class Hub:
                 raw = message.get("bytes") or b""
             if len(raw) > self._settings.ws_max_message_bytes:
                 raise _Close(CloseCode.MESSAGE_TOO_BIG, "message too big")
+            if not conn.take_message_allowance():
+                raise _Close(CloseCode.BAD_MESSAGE, "too many messages")
             try:
                 parsed = protocol.parse_client_message(raw)
             except protocol.ProtocolError as exc:
                 raise _Close(CloseCode.BAD_MESSAGE, str(exc)) from None
             match parsed:
                 case protocol.Ping():
-                    head = await self._head(conn.stream)
-                    await ws.send_text(protocol.pong(head.head_seq))
+                    # From memory: a flood of pings must not queue for the database slots
+                    # every hello needs.
+                    assert conn.cursor is not None
+                    head_seq = max(self.known_head(conn.stream), conn.cursor.last)
+                    await ws.send_text(protocol.pong(head_seq))
                 case protocol.Auth(token=token):
                     try:
                         fresh = self._verifier.verify(token)
@@ -380,12 +481,19 @@ class Hub:
         for start in range(0, len(streams), _POLL_SLICE):
             async with self._db_slots, self._db.read() as session:
                 heads = await read_heads(session, streams[start : start + _POLL_SLICE])
-            for stream, head in heads.items():
+            for stream in streams[start : start + _POLL_SLICE]:
+                head = heads.get(stream)
+                if head is not None:
+                    self._note_head(stream, head.head_seq)
                 for conn in list(self._by_stream.get(stream, ())):
+                    if conn.cursor is None or conn.sub is None:
+                        continue
+                    # Behind: events to backfill. A position the log no longer holds (reset,
+                    # restored, pruned under it): the backfill resets the client.
                     if (
-                        conn.cursor is not None
-                        and conn.sub is not None
-                        and conn.cursor.behind(head)
+                        head is None
+                        or conn.cursor.behind(head.head_seq)
+                        or position_problem(head, conn.epoch, conn.cursor.last) is not None
                     ):
                         _poke(conn.sub, "poll")
                         poked += 1

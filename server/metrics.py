@@ -43,6 +43,11 @@ class Metrics:
         self.relayed_events = Counter(
             "relay_events_total", "Events published by the outbox relay", registry=r
         )
+        self.relay_parked_events = Counter(
+            "relay_parked_events_total",
+            "Events the relay gave up publishing after repeated failures (left to gap repair)",
+            registry=r,
+        )
         self.ws_connections = Gauge("ws_connections", "Open WebSocket connections", registry=r)
         self.ws_messages_sent = Counter(
             "ws_messages_sent_total", "Event messages sent to WebSocket clients", registry=r
@@ -67,6 +72,13 @@ class Metrics:
         self.ws_backfilled_events = Counter(
             "ws_backfilled_events_total",
             "Events delivered from the database by gap repair",
+            registry=r,
+        )
+        self.ws_unfillable_gaps = Counter(
+            "ws_unfillable_gaps_total",
+            "Gaps the log could not fill (pruned, reset, restored), by cause and outcome"
+            " (reset: a fresh snapshot was sent; close: the socket was closed)",
+            ["cause", "outcome"],
             registry=r,
         )
         self.hub_polls = Counter(

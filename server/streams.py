@@ -144,17 +144,38 @@ async def read_head(session: AsyncSession, stream: str) -> StreamHead | None:
     return StreamHead(stream, row.epoch, int(row.head_seq), int(row.pruned_seq))
 
 
-async def read_heads(session: AsyncSession, streams: Iterable[str]) -> dict[str, int]:
-    """head_seq of each named stream that exists (polled while the broker is not delivering)."""
+async def read_heads(session: AsyncSession, streams: Iterable[str]) -> dict[str, StreamHead]:
+    """The head of each named stream that exists (polled by the hub)."""
     names = list(streams)
-    heads: dict[str, int] = {}
+    heads: dict[str, StreamHead] = {}
     for start in range(0, len(names), 500):
         chunk = names[start : start + 500]
         rows = await session.execute(
-            select(Stream.name, Stream.head_seq).where(Stream.name.in_(chunk))
+            select(Stream.name, Stream.epoch, Stream.head_seq, Stream.pruned_seq).where(
+                Stream.name.in_(chunk)
+            )
         )
-        heads.update((name, int(head)) for name, head in rows)
+        for name, epoch, head_seq, pruned_seq in rows:
+            heads[name] = StreamHead(name, epoch, int(head_seq), int(pruned_seq))
     return heads
+
+
+def position_problem(head: StreamHead | None, epoch: str | None, seq: int) -> str | None:
+    """Why a reader at ``seq`` (of ``epoch``, if known) cannot go on along this log, or None.
+
+    ``gone``: the stream row no longer exists; ``epoch``: the log was reset (another epoch);
+    ``pruned``: events right after ``seq`` were pruned; ``ahead``: ``seq`` is past the head
+    (the log went back, e.g. a restore from a backup).
+    """
+    if head is None:
+        return "gone"
+    if epoch is not None and epoch != head.epoch:
+        return "epoch"
+    if seq < head.pruned_seq:
+        return "pruned"
+    if seq > head.head_seq:
+        return "ahead"
+    return None
 
 
 async def events_after(

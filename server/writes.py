@@ -152,6 +152,14 @@ class Publisher:
             [(self._prefix + d.stream, protocol.pack(d.seq, d.text)) for d in deliveries]
         )
 
+    async def probe(self) -> bool:
+        """Whether the broker takes a publish right now (an empty message on a private channel)."""
+        try:
+            await self._broker.publish(self._prefix + "_probe", "")
+        except BrokerError:
+            return False
+        return True
+
     async def publish(self, deliveries: Sequence[Delivery], event_ids: Sequence[int]) -> bool:
         """Publish every delivery; mark the events published only if all went out."""
         try:
@@ -304,7 +312,22 @@ async def change_order_status(
         if actor.principal and not visible_to(current_order, actor.principal):
             raise NotFound("no such order")
         current = parse_status(current_order.status)
-        assert current is not None, f"order {order_id} has unknown status {current_order.status}"
+        if current is None:
+            # A status this code does not know (written by a newer version, or by hand): no
+            # rule of ours can say where it may go, so nothing moves it; the order is kept as is.
+            logger.error(
+                "order %s has unknown status %r; refusing to move it",
+                order_id,
+                current_order.status,
+            )
+            metrics.rejected_transitions.inc()
+            raise Conflict(
+                f"order has status {current_order.status!r}, which this service does not know;"
+                " it cannot be moved",
+                code="unknown_status",
+                status=current_order.status,
+                allowed=[],
+            )
         if not can_move(current, to, actor.mover):
             allowed = [s.value for s in allowed_next(current, actor.mover)]
             metrics.rejected_transitions.inc()

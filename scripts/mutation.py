@@ -1,0 +1,467 @@
+"""Mutation score of the core: mutmut mutates each module and runs the tests that cover it.
+
+Run it through ``./scripts/mutation`` (which sets up the venv and the services first)::
+
+    ./scripts/mutation                  every module in TARGETS
+    ./scripts/mutation pure             the pure modules only
+    ./scripts/mutation io               the I/O core only
+    ./scripts/mutation cursor hub       modules by name (stem, path or dotted name)
+    ./scripts/mutation hub:_write_loop  one module, narrowed to some of its functions
+
+Each module runs in its own copy of the project under ``.mutation/<module>/`` with its own
+``[tool.mutmut]`` section: ``only_mutate`` is the module, the test selection is the module's test
+files. mutmut then runs, for each mutant, only the tests that called the mutated function in a
+first, recorded run of those files. Results go to stdout (one line per module and group, the last
+line the score) and into the "Mutation testing" section of ``docs/testing.md``.
+
+Environment: ``MUTATION_JOBS`` (mutants tested at once, default 1), ``MUTATION_BACKENDS``
+(``all``, the default, or ``sqlite``: skip the PostgreSQL and Redis cells of the I/O tests),
+``MUTATION_BUDGET`` (seconds: stop there and report the mutants checked so far; mutmut tests the
+mutants with the fastest tests first, so a partial result leans to those).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import tomllib
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+WORK = ROOT / ".mutation"
+DOC = ROOT / "docs" / "testing.md"
+MUTMUT = ROOT / ".venv" / "bin" / "mutmut"
+
+
+@dataclass(frozen=True)
+class Target:
+    """One module to mutate, the tests that may kill its mutants, and optionally which functions."""
+
+    group: str
+    path: str
+    tests: tuple[str, ...]
+    #: ``"Class.method"`` or ``"function"``; empty means every function of the module.
+    functions: tuple[str, ...] = ()
+
+    @property
+    def dotted(self) -> str:
+        return self.path.removesuffix(".py").replace("/", ".")
+
+    @property
+    def slug(self) -> str:
+        return self.dotted.replace(".", "-")
+
+
+#: What is mutated, and which test files may kill its mutants. As the payment state machine,
+#: the reconciler's schedule and the webhook signature checks land, add them to "pure" here.
+TARGETS: tuple[Target, ...] = (
+    Target("pure", "server/workflow.py", ("tests/server/test_workflow.py",)),
+    Target("pure", "server/cursor.py", ("tests/server/test_cursor.py",)),
+    Target(
+        "io",
+        "server/writes.py",
+        (
+            "tests/server/test_api_pos.py",
+            "tests/server/test_api_orders.py",
+            "tests/server/test_hub.py",
+            "tests/reconciler/test_relay.py",
+        ),
+    ),
+    Target(
+        "io",
+        "server/streams.py",
+        (
+            "tests/server/test_hub.py",
+            "tests/server/test_api_events.py",
+            "tests/server/test_api_pos.py",
+            "tests/reconciler/test_relay.py",
+        ),
+    ),
+    Target(
+        "io",
+        "server/hub.py",
+        ("tests/server/test_hub.py", "tests/server/test_ws_protocol.py"),
+        # The delivery loop: hello/replay, backfill, the write loop and the poller's pokes.
+        functions=("Hub._start", "Hub._backfill", "Hub._write_loop", "Hub.poll_heads", "_poke"),
+    ),
+    Target(
+        "io",
+        "channels/fanout.py",
+        ("tests/channels/test_fanout.py", "tests/channels/test_contract.py"),
+    ),
+)
+
+GROUPS = {"pure": "pure", "io": "I/O core"}
+#: The score each group must reach, in percent.
+GOALS = {"pure": 95.0, "io": 85.0}
+
+#: Survivors judged equivalent (no test can tell them from the original), and why. Keyed by
+#: mutmut's mutant name; a survivor not named here is listed as "not yet judged".
+EQUIVALENT: dict[str, str] = {
+    "server.cursor.xǁStreamCursorǁ__init____mutmut_4": (
+        "equivalent: only the wording of the ValueError changes; "
+        "`test_a_negative_start_is_rejected` checks the error and that it names the cause "
+        "(`negative`), and the exact wording is no contract."
+    ),
+}
+
+# mutmut's statuses: which count as killed, which as survived; the rest are left out of N.
+KILLED = {"killed", "timeout", "segfault", "caught by type check"}
+SURVIVED = {"survived", "no tests", "suspicious"}
+
+
+@dataclass
+class Result:
+    """What mutmut made of one target's mutants."""
+
+    target: Target
+    statuses: dict[str, str]
+    diffs: dict[str, str]
+    seconds: float
+
+    @property
+    def killed(self) -> int:
+        return sum(1 for s in self.statuses.values() if s in KILLED)
+
+    @property
+    def total(self) -> int:
+        return sum(1 for s in self.statuses.values() if s in KILLED | SURVIVED)
+
+    @property
+    def unchecked(self) -> int:
+        """Mutants left untested because the time budget ran out."""
+        return sum(1 for s in self.statuses.values() if s not in KILLED | SURVIVED | {"skipped"})
+
+    @property
+    def survivors(self) -> list[str]:
+        return sorted(n for n, s in self.statuses.items() if s in SURVIVED)
+
+
+def percent(killed: int, total: int) -> float:
+    return 100.0 * killed / total if total else 100.0
+
+
+def select(names: list[str]) -> list[Target]:
+    """The targets named by group, stem, path or dotted name; all of them for no names.
+
+    ``module:f,g`` narrows a module to those functions (``name`` or ``Class.name``).
+    """
+    if not names:
+        return list(TARGETS)
+    chosen: list[Target] = []
+    for name in names:
+        name, _, only = name.partition(":")
+        found = [t for t in TARGETS if name in (t.group, t.path, t.dotted, Path(t.path).stem)]
+        if not found:
+            known = ", ".join([*GROUPS, *(Path(t.path).stem for t in TARGETS)])
+            sys.exit(f"unknown module or group {name!r}; choose from {known}")
+        if only:
+            if len(found) != 1:
+                sys.exit(f"{name}:{only}: functions can only narrow one module")
+            wanted = only.split(",")
+            known_functions = found[0].functions or tuple(wanted)
+            functions = tuple(
+                f for f in known_functions if any(f == w or f.endswith("." + w) for w in wanted)
+            )
+            if len(functions) < len(wanted):
+                sys.exit(f"{name}:{only}: not all of these are in {known_functions}")
+            found = [dataclasses.replace(found[0], functions=functions)]
+        chosen += [t for t in found if t not in chosen]
+    return chosen
+
+
+def mutant_patterns(target: Target) -> list[str]:
+    """mutmut's name patterns for the target's functions (its mangled method names)."""
+    patterns = []
+    for function in target.functions:
+        cls, _, name = function.rpartition(".")
+        mangled = f"xǁ{cls}ǁ{name}" if cls else f"x_{name}"
+        patterns.append(f"{target.dotted}.{mangled}__mutmut_*")
+    return patterns
+
+
+def pytest_selection(target: Target) -> list[str]:
+    selection = list(target.tests)
+    if os.environ.get("MUTATION_BACKENDS", "all") == "sqlite" and target.group == "io":
+        selection += ["-k", "not postgres and not redis"]
+    return selection
+
+
+def prepare(target: Target, jobs: int) -> Path:
+    """A fresh copy of the project (tracked and unignored files) configured for ``target``."""
+    work = WORK / target.slug
+    if work.exists():
+        shutil.rmtree(work)
+    files = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        check=True,
+        capture_output=True,
+    ).stdout.split(b"\0")
+    for name in filter(None, (f.decode() for f in files)):
+        source = ROOT / name
+        if source.is_file():
+            (work / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, work / name)
+    pyproject = (ROOT / "pyproject.toml").read_text()
+    base = tomllib.loads(pyproject).get("tool", {}).get("mutmut", {})
+    for key in ("only_mutate", "pytest_add_cli_args_test_selection"):
+        if key in base:
+            sys.exit(f"pyproject.toml [tool.mutmut] must not set {key}: scripts/mutation.py does")
+    own = [
+        f"only_mutate = {toml_list([target.path])}",
+        f"pytest_add_cli_args_test_selection = {toml_list(pytest_selection(target))}",
+    ]
+    if target.group == "io":
+        # Fork each mutant from a process that has imported the tests but never run one, so no
+        # event loop, pool or session fixture of the recording run is inherited. With one job
+        # at a time the workers may share the conftest's per-process template database name;
+        # with more, each must import the tests itself (about 4 s more per mutant).
+        warmup = "collect" if jobs == 1 else "none"
+        own += ['process_isolation = "forkserver"', f'forkserver_warmup = "{warmup}"']
+    header = "[tool.mutmut]\n"
+    if header not in pyproject:
+        sys.exit("pyproject.toml has no [tool.mutmut] section")
+    (work / "pyproject.toml").write_text(
+        pyproject.replace(header, header + "\n".join(own) + "\n", 1)
+    )
+    return work
+
+
+def toml_list(items: list[str]) -> str:
+    # A JSON array of strings is a valid TOML array.
+    return json.dumps(items)
+
+
+def mutmut(work: Path, *args: str, quiet: bool = True) -> str:
+    done = subprocess.run(
+        [str(MUTMUT), *args],
+        cwd=work,
+        env=mutmut_env(),
+        text=True,
+        stdout=subprocess.PIPE if quiet else None,
+        stderr=subprocess.STDOUT if quiet else None,
+    )
+    if done.returncode != 0:
+        output = done.stdout[-4000:] if done.stdout else ""
+        sys.exit(f"mutmut {' '.join(args)} failed ({done.returncode}) in {work}\n{output}")
+    return done.stdout or ""
+
+
+def run(target: Target, jobs: int, deadline: float | None) -> Result:
+    """Mutate ``target``, test its mutants, and stop at ``deadline`` (monotonic) if one is set."""
+    work = prepare(target, jobs)
+    started = time.monotonic()
+    print(f"== {target.path} ({GROUPS[target.group]}): {', '.join(target.tests)}", flush=True)
+    log = work / "mutmut-run.log"
+    stopped = False
+    with log.open("w") as out:
+        process = subprocess.Popen(
+            [str(MUTMUT), "run", "--max-children", str(jobs), *mutant_patterns(target)],
+            cwd=work,
+            env=mutmut_env(),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own process group, so a stop reaches its workers
+        )
+        try:
+            process.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            stopped = True
+            os.killpg(process.pid, signal.SIGINT)  # mutmut keeps every result it has
+            try:
+                process.wait(60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+    seconds = time.monotonic() - started
+    if process.returncode != 0 and not stopped:
+        tail = log.read_text(errors="replace")[-4000:]
+        sys.exit(f"mutmut run failed ({process.returncode}) for {target.path}; see {log}\n{tail}")
+    statuses: dict[str, str] = {}
+    wanted = [re.compile(fnmatch_to_regex(p)) for p in mutant_patterns(target)]
+    for line in mutmut(work, "results", "--all", "true").splitlines():
+        name, sep, status = line.strip().rpartition(": ")
+        if not sep or not name.startswith(target.dotted + "."):
+            continue
+        if wanted and not any(w.fullmatch(name) for w in wanted):
+            continue
+        statuses[name] = status
+    result = Result(target, statuses, {}, seconds)
+    if result.unchecked and not stopped:
+        sys.exit(f"{result.unchecked} mutant(s) of {target.path} not checked; see {log}")
+    for name in result.survivors:
+        result.diffs[name] = short_diff(mutmut(work, "show", name))
+    return result
+
+
+def mutmut_env() -> dict[str, str]:
+    env = dict(os.environ)
+    if env.get("MUTATION_BACKENDS", "all") == "sqlite":
+        env.pop("CI", None)  # the skipped PostgreSQL and Redis cells are intended here
+    return env
+
+
+def fnmatch_to_regex(pattern: str) -> str:
+    return ".*".join(re.escape(part) for part in pattern.split("*"))
+
+
+def short_diff(shown: str) -> str:
+    """The changed lines of ``mutmut show``'s unified diff."""
+    lines = [
+        line
+        for line in shown.splitlines()
+        if line[:1] in "+-" and not line.startswith(("+++", "---"))
+    ]
+    return "\n".join(lines)
+
+
+# -- the report in docs/testing.md ----------------------------------------------------------
+
+BEGIN, END = "<!-- mutation:results -->", "<!-- /mutation:results -->"
+MODULE = re.compile(
+    r"<!-- mutation:module (?P<path>\S+) group=(?P<group>\w+) killed=(?P<killed>\d+) "
+    r"total=(?P<total>\d+) unchecked=(?P<unchecked>\d+) seconds=(?P<seconds>\d+) "
+    r"date=(?P<date>\S+) -->\n"
+    r"(?P<body>.*?)<!-- /mutation:module -->\n",
+    re.S,
+)
+
+
+def render_module(result: Result, date: str) -> str:
+    t = result.target
+    lines = [
+        f"<!-- mutation:module {t.path} group={t.group} killed={result.killed} "
+        f"total={result.total} unchecked={result.unchecked} seconds={round(result.seconds)} "
+        f"date={date} -->",
+        f"#### `{t.path}` — {result.killed} killed of {result.total} "
+        f"({percent(result.killed, result.total):.1f} %), {round(result.seconds)} s, {date}",
+        "",
+        "Tests: "
+        + ", ".join(f"`{name}`" for name in t.tests)
+        + (f"; functions: {', '.join(t.functions)}" if t.functions else "")
+        + ".",
+        "",
+    ]
+    if t.group == "io" and os.environ.get("MUTATION_BACKENDS", "all") == "sqlite":
+        lines += ["Backends: SQLite and the in-memory broker only (PostgreSQL, Redis skipped).", ""]
+    if result.unchecked:
+        lines += [
+            f"**Partial run**: the time budget ran out with {result.unchecked} of "
+            f"{result.unchecked + result.total} mutants not checked (mutmut takes those with "
+            "the fastest tests first); the score counts the checked ones only.",
+            "",
+        ]
+    if not result.survivors:
+        lines += ["No survivors.", ""]
+    for name in result.survivors:
+        why = EQUIVALENT.get(name, "**not yet judged** (a test should kill it, or say why not)")
+        status = result.statuses[name]
+        lines += [f"- `{name}` ({status}): {why}", "", "  ```diff"]
+        lines += [f"  {line}" for line in result.diffs[name].splitlines()]
+        lines += ["  ```", ""]
+    lines.append("<!-- /mutation:module -->")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(results: list[Result]) -> None:
+    """Replace the run modules' entries in docs/testing.md and recompute the score table."""
+    text = DOC.read_text() if DOC.exists() else ""
+    if BEGIN not in text:
+        text = text.rstrip("\n") + ("\n\n" if text else "") + f"{BEGIN}\n{END}\n"
+    head, rest = text.split(BEGIN, 1)
+    block, tail = rest.split(END, 1)
+    modules = {m["path"]: m.group(0) for m in MODULE.finditer(block)}
+    date = dt.date.today().isoformat()
+    for result in results:
+        modules[result.target.path] = render_module(result, date)
+    order = [t.path for t in TARGETS]
+    entries = sorted(modules.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
+    parsed = [MODULE.match(entry) for _, entry in entries]
+    rows = [
+        "| group | module | killed | of | score | goal | time |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for group, label in GROUPS.items():
+        mine = [m for m in parsed if m and m["group"] == group]
+        for m in mine:
+            k, n = int(m["killed"]), int(m["total"])
+            partial = f" (+{m['unchecked']} unchecked)" if int(m["unchecked"]) else ""
+            rows.append(
+                f"| {label} | `{m['path']}` | {k} | {n}{partial} | {percent(k, n):.1f} % | | "
+                f"{m['seconds']} s |"
+            )
+        if mine:
+            k = sum(int(m["killed"]) for m in mine)
+            n = sum(int(m["total"]) for m in mine)
+            s = sum(int(m["seconds"]) for m in mine)
+            rows.append(
+                f"| **{label}** | all | **{k}** | **{n}** | **{percent(k, n):.1f} %** | "
+                f"≥ {GOALS[group]:.0f} % | {s} s |"
+            )
+    body = [
+        "_Written by `./scripts/mutation`; the explanations of equivalent survivors live in "
+        "`EQUIVALENT` in `scripts/mutation.py`._",
+        "",
+        *rows,
+        "",
+        *(entry for _, entry in entries),
+    ]
+    DOC.write_text(head + BEGIN + "\n" + "\n".join(body) + END + tail)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="*", help="pure, io, or module names (default: all)")
+    args = parser.parse_args()
+    targets = select(args.names)
+    jobs = int(os.environ.get("MUTATION_JOBS", "1"))
+    budget = os.environ.get("MUTATION_BUDGET")
+    deadline = time.monotonic() + float(budget) if budget else None
+    results: list[Result] = []
+    for target in targets:
+        if deadline is not None and time.monotonic() >= deadline:
+            print(f"{target.path}: not run (MUTATION_BUDGET spent)")
+            continue
+        results.append(run(target, jobs, deadline))
+    write_report(results)
+    met = True
+    for result in results:
+        t = result.target
+        print(
+            f"{t.path}: {result.killed} killed of {result.total} "
+            f"({percent(result.killed, result.total):.1f} %) in {result.seconds:.0f} s"
+            + (f"; {result.unchecked} not checked (budget spent)" if result.unchecked else "")
+        )
+        for name in result.survivors:
+            print(f"  survived: {name} ({result.statuses[name]})")
+    for group, label in GROUPS.items():
+        mine = [r for r in results if r.target.group == group]
+        if not mine:
+            continue
+        k, n = sum(r.killed for r in mine), sum(r.total for r in mine)
+        unchecked = sum(r.unchecked for r in mine)
+        ok = percent(k, n) >= GOALS[group] and not unchecked
+        met = met and ok
+        verdict = "met" if ok else "MISSED" if not unchecked else f"partial, {unchecked} unchecked"
+        print(
+            f"{label}: {k} killed of {n} ({percent(k, n):.1f} %), goal ≥ {GOALS[group]:.0f} %"
+            f" {verdict}"
+        )
+    k, n = sum(r.killed for r in results), sum(r.total for r in results)
+    print(f"mutation score: {k} killed of {n} ({percent(k, n):.1f} %)")
+    return 0 if met else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
