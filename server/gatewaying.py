@@ -93,12 +93,14 @@ def gateways_config(settings: Settings, sandbox: SandboxServer | None) -> Gatewa
             webhook_secret=sandbox.config.webhook_secret,
             api_key=settings.sandbox_api_key,
         )
-    elif settings.sandbox_enabled and settings.sandbox_api_base:
-        if not settings.sandbox_webhook_secret:
+    elif settings.sandbox_enabled:
+        if settings.sandbox_api_base and not settings.sandbox_webhook_secret:
             raise ValueError("SANDBOX_WEBHOOK_SECRET: required with SANDBOX_API_BASE")
+        # Without SANDBOX_API_BASE (a reconciler process beside a web process that mounts the
+        # sandbox), the sandbox is at PUBLIC_URL/sandbox; with no secret, webhooks never verify.
         sandbox_config = SandboxConfig(
-            api_base=settings.sandbox_api_base,
-            webhook_secret=settings.sandbox_webhook_secret,
+            api_base=settings.sandbox_api_base or public_url(settings) + SANDBOX_MOUNT,
+            webhook_secret=settings.sandbox_webhook_secret or "",
             api_key=settings.sandbox_api_key,
         )
     return GatewaysConfig(stripe=stripe, phonepe=phonepe, sandbox=sandbox_config)
