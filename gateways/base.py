@@ -243,8 +243,7 @@ async def send(
     says ``TRANSACTION_NOT_FOUND``, which changes nothing).
     """
     try:
-        response = await client.send(request)
-        await response.aread()
+        response = await client.send(request)  # not streamed: the body is read here
     except httpx.TimeoutException as exc:
         raise GatewayUnavailable(f"{gateway}: timed out ({type(exc).__name__})") from exc
     except httpx.HTTPError as exc:

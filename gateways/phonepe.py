@@ -359,7 +359,7 @@ class PhonePeGateway:
         body = await self._v2_call(
             "POST",
             "/payments/v2/refund",
-            json_body={
+            payload={
                 "merchantRefundId": request.reference,
                 "originalMerchantOrderId": request.payment_ref,
                 "amount": request.amount,
@@ -493,7 +493,7 @@ class PhonePeGateway:
         }
         if meta:
             payload["metaInfo"] = meta
-        body = await self._v2_call("POST", "/checkout/v2/pay", json_body=payload)
+        body = await self._v2_call("POST", "/checkout/v2/pay", payload=payload)
         status = v2_status(_s(body.get("state")))
         state = PaymentState(
             PaymentStatus.INITIATED if status is PaymentStatus.PENDING else status,
@@ -513,7 +513,7 @@ class PhonePeGateway:
         method: str,
         path: str,
         *,
-        json_body: Mapping[str, Any] | None = None,
+        payload: Mapping[str, Any] | None = None,
         passthrough: frozenset[int] = frozenset(),
     ) -> dict[str, Any]:
         for attempt in range(2):
@@ -521,7 +521,7 @@ class PhonePeGateway:
             request = self._client.build_request(
                 method,
                 self._base + path,
-                json=json_body,
+                json=payload,
                 headers={"Authorization": token.value, "Accept": "application/json"},
             )
             try:
@@ -538,7 +538,7 @@ class PhonePeGateway:
                     self._drop_token(token)
                     continue
                 raise
-            body = _json(response, gateway=self.name)
+            body = json_body(response, gateway=self.name)
             if _s(body.get("code")) == "TOO_MANY_REQUESTS":
                 raise GatewayUnavailable("phonepe: TOO_MANY_REQUESTS")
             if response.status_code in passthrough and not _is_unknown_answer(body):
@@ -659,10 +659,6 @@ def _v2_refund_state(body: Mapping[str, Any]) -> RefundState:
 
 def _is_unknown_answer(body: Mapping[str, Any]) -> bool:
     return _s(body.get("code")) in UNKNOWN_CODES
-
-
-def _json(response: httpx.Response, *, gateway: str) -> dict[str, Any]:
-    return json_body(response, gateway=gateway)
 
 
 def _check_id(value: str) -> None:

@@ -100,6 +100,9 @@ class Chaos:
     hang_seconds: float = 30.0
     approve_delay: float = 0.0
     """Late authorisation: an approved payment stays pending this long, then succeeds."""
+    expire_after: float = 0.0
+    """The gateway's own timeout: a payment nobody approved expires this long after it was
+    created (0: never). A late authorisation already under way still succeeds."""
 
     def __post_init__(self) -> None:
         for name in _PERCENT_KNOBS:
@@ -113,6 +116,7 @@ class Chaos:
             "reorder_seconds",
             "hang_seconds",
             "approve_delay",
+            "expire_after",
             "retry_after",
         ):
             if getattr(self, name) < 0:
@@ -127,6 +131,8 @@ class Chaos:
                 raise ValueError(f"{name}: not a chaos knob (known: {', '.join(known)})")
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f"{name}: expected a number, got {value!r}")
+            if name == "retry_after" and value != int(value):
+                raise ValueError(f"{name}: expected whole seconds, got {value!r}")
             changes[name] = int(value) if name == "retry_after" else float(value)
         return replace(self, **changes)
 
@@ -259,6 +265,7 @@ class _Payment:
     metadata: dict[str, str] = field(default_factory=dict)
     transaction_id: str | None = None
     completes_at: float | None = None
+    expires_at: float | None = None
     refunded: int = 0
 
     def public(self) -> dict[str, Any]:
@@ -410,6 +417,9 @@ class SandboxServer:
             description=_optional(body, "description"),
             metadata={str(k): v for k, v in metadata.items()},
         )
+        if self.chaos.expire_after > 0:
+            payment.expires_at = payment.created + self.chaos.expire_after
+            self._spawn(self._advance_later(payment, self.chaos.expire_after))
         self._payments[payment.id] = payment
         self._by_reference[reference] = payment.id
         self.stats["payments_created"] += 1
@@ -572,7 +582,7 @@ class SandboxServer:
             case "approve" if self.chaos.approve_delay > 0:
                 payment.completes_at = self._clock() + self.chaos.approve_delay
                 self._set(payment, "processing")
-                self._spawn(self._complete_later(payment, self.chaos.approve_delay))
+                self._spawn(self._advance_later(payment, self.chaos.approve_delay))
             case "approve":
                 self._set(payment, "succeeded")
             case "decline":
@@ -585,15 +595,19 @@ class SandboxServer:
                 self._set(payment, "canceled")
 
     def _advance(self, payment: _Payment) -> None:
-        """Settle a late authorisation whose time has come (whoever looks first)."""
-        if (
-            payment.completes_at is not None
-            and payment.status == "processing"
-            and self._clock() >= payment.completes_at
+        """Apply what time has decided (whoever looks first: a timer, a read, a click)."""
+        now = self._clock()
+        if payment.completes_at is not None:
+            if payment.status == "processing" and now >= payment.completes_at:
+                self._set(payment, "succeeded")
+        elif (
+            payment.expires_at is not None
+            and payment.status in ("created", "processing")
+            and now >= payment.expires_at
         ):
-            self._set(payment, "succeeded")
+            self._set(payment, "expired")
 
-    async def _complete_later(self, payment: _Payment, delay: float) -> None:
+    async def _advance_later(self, payment: _Payment, delay: float) -> None:
         await asyncio.sleep(delay)
         self._advance(payment)
 

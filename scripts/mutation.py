@@ -90,9 +90,23 @@ TARGETS: tuple[Target, ...] = (
     Target(
         "io",
         "server/hub.py",
-        ("tests/server/test_hub.py", "tests/server/test_ws_protocol.py"),
-        # The delivery loop: hello/replay, backfill, the write loop and the poller's pokes.
-        functions=("Hub._start", "Hub._backfill", "Hub._write_loop", "Hub.poll_heads", "_poke"),
+        (
+            "tests/server/test_hub.py",
+            "tests/server/test_hub_gaps.py",
+            "tests/server/test_ws_protocol.py",
+        ),
+        # The delivery loop: hello/replay, backfill, a reset for a hole the log cannot fill, the
+        # write loop, and the poller's pokes.
+        functions=(
+            "Hub._start",
+            "Hub._place",
+            "Hub._note_head",
+            "Hub._backfill",
+            "Hub._unfillable",
+            "Hub._write_loop",
+            "Hub.poll_heads",
+            "_poke",
+        ),
     ),
     Target(
         "io",
@@ -112,6 +126,10 @@ EQUIVALENT: dict[str, str] = {
         "equivalent: only the wording of the ValueError changes; "
         "`test_a_negative_start_is_rejected` checks the error and that it names the cause "
         "(`negative`), and the exact wording is no contract."
+    ),
+    "server.cursor.xǁStreamCursorǁrestart__mutmut_4": (
+        "equivalent: the same wording-only change as `__init__`'s, checked the same way by "
+        "`test_a_negative_restart_is_rejected_and_the_cursor_stays_put`."
     ),
 }
 

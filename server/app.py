@@ -34,6 +34,7 @@ from server.errors import (
 )
 from server.gatewaying import SANDBOX_MOUNT, in_process_sandbox, open_gateways
 from server.gctune import GcPolicy
+from server.hooks import NO_HOOKS, Hooks
 from server.hub import Hub
 from server.logs import new_request_id, request_id
 from server.metrics import Metrics
@@ -96,12 +97,14 @@ def create_app(
     broker: Broker | None = None,
     metrics: Metrics | None = None,
     background: Sequence[BackgroundJob] = (),
+    hooks: Hooks = NO_HOOKS,
 ) -> Starlette:
     """Build the ASGI app; nothing connects until its lifespan starts.
 
     ``broker``: an already-connected broker to use instead of the one REDIS_URL names.
     ``background``: jobs run for the app's lifetime, each given the services and a stop event
     (``python -m server`` runs the outbox relay this way on the embedded default).
+    ``hooks``: test-only pause points (server/hooks.py); the default does nothing.
     """
     settings.validate()
     metrics = metrics or Metrics()
@@ -135,7 +138,13 @@ def create_app(
             )
             await stack.enter_async_context(heartbeat)
             publisher = await stack.enter_async_context(
-                Publisher(db, the_broker, prefix=settings.redis_channel_prefix, metrics=metrics)
+                Publisher(
+                    db,
+                    the_broker,
+                    prefix=settings.redis_channel_prefix,
+                    metrics=metrics,
+                    hooks=hooks,
+                )
             )
             offered = await stack.enter_async_context(open_gateways(settings, sandbox))
             settlement = Settlement(
@@ -159,6 +168,7 @@ def create_app(
                 verifier=verifier,
                 settings=settings,
                 metrics=metrics,
+                hooks=hooks,
             )
             metrics.watch_gc()
             stack.callback(metrics.unwatch_gc)

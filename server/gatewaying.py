@@ -16,14 +16,7 @@ from dataclasses import dataclass
 
 import httpx
 
-from gateways import (
-    Gateway,
-    GatewaysConfig,
-    PhonePeConfig,
-    SandboxConfig,
-    StripeConfig,
-    create_gateways,
-)
+from gateways import Gateway, GatewaysConfig, SandboxConfig, create_gateways
 from gateways.sandbox_server import SandboxServer, SandboxServerConfig
 from reconciler.schedule import Schedule
 from server.settings import Settings
@@ -64,46 +57,27 @@ def in_process_sandbox(settings: Settings) -> SandboxServer | None:
 
 
 def gateways_config(settings: Settings, sandbox: SandboxServer | None) -> GatewaysConfig:
-    """Which gateways are configured: credentials present → offered."""
-    stripe = None
-    if settings.stripe_api_key and settings.stripe_webhook_secret:
-        stripe = StripeConfig(
-            api_key=settings.stripe_api_key, webhook_secret=settings.stripe_webhook_secret
-        )
-        if settings.stripe_api_base:
-            stripe = dataclasses.replace(stripe, api_base=settings.stripe_api_base)
-    phonepe = None
-    if settings.phonepe_client_id or (settings.phonepe_merchant_id and settings.phonepe_salt_key):
-        phonepe = PhonePeConfig(
-            merchant_id=settings.phonepe_merchant_id,
-            salt_key=settings.phonepe_salt_key,
-            salt_index=settings.phonepe_salt_index,
-            client_id=settings.phonepe_client_id,
-            client_secret=settings.phonepe_client_secret,
-            client_version=settings.phonepe_client_version,
-            callback_username=settings.phonepe_callback_username,
-            callback_password=settings.phonepe_callback_password,
-            api_base=settings.phonepe_api_base,
-            auth_base=settings.phonepe_auth_base,
-        )
-    sandbox_config = None
+    """Which gateways are offered: those with credentials, and the sandbox when it is on."""
+    config = settings.gateways_config()
+    if not settings.sandbox_enabled:
+        return dataclasses.replace(config, sandbox=None)
     if sandbox is not None:
-        sandbox_config = SandboxConfig(
+        in_process = SandboxConfig(
             api_base=public_url(settings) + SANDBOX_MOUNT,
             webhook_secret=sandbox.config.webhook_secret,
             api_key=settings.sandbox_api_key,
         )
-    elif settings.sandbox_enabled:
-        if settings.sandbox_api_base and not settings.sandbox_webhook_secret:
-            raise ValueError("SANDBOX_WEBHOOK_SECRET: required with SANDBOX_API_BASE")
-        # Without SANDBOX_API_BASE (a reconciler process beside a web process that mounts the
-        # sandbox), the sandbox is at PUBLIC_URL/sandbox; with no secret, webhooks never verify.
-        sandbox_config = SandboxConfig(
-            api_base=settings.sandbox_api_base or public_url(settings) + SANDBOX_MOUNT,
+        return dataclasses.replace(config, sandbox=in_process)
+    if config.sandbox is None:
+        # A reconciler process beside a web process that mounts the sandbox: it is at
+        # PUBLIC_URL/sandbox (with no secret here, a webhook would never verify; none comes).
+        reachable = SandboxConfig(
+            api_base=public_url(settings) + SANDBOX_MOUNT,
             webhook_secret=settings.sandbox_webhook_secret or "",
             api_key=settings.sandbox_api_key,
         )
-    return GatewaysConfig(stripe=stripe, phonepe=phonepe, sandbox=sandbox_config)
+        return dataclasses.replace(config, sandbox=reachable)
+    return config
 
 
 @contextlib.asynccontextmanager

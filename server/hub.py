@@ -31,6 +31,7 @@ from server.auth import AuthError, Principal, TokenVerifier, bearer_token, origi
 from server.cursor import Action, StreamCursor
 from server.db import Database
 from server.errors import CloseCode
+from server.hooks import NO_HOOKS, Hooks
 from server.metrics import Metrics
 from server.settings import Settings
 from server.streams import (
@@ -104,9 +105,11 @@ class Hub:
         verifier: TokenVerifier,
         settings: Settings,
         metrics: Metrics,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         self._db = db
         self._broker = broker
+        self._hooks = hooks
         self._heartbeat = heartbeat
         self._verifier = verifier
         self._settings = settings
@@ -206,6 +209,7 @@ class Hub:
                 self.channel(conn.stream), maxsize=self._settings.ws_queue_size
             ) as sub:
                 conn.sub = sub
+                await self._hooks.after_subscribe(conn.stream)
                 await self._start(conn, since, epoch)
                 writer = asyncio.create_task(self._write_loop(conn, sub))
                 try:
@@ -249,6 +253,7 @@ class Hub:
         async with self._db_slots, self._db.snapshot() as session, session.begin():
             head = await read_head(session, stream)
             assert head is not None
+            await self._hooks.after_snapshot_head(stream)
             orders = await open_orders(session, stream, limit=self._settings.snapshot_max_orders)
             return head, [protocol.order_snapshot(order) for order in orders]
 
@@ -293,10 +298,12 @@ class Hub:
         assert cursor is not None
         self._metrics.ws_backfills.labels(reason=reason).inc()
         while True:
+            await self._hooks.before_backfill_read(conn.stream)
             async with self._db_slots, self._db.read() as session:
                 # The head first: the events read after it are at least as new.
                 head = await read_head(session, conn.stream)
                 rows = await events_after(session, conn.stream, cursor.last, limit=_BACKFILL_PAGE)
+            await self._hooks.after_backfill_read(conn.stream, [seq for seq, _ in rows])
             problem = position_problem(head, conn.epoch, cursor.last)
             if problem is None and head is not None:
                 self._note_head(conn.stream, head.head_seq)

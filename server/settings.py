@@ -12,6 +12,12 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from limits import parse as parse_rate
+
+from gateways import GatewaysConfig, PhonePeConfig, SandboxConfig, StripeConfig
+from gateways.stripe import DEFAULT_API_BASE as STRIPE_API_BASE
+from reconciler.schedule import Schedule
+
 T = TypeVar("T")
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.data/orderstatus.db"
@@ -55,6 +61,21 @@ class Settings:
     event_retention_days: float = 0.0
     longpoll_max_wait: float = 30.0
     order_expiry_seconds: int = 1_800
+    # Payment gateways: one without credentials is not offered (see gateways_config()).
+    stripe_api_key: str | None = field(default=None, repr=False)
+    stripe_webhook_secret: str | None = field(default=None, repr=False)
+    stripe_api_base: str | None = None
+    phonepe_merchant_id: str | None = None
+    phonepe_salt_key: str | None = field(default=None, repr=False)
+    phonepe_salt_index: int = 1
+    phonepe_client_id: str | None = None
+    phonepe_client_secret: str | None = field(default=None, repr=False)
+    phonepe_client_version: int = 1
+    phonepe_callback_username: str | None = None
+    phonepe_callback_password: str | None = field(default=None, repr=False)
+    phonepe_api_base: str | None = None
+    sandbox_api_base: str | None = None
+    sandbox_webhook_secret: str | None = field(default=None, repr=False)
     snapshot_max_orders: int = 200
     graceful_shutdown_timeout: float = 10.0
     gc_freeze: bool = True
@@ -68,26 +89,12 @@ class Settings:
     payment_failure_policy: str = "retry"
     gateway_timeout: float = 10.0
     gateway_connect_timeout: float = 3.0
-    stripe_api_key: str | None = None
-    stripe_webhook_secret: str | None = None
-    stripe_api_base: str | None = None
     stripe_poll_schedule: str | None = None
     stripe_rate_limit: str = "25/second"
-    phonepe_merchant_id: str | None = None
-    phonepe_salt_key: str | None = None
-    phonepe_salt_index: int = 1
-    phonepe_client_id: str | None = None
-    phonepe_client_secret: str | None = None
-    phonepe_client_version: int = 1
-    phonepe_callback_username: str | None = None
-    phonepe_callback_password: str | None = None
-    phonepe_api_base: str | None = None
     phonepe_auth_base: str | None = None
     phonepe_poll_schedule: str | None = None
     phonepe_rate_limit: str = "10/second"
     sandbox: bool | None = None
-    sandbox_api_base: str | None = None
-    sandbox_webhook_secret: str | None = None
     sandbox_api_key: str | None = None
     sandbox_poll_schedule: str | None = None
     sandbox_rate_limit: str = "50/second"
@@ -145,12 +152,43 @@ class Settings:
         value: str = getattr(self, f"{gateway}_rate_limit", "")
         return value
 
+    def gateways_config(self) -> GatewaysConfig:
+        """The gateways with credentials, as ``gateways.create_gateways`` takes them."""
+        stripe = phonepe = sandbox = None
+        if self.stripe_api_key or self.stripe_webhook_secret:
+            if not (self.stripe_api_key and self.stripe_webhook_secret):
+                raise ValueError("STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET: set both or neither")
+            stripe = StripeConfig(
+                api_key=self.stripe_api_key,
+                webhook_secret=self.stripe_webhook_secret,
+                api_base=self.stripe_api_base or STRIPE_API_BASE,
+            )
+        if self.phonepe_merchant_id or self.phonepe_salt_key or self.phonepe_client_id:
+            phonepe = PhonePeConfig(
+                merchant_id=self.phonepe_merchant_id,
+                salt_key=self.phonepe_salt_key,
+                salt_index=self.phonepe_salt_index,
+                client_id=self.phonepe_client_id,
+                client_secret=self.phonepe_client_secret,
+                client_version=self.phonepe_client_version,
+                callback_username=self.phonepe_callback_username,
+                callback_password=self.phonepe_callback_password,
+                api_base=self.phonepe_api_base,
+                auth_base=self.phonepe_auth_base,
+            )
+        # SANDBOX_WEBHOOK_SECRET alone is the in-process sandbox's secret (server/gatewaying.py).
+        if self.sandbox_api_base and self.sandbox is not False:
+            if not self.sandbox_webhook_secret:
+                raise ValueError("SANDBOX_WEBHOOK_SECRET: required with SANDBOX_API_BASE")
+            sandbox = SandboxConfig(
+                api_base=self.sandbox_api_base,
+                webhook_secret=self.sandbox_webhook_secret,
+                api_key=self.sandbox_api_key,
+            )
+        return GatewaysConfig(stripe=stripe, phonepe=phonepe, sandbox=sandbox)
+
     def validate(self) -> Settings:
         """Check ranges and cross-field rules, naming the variable; return self so it chains."""
-        from limits import parse
-
-        from reconciler.schedule import Schedule
-
         if self.payment_failure_policy not in {"retry", "cancel"}:
             raise ValueError(
                 "PAYMENT_FAILURE_POLICY: expected retry or cancel, "
@@ -166,14 +204,12 @@ class Settings:
             rate = self.rate_limit(gateway)
             if rate:
                 try:
-                    parse(rate)
+                    parse_rate(rate)
                 except ValueError:
                     raise ValueError(
                         f"{gateway.upper()}_RATE_LIMIT: expected a rate such as 100/second,"
                         f" got {rate!r}"
                     ) from None
-        if bool(self.stripe_api_key) != bool(self.stripe_webhook_secret):
-            raise ValueError("STRIPE_API_KEY and STRIPE_WEBHOOK_SECRET: set both or neither")
         for name, (low, high) in _BOUNDS.items():
             value = getattr(self, name)
             if value < low or (high is not None and value > high):
@@ -197,6 +233,7 @@ class Settings:
             raise ValueError(
                 f"SQLITE_SYNCHRONOUS: expected FULL or NORMAL, got {self.sqlite_synchronous!r}"
             )
+        self.gateways_config()  # half-configured gateways name their variables
         if self.ws_impl not in {"websockets", "websockets-sansio", "wsproto"}:
             raise ValueError(
                 f"WS_IMPL: expected websockets, websockets-sansio or wsproto, got {self.ws_impl!r}"
@@ -314,6 +351,8 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "longpoll_max_wait": (0, 300),
     "order_expiry_seconds": (1, None),
     "snapshot_max_orders": (0, 10_000),
+    "phonepe_salt_index": (1, None),
+    "phonepe_client_version": (1, None),
     "graceful_shutdown_timeout": (0, None),
     "gc_thaw_interval": (0, None),
     "payment_read_check_after": (0, None),

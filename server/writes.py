@@ -27,6 +27,7 @@ from server import protocol
 from server.auth import Principal, Role
 from server.db import Database
 from server.errors import Conflict, Forbidden, NotFound
+from server.hooks import NO_HOOKS, Hooks
 from server.metrics import Metrics
 from server.models import Order, events_table, orders_table, utcnow
 from server.streams import append_to_streams, streams_of
@@ -120,7 +121,9 @@ class Publisher:
         prefix: str,
         metrics: Metrics,
         mark_interval: float = 0.05,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
+        self._hooks = hooks
         self._db = db
         self._broker = broker
         self._prefix = prefix
@@ -162,6 +165,7 @@ class Publisher:
 
     async def publish(self, deliveries: Sequence[Delivery], event_ids: Sequence[int]) -> bool:
         """Publish every delivery; mark the events published only if all went out."""
+        await self._hooks.before_publish(event_ids)
         try:
             await self.send(deliveries)
         except BrokerError as exc:

@@ -23,6 +23,7 @@ from channels import Broker, create_broker
 from reconciler.relay import Relay
 from server.app import BackgroundJob, create_app
 from server.db import Database, migrate
+from server.hooks import NO_HOOKS, Hooks
 from server.metrics import Metrics
 from server.services import Services
 from server.settings import Settings
@@ -212,11 +213,16 @@ StartService = Callable[..., Awaitable[Service]]
 
 @pytest.fixture
 async def start_service(backend: Backend) -> AsyncIterator[StartService]:
-    """Start the app in-process on this test's backend; ``relay=True`` runs the outbox relay too."""
+    """Start the app in-process on this test's backend; ``relay=True`` runs the outbox relay too,
+    ``hooks`` installs test pause points (server/hooks.py)."""
     async with contextlib.AsyncExitStack() as stack:
 
         async def start(
-            *, relay: bool = False, broker: Broker | None = None, **overrides: Any
+            *,
+            relay: bool = False,
+            broker: Broker | None = None,
+            hooks: Hooks = NO_HOOKS,
+            **overrides: Any,
         ) -> Service:
             settings = backend.settings(**overrides)
             if broker is None:
@@ -237,7 +243,9 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
                     ).run(stop)
 
                 background.append(run_relay)
-            app = create_app(settings, broker=broker, metrics=metrics, background=background)
+            app = create_app(
+                settings, broker=broker, metrics=metrics, background=background, hooks=hooks
+            )
             running = await stack.enter_async_context(
                 serve_in_process(
                     app,

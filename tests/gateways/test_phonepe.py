@@ -465,3 +465,37 @@ def test_config_says_which_scheme_and_refuses_half_credentials() -> None:
         PhonePeConfig(client_id="c")
     with pytest.raises(ValueError, match="PHONEPE_MERCHANT_ID"):
         PhonePeConfig(merchant_id="m")
+
+
+@pytest.mark.parametrize(
+    ("answer", "error"),
+    [
+        (
+            {"success": False, "code": "BAD_REQUEST", "message": "Please check the inputs"},
+            GatewayRejected,
+        ),
+        (
+            {"success": False, "code": "INTERNAL_SERVER_ERROR", "message": "retry"},
+            GatewayUnavailable,
+        ),
+        (
+            {"success": False, "code": "TOO_MANY_REQUESTS", "message": "slow down"},
+            GatewayUnavailable,
+        ),
+    ],
+)
+async def test_v1_pay_refused_in_a_200_body(
+    answer: dict[str, object], error: type[Exception]
+) -> None:
+    recorder = Recorder({("POST", "/apis/hermes/pg/v1/pay"): httpx.Response(200, json=answer)})
+    with pytest.raises(error):
+        await PhonePeGateway(V1, client=recorder.client()).start_payment(pay_request())
+
+
+async def test_a_reference_phonepe_cannot_take_is_rejected_before_any_request() -> None:
+    recorder = Recorder()
+    with pytest.raises(GatewayRejected):
+        await PhonePeGateway(V1, client=recorder.client()).start_payment(
+            pay_request(reference="has spaces and is far too long for phonepe")
+        )
+    assert recorder.requests == []

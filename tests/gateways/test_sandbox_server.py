@@ -291,6 +291,28 @@ async def test_approve_delay_is_a_late_authorisation(rig: Rig) -> None:
     assert (await rig.gateway.fetch_status(start.ref)).status is PaymentStatus.COMPLETED
 
 
+async def test_expire_after_is_the_gateways_own_timeout(rig: Rig) -> None:
+    await rig.chaos(expire_after=0.5)
+    abandoned, paid = await rig.start("pay_abandoned"), await rig.start("pay_in_time")
+    await rig.click(paid, "approve")
+    assert (await rig.webhook()).ref == paid.ref
+    expired = await rig.webhook()
+    assert expired.ref == abandoned.ref and expired.event_type == "payment.expired"
+    assert expired.state is not None and expired.state.status is PaymentStatus.EXPIRED
+    await rig.click(abandoned, "approve")  # too late
+    assert (await rig.gateway.fetch_status(abandoned.ref)).status is PaymentStatus.EXPIRED
+    assert (await rig.gateway.fetch_status(paid.ref)).status is PaymentStatus.COMPLETED
+
+
+async def test_a_late_authorisation_under_way_outlives_the_timeout(rig: Rig) -> None:
+    await rig.chaos(expire_after=0.3, approve_delay=0.8)
+    start = await rig.start("pay_slow_but_sure")
+    await rig.click(start, "approve")
+    assert (await rig.webhook()).event_type == "payment.processing"
+    done = await rig.webhook()
+    assert done.state is not None and done.state.status is PaymentStatus.COMPLETED
+
+
 @pytest.mark.parametrize("knobs", [{"drop": 150}, {"nope": 1}, {"delay": "x"}])
 async def test_bad_knobs_get_a_422_and_change_nothing(rig: Rig, knobs: dict[str, object]) -> None:
     response = await rig.http.put(rig.base + "/control/chaos", json=knobs)
@@ -343,6 +365,39 @@ async def test_it_mounts_under_sandbox_in_another_app() -> None:
             assert (await rig.webhook()).state is not None
 
 
+async def test_the_adapter_can_reach_it_in_process_without_a_socket() -> None:
+    # The embedded default may talk to a mounted sandbox through httpx's ASGI transport;
+    # public_url then names where browsers reach the page.
+    async with receiver() as (url, queue):
+        config = SandboxServerConfig(
+            webhook_secret=SECRET, webhook_url=url, public_url="http://127.0.0.1:8000/sandbox"
+        )
+        async with SandboxServer(config) as sandbox:
+            transport = httpx.ASGITransport(app=sandbox.app)
+            async with httpx.AsyncClient(transport=transport) as http:
+                gateway = SandboxGateway(
+                    SandboxConfig(api_base="http://sandbox", webhook_secret=SECRET), client=http
+                )
+                rig = Rig("http://sandbox", sandbox, gateway, http, queue)
+                start = await rig.start("pay_asgi")
+                assert start.redirect_url == f"http://127.0.0.1:8000/sandbox/pay/{start.ref}"
+                await http.post(f"http://sandbox/control/payments/{start.ref}/approve")
+                assert (await rig.webhook()).ref == start.ref
+
+
+def test_a_bad_variable_stops_the_process_naming_it() -> None:
+    env = {**os.environ, "SANDBOX_WEBHOOK_SECRET": SECRET, "SANDBOX_REORDER": "lots"}
+    done = subprocess.run(
+        [sys.executable, "-m", "gateways.sandbox_server"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        timeout=30,
+    )
+    assert done.returncode != 0
+    assert b"SANDBOX_REORDER" in done.stderr
+
+
 async def test_it_runs_as_its_own_process() -> None:
     async with receiver() as (url, queue):
         port = free_port()
@@ -379,3 +434,88 @@ async def test_it_runs_as_its_own_process() -> None:
                 assert first.event_id == second.event_id
         finally:
             stop_process(process)
+
+
+async def test_the_control_api_drives_payments_lists_them_and_resets(rig: Rig) -> None:
+    cancelled, expired = await rig.start("pay_cancel"), await rig.start("pay_expire")
+    await rig.http.post(f"{rig.base}/control/payments/{cancelled.ref}/cancel")
+    assert (await rig.webhook()).state.status is PaymentStatus.CANCELLED  # type: ignore[union-attr]
+    await rig.http.post(f"{rig.base}/control/payments/{expired.ref}/expire")
+    assert (await rig.webhook()).state.status is PaymentStatus.EXPIRED  # type: ignore[union-attr]
+    listed = (await rig.http.get(rig.base + "/control/payments")).json()["payments"]
+    assert {p["id"]: p["status"] for p in listed} == {
+        cancelled.ref: "canceled",
+        expired.ref: "expired",
+    }
+    await rig.chaos(drop=40)
+    assert (await rig.http.post(rig.base + "/control/reset")).json() == {"reset": True}
+    assert (await rig.http.get(rig.base + "/control/payments")).json() == {"payments": []}
+    assert (await rig.http.get(rig.base + "/control/chaos")).json()["drop"] == 0
+    assert (await rig.stats())["counters"] == {}
+
+
+async def test_an_api_key_guards_the_api_and_control_but_not_the_customers_page() -> None:
+    async with receiver() as (url, _queue):
+        config = SandboxServerConfig(webhook_secret=SECRET, webhook_url=url, api_key="sbx_key")
+        async with serve_in_process(create_app(config)) as running, httpx.AsyncClient() as http:
+            base = running.http
+
+            def gateway(key: str | None) -> SandboxGateway:
+                return SandboxGateway(
+                    SandboxConfig(api_base=base, webhook_secret=SECRET, api_key=key), client=http
+                )
+
+            request = PaymentRequest(reference="pay_key", amount=100, currency="INR")
+            with pytest.raises(GatewayRejected) as caught:
+                await gateway(None).start_payment(request)
+            assert caught.value.status_code == 401
+            with pytest.raises(GatewayRejected):
+                await gateway("wrong").start_payment(request)
+            start = await gateway("sbx_key").start_payment(request)
+            assert (await http.get(base + "/control/chaos")).status_code == 401
+            assert start.redirect_url is not None
+            assert (await http.get(start.redirect_url)).status_code == 200
+
+
+async def test_a_webhook_the_receiver_fails_is_sent_again() -> None:
+    answers = [500, 502, 200]
+    got: asyncio.Queue[bytes] = asyncio.Queue()
+
+    async def flaky(request: Request) -> Response:
+        got.put_nowait(await request.body())
+        return Response(status_code=answers.pop(0))
+
+    hooks = Starlette(routes=[Route("/webhooks/sandbox", flaky, methods=["POST"])])
+    async with serve_in_process(hooks) as hook:
+        config = SandboxServerConfig(
+            webhook_secret=SECRET, webhook_url=hook.http + "/webhooks/sandbox"
+        )
+        app = create_app(config)
+        async with serve_in_process(app) as running, httpx.AsyncClient(timeout=5) as http:
+            gateway = SandboxGateway(
+                SandboxConfig(api_base=running.http, webhook_secret=SECRET), client=http
+            )
+            start = await gateway.start_payment(
+                PaymentRequest(reference="pay_flaky", amount=100, currency="INR")
+            )
+            await http.post(f"{running.http}/control/payments/{start.ref}/approve")
+            async with asyncio.timeout(10):
+                bodies = [await got.get() for _ in range(3)]
+            assert len(set(bodies)) == 1  # the same event each time
+            server: SandboxServer = app.state.sandbox
+            async with asyncio.timeout(5):
+                while server.stats["webhooks_sent"] != 1:
+                    await asyncio.sleep(0.02)
+            assert server.stats["webhooks_failed"] == 0
+
+
+async def test_a_payments_own_callback_url_wins(rig: Rig) -> None:
+    async with receiver() as (url, own):
+        start = await rig.gateway.start_payment(
+            PaymentRequest(reference="pay_own_hook", amount=100, currency="INR", callback_url=url)
+        )
+        await rig.click(start, "approve")
+        async with asyncio.timeout(5):
+            headers, raw = await own.get()
+        assert rig.gateway.verify_webhook(headers, raw).ref == start.ref
+        assert rig.received.empty()

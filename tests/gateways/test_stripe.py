@@ -221,3 +221,25 @@ async def test_a_400_is_rejected_with_stripes_code() -> None:
     with pytest.raises(GatewayRejected) as caught:
         await gateway(recorder).start_payment(request())
     assert (caught.value.status_code, caught.value.code) == (400, "parameter_invalid_integer")
+
+
+async def test_a_redirect_next_action_becomes_the_redirect_url() -> None:
+    answer = {
+        **recorded.STRIPE_INTENT_CREATED,
+        "status": "requires_action",
+        "next_action": {
+            "type": "redirect_to_url",
+            "redirect_to_url": {"url": "https://hooks.stripe.com/redirect/authenticate/src_1"},
+        },
+    }
+    recorder = Recorder({("POST", INTENTS): httpx.Response(200, json=answer)})
+    start = await gateway(recorder).start_payment(request())
+    assert start.redirect_url == "https://hooks.stripe.com/redirect/authenticate/src_1"
+    assert start.state.status is PaymentStatus.PENDING
+
+
+async def test_fetch_refund_needs_stripes_refund_id() -> None:
+    recorder = Recorder()
+    with pytest.raises(GatewayRejected):
+        await gateway(recorder).fetch_refund("ref_1")
+    assert recorder.requests == []

@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from websockets.asyncio.client import connect
 
+from channels import Message
 from tests.conftest import Service
 from tests.support.asserts import assert_error
 from tests.support.clients import auth, order_body, recv_events, recv_json, token
@@ -149,13 +150,23 @@ async def test_a_long_poll_on_a_fresh_stream_returns_the_first_event(service: Se
 
 async def test_a_long_poll_is_not_woken_by_another_customers_events(service: Service) -> None:
     await create(service, BOB)
-    poll = asyncio.create_task(events(service, BOB, since="0", wait="1"))
+    # At Bob's head, so the poll really waits (since=0 would return at once).
+    poll = asyncio.create_task(events(service, BOB, since="1", wait="30"))
     await _longpoll_started(service, 1)
-    await create(service)
-    await move(service, await create(service), "PREPARING")
+    alice_channel = service.settings.redis_channel_prefix + "customer:alice"
+    async with service.broker.subscribe(alice_channel) as probe:
+        await move(service, await create(service), "PREPARING")
+        # Alice's two events have been fanned out by this process's broker (a probe on the
+        # same connection has them): a poll woken by them would answer now, with nothing.
+        for _ in range(2):
+            assert isinstance(await asyncio.wait_for(probe.get(), 10), Message)
+    await service.http.get("/healthz")  # a round trip through the server's event loop
+    assert not poll.done(), "woken by another customer's events"
+    # The sentinel: Bob's own next event is what ends the wait, and all it returns.
+    sentinel = await create(service, BOB)
     body = await asyncio.wait_for(poll, 20)
     assert body["stream"] == "customer:bob"
-    assert [e["seq"] for e in body["events"]] == [1]
+    assert [(e["seq"], e["order_id"]) for e in body["events"]] == [(2, sentinel)]
 
 
 async def test_a_long_poll_with_nothing_new_returns_empty_after_its_wait(service: Service) -> None:

@@ -8,6 +8,7 @@ Origin is refused before accept (an HTTP 403 handshake rejection).
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import hashlib
 import hmac
@@ -31,11 +32,12 @@ from tests.support.clients import (
     SECRET,
     auth,
     expect_close,
-    expect_silence,
+    frames_until_close,
     order_body,
     recv_events,
     recv_json,
     token,
+    until_sentinel,
 )
 
 # -- hand-made tokens -------------------------------------------------------------------------
@@ -286,20 +288,39 @@ async def test_a_first_message_that_is_not_auth_is_closed_with_4401(service: Ser
 
 
 async def test_an_open_socket_is_closed_with_4401_when_its_token_expires(service: Service) -> None:
-    async with connect(service.ws_url, additional_headers=auth(token("alice", ttl=2))) as ws:
-        assert (await recv_json(ws))["type"] == "hello"
-        assert await expect_close(ws, timeout=10) == 4401
+    exp = int(time.time()) + 2
+    tok = jwt.encode({"sub": "alice", "role": "customer", "exp": exp}, SECRET, algorithm="HS256")
+    async with connect(service.ws_url, additional_headers=auth(tok)) as ws:
+        # However slow the machine, the close comes at exp and not before; the hello is the
+        # only thing that may precede it (a machine slower than the token sees only the close).
+        code, frames = await frames_until_close(ws, timeout=exp - time.time() + 30)
+    assert code == 4401 and time.time() >= exp
+    assert [f["type"] for f in frames] in ([], ["hello"])
 
 
 async def test_an_in_band_refresh_keeps_the_socket_open_past_the_first_expiry(
     service: Service,
 ) -> None:
-    first = token("alice", ttl=2)
-    expires = time.time() + 2
-    async with connect(service.ws_url, additional_headers=auth(first)) as ws:
+    async with connect(service.ws_url, additional_headers=auth(token("alice"))) as ws:
         assert (await recv_json(ws))["type"] == "hello"
-        await ws.send(orjson.dumps({"type": "auth", "token": token("alice", ttl=3600)}).decode())
-        await expect_silence(ws, max(0.0, expires - time.time()) + 1.5)
+        # The short token's exp is set from here, after the handshake, and the margin it needs
+        # is doubled until the machine is fast enough for two pings inside it.
+        for ttl in (2, 4, 8, 16):
+            exp = int(time.time()) + ttl
+            short = jwt.encode({"sub": "alice", "exp": exp}, SECRET, algorithm="HS256")
+            await ws.send(orjson.dumps({"type": "auth", "token": short}).decode())
+            await ws.send('{"type": "ping"}')
+            assert (await recv_json(ws))["type"] == "pong"  # the short token is in force
+            await ws.send(orjson.dumps({"type": "auth", "token": token("alice")}).decode())
+            await ws.send('{"type": "ping"}')
+            assert (await recv_json(ws))["type"] == "pong"  # and now the long one
+            if time.time() < exp:
+                break
+        else:
+            pytest.fail("the machine never got two pings inside a 16 s token")
+        while time.time() <= exp + 0.5:  # a clock condition, not a silence window
+            await asyncio.sleep(0.1)
+        # Closed at the short token's exp, the socket would answer this ping with 4401.
         await ws.send('{"type": "ping"}')
         assert (await recv_json(ws))["type"] == "pong"
 
@@ -411,7 +432,12 @@ async def test_a_customers_socket_never_receives_another_customers_events(servic
         await alice_ws.send('{"type": "ping"}')
         pong = await recv_json(alice_ws)
         assert pong == {"type": "pong", "head_seq": 0}
-        await expect_silence(alice_ws, 0.5)
+
+        async def alices_sentinel() -> str:
+            return str((await create_order(service, token("alice")))["id"])
+
+        # Bob's events were published before Alice's sentinel: none may precede it.
+        assert await until_sentinel(alice_ws, alices_sentinel) == []
 
 
 async def test_a_pos_terminal_cannot_see_or_move_another_stores_orders(service: Service) -> None:
@@ -461,7 +487,11 @@ async def test_a_pos_socket_never_receives_another_stores_events(service: Servic
         assert [e["seq"] for e in await recv_events(ws1, 1)] == [1]
         await ws2.send('{"type": "ping"}')
         assert await recv_json(ws2) == {"type": "pong", "head_seq": 0}
-        await expect_silence(ws2, 0.5)
+
+        async def store2_sentinel() -> str:
+            return str((await create_order(service, token("alice"), store_id="store-2"))["id"])
+
+        assert await until_sentinel(ws2, store2_sentinel) == []
 
 
 async def test_a_customer_token_on_pos_endpoints_is_403(service: Service) -> None:

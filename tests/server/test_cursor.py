@@ -56,6 +56,30 @@ def test_a_negative_start_is_rejected(start: int) -> None:
         StreamCursor(start)
 
 
+@pytest.mark.parametrize(("last", "head"), [(7, 3), (3, 7), (5, 0), (0, 0)])
+def test_a_restarted_cursor_owes_exactly_what_comes_after_the_new_position(
+    last: int, head: int
+) -> None:
+    # After a reset the client holds a snapshot at ``head``, which may be behind the old
+    # position (the log went back) as well as ahead of it.
+    cursor = StreamCursor(last)
+    cursor.restart(head)
+    assert cursor.last == head
+    assert cursor.offer(head) == Decision(Action.DUPLICATE)
+    assert cursor.offer(head + 1) == Decision(Action.DELIVER)
+    assert cursor.offer(head + 3) == Decision(Action.BACKFILL, head + 1, head + 2)
+    cursor.advance(head + 1)
+    assert cursor.last == head + 1
+
+
+@pytest.mark.parametrize("head", [-1, -100])
+def test_a_negative_restart_is_rejected_and_the_cursor_stays_put(head: int) -> None:
+    cursor = StreamCursor(4)
+    with pytest.raises(ValueError, match="negative"):
+        cursor.restart(head)
+    assert cursor.last == 4
+
+
 def test_behind_says_whether_the_head_is_past_the_cursor() -> None:
     cursor = StreamCursor(4)
     assert cursor.behind(5)

@@ -212,32 +212,32 @@ def test_an_amount_or_currency_the_gateway_disagrees_on_is_named(
         assert found is not None and problem in found
 
 
-Ord = OrderStatus
+OS = OrderStatus
 
 
 @pytest.mark.parametrize(
     ("order", "payment", "paid", "live", "policy", "expected"),
     [
         # A success confirms an order once what is paid covers it (split payments).
-        (Ord.PENDING_PAYMENT, "COMPLETED", 1000, 0, "retry", Ord.CONFIRMED),
-        (Ord.PENDING_PAYMENT, "COMPLETED", 1200, 0, "retry", Ord.CONFIRMED),
-        (Ord.PENDING_PAYMENT, "COMPLETED", 600, 1, "retry", None),
+        (OS.PENDING_PAYMENT, "COMPLETED", 1000, 0, "retry", OS.CONFIRMED),
+        (OS.PENDING_PAYMENT, "COMPLETED", 1200, 0, "retry", OS.CONFIRMED),
+        (OS.PENDING_PAYMENT, "COMPLETED", 600, 1, "retry", None),
         # Only a waiting order moves.
-        (Ord.CONFIRMED, "COMPLETED", 1000, 0, "retry", None),
-        (Ord.CANCELLED, "COMPLETED", 1000, 0, "retry", None),
-        (Ord.EXPIRED, "COMPLETED", 1000, 0, "cancel", None),
+        (OS.CONFIRMED, "COMPLETED", 1000, 0, "retry", None),
+        (OS.CANCELLED, "COMPLETED", 1000, 0, "retry", None),
+        (OS.EXPIRED, "COMPLETED", 1000, 0, "cancel", None),
         # A failure: the customer may retry, or the order is cancelled by setting — only when
         # nothing else is live or paid.
-        (Ord.PENDING_PAYMENT, "FAILED", 0, 0, "retry", None),
-        (Ord.PENDING_PAYMENT, "FAILED", 0, 0, "cancel", Ord.CANCELLED),
-        (Ord.PENDING_PAYMENT, "EXPIRED", 0, 0, "cancel", Ord.CANCELLED),
-        (Ord.PENDING_PAYMENT, "CANCELLED", 0, 0, "cancel", Ord.CANCELLED),
-        (Ord.PENDING_PAYMENT, "FAILED", 0, 1, "cancel", None),
-        (Ord.PENDING_PAYMENT, "FAILED", 400, 0, "cancel", None),
+        (OS.PENDING_PAYMENT, "FAILED", 0, 0, "retry", None),
+        (OS.PENDING_PAYMENT, "FAILED", 0, 0, "cancel", OS.CANCELLED),
+        (OS.PENDING_PAYMENT, "EXPIRED", 0, 0, "cancel", OS.CANCELLED),
+        (OS.PENDING_PAYMENT, "CANCELLED", 0, 0, "cancel", OS.CANCELLED),
+        (OS.PENDING_PAYMENT, "FAILED", 0, 1, "cancel", None),
+        (OS.PENDING_PAYMENT, "FAILED", 400, 0, "cancel", None),
         # Nothing else moves an order.
-        (Ord.PENDING_PAYMENT, "PENDING", 0, 0, "cancel", None),
-        (Ord.PENDING_PAYMENT, "INITIATED", 0, 0, "cancel", None),
-        (Ord.PENDING_PAYMENT, "REFUNDED", 0, 0, "cancel", None),
+        (OS.PENDING_PAYMENT, "PENDING", 0, 0, "cancel", None),
+        (OS.PENDING_PAYMENT, "INITIATED", 0, 0, "cancel", None),
+        (OS.PENDING_PAYMENT, "REFUNDED", 0, 0, "cancel", None),
     ],
 )
 def test_the_order_cascade(
@@ -263,4 +263,4 @@ def test_the_order_cascade(
 
 @pytest.mark.parametrize("order", list(OrderStatus))
 def test_a_late_success_is_refunded_only_when_the_order_is_over(order: OrderStatus) -> None:
-    assert late_success_needs_refund(order) == (order in (Ord.CANCELLED, Ord.EXPIRED))
+    assert late_success_needs_refund(order) == (order in (OS.CANCELLED, OS.EXPIRED))

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import jwt
 import orjson
 from websockets.asyncio.client import ClientConnection
+from websockets.exceptions import ConnectionClosed
 
 SECRET = "test-secret-0123456789-0123456789-abcdef"
 
@@ -59,25 +61,48 @@ async def recv_events(
     return events
 
 
-async def expect_silence(ws: ClientConnection, seconds: float) -> None:
-    """Assert no message arrives for ``seconds``."""
-    try:
-        raw = await asyncio.wait_for(ws.recv(), seconds)
-    except TimeoutError:
-        return
-    raise AssertionError(f"unexpected message: {raw!r}")
+async def until_sentinel(
+    ws: ClientConnection, write_sentinel: Callable[[], Awaitable[str]], timeout: float = 10.0
+) -> list[dict[str, Any]]:
+    """Every message that arrives before a sentinel event: the complete set, deterministically.
+
+    ``write_sentinel`` writes one more event to the socket's stream *after* the events under
+    test and returns its order id. Each stream is delivered in order, so once the sentinel's
+    event arrives, everything sent before it has arrived too: no silence window to guess.
+    """
+    order_id = await write_sentinel()
+    before: list[dict[str, Any]] = []
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            raise TimeoutError(f"no sentinel {order_id} after {len(before)} messages: {before}")
+        message = await recv_json(ws, remaining)
+        if message.get("type") == "event" and message.get("order_id") == order_id:
+            return before
+        before.append(message)
 
 
-async def expect_close(ws: ClientConnection, timeout: float = 5.0) -> int:
-    """Wait until the server closes ``ws``; the close code."""
+async def frames_until_close(
+    ws: ClientConnection, timeout: float = 5.0
+) -> tuple[int, list[dict[str, Any]]]:
+    """Read until the server closes ``ws``: the close code and every frame that came first."""
+    frames: list[dict[str, Any]] = []
     async with asyncio.timeout(timeout):
         try:
             while True:
-                await ws.recv()
-        except Exception:
+                frames.append(orjson.loads(await ws.recv()))
+        except ConnectionClosed:
             pass
     assert ws.close_code is not None
-    return ws.close_code
+    return ws.close_code, frames
+
+
+async def expect_close(ws: ClientConnection, timeout: float = 5.0) -> int:
+    """Wait until the server closes ``ws``; the close code. Any frame before the close fails."""
+    code, frames = await frames_until_close(ws, timeout)
+    assert not frames, f"expected nothing but a close ({code}), got {frames}"
+    return code
 
 
 def order_body(

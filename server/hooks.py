@@ -1,0 +1,34 @@
+"""Test-only pause points, handed in like any other dependency (never a monkeypatch).
+
+Production code calls these at the seams where a race can happen; the defaults do nothing, so
+the only cost is an awaited no-op. A test passes a subclass to ``create_app(settings,
+hooks=...)`` and pauses, writes or records at the exact instant it wants to force an
+interleaving, then asserts from what it recorded that the interleaving really occurred.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+
+class Hooks:
+    """The pause points; subclass and override the ones a test needs."""
+
+    async def after_subscribe(self, stream: str) -> None:
+        """The hub has subscribed a connection to ``stream`` and not yet read the backlog."""
+
+    async def after_snapshot_head(self, stream: str) -> None:
+        """The hub has read ``stream``'s head inside a snapshot, not yet its open orders."""
+
+    async def before_backfill_read(self, stream: str) -> None:
+        """The hub is about to read a page of ``stream``'s backlog from the database."""
+
+    async def after_backfill_read(self, stream: str, seqs: Sequence[int]) -> None:
+        """The hub has read ``seqs`` of ``stream``'s backlog and not yet sent them."""
+
+    async def before_publish(self, event_ids: Sequence[int]) -> None:
+        """The write path has committed ``event_ids`` and not yet published them."""
+
+
+#: The shared do-nothing instance production code uses.
+NO_HOOKS = Hooks()
