@@ -154,6 +154,7 @@ def create_app(
                 gateways=offered.gateways,
                 schedules=offered.schedules,
                 policy=FailurePolicy(settings.payment_failure_policy),
+                hooks=hooks,
                 limiter=GatewayRateLimiter(
                     {name: settings.rate_limit(name) for name in offered.gateways},
                     redis_url=settings.redis_url,

@@ -29,6 +29,9 @@ class Hooks:
     async def before_publish(self, event_ids: Sequence[int]) -> None:
         """The write path has committed ``event_ids`` and not yet published them."""
 
+    async def before_gateway_check(self, payment_id: str) -> None:
+        """A single-flight check holds ``payment_id``'s lease and is about to ask the gateway."""
+
 
 #: The shared do-nothing instance production code uses.
 NO_HOOKS = Hooks()

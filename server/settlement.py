@@ -56,6 +56,7 @@ from server import protocol
 from server.auth import Role
 from server.db import Database
 from server.errors import ApiError, Conflict, NotFound, Unprocessable
+from server.hooks import NO_HOOKS, Hooks
 from server.metrics import Metrics
 from server.models import (
     events_table,
@@ -196,6 +197,7 @@ class Settlement:
         lease: float = 30.0,
         clock: Callable[[], datetime] = utcnow,
         jitter: Callable[[], float] = random.random,
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
         self.db = db
         self.publisher = publisher
@@ -207,6 +209,7 @@ class Settlement:
         self.lease = lease
         self.clock = clock
         self.jitter = jitter
+        self.hooks = hooks
         self._inflight: dict[str, asyncio.Task[CheckResult]] = {}
 
     def schedule(self, gateway: str) -> Schedule:
@@ -877,6 +880,7 @@ class Settlement:
         schedule = self.schedule(row.gateway)
         elapsed = (now - row.created_at).total_seconds()
         is_final = final or (status in LIVE and elapsed >= schedule.timeout)
+        await self.hooks.before_gateway_check(payment_id)
         try:
             if row.started_at is None:
                 started = await gateway.start_payment(

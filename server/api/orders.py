@@ -308,7 +308,11 @@ async def read_check(request: Request, caller: Principal, payments: list[Payment
         except Exception:
             logger.exception("read-triggered check of payment %s failed", payment.id)
             return False
-        return result.changed
+        # Honest: the payment moved while this read waited (by this check, or by a webhook
+        # or another check it joined), so the order is read again.
+        return result.changed or (
+            result.payment is not None and result.payment["status"] != payment.status
+        )
     return False
 
 

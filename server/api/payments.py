@@ -110,7 +110,8 @@ async def verify(request: Request) -> JSONResponse:
             "payment": result.payment,
             "order": protocol.order_snapshot(fresh),
             "payment_status": (result.payment or {}).get("status", PaymentStatus.INITIATED.value),
-            "status_updated": result.changed,
+            "status_updated": result.changed
+            or (result.payment is not None and result.payment["status"] != target.status),
             "checked": result.outcome,
         }
     )
