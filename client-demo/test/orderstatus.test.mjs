@@ -394,8 +394,10 @@ describe("the client against the real server", { timeout: 300_000 }, () => {
     await waitFor(() => record.events.length === 3, "the missed events");
     await who.move(orderId, "DELIVERED");
     await waitFor(() => record.events.length === 4, "the live event after the resume");
-    await sleep(200);
-    assert.deepEqual(seqs(record.events), [1, 2, 3, 4]);
+    // A sentinel instead of a silence window: everything before it is the complete set.
+    const sentinel = await who.placeOrder();
+    await waitFor(() => record.events.some((e) => e.order_id === sentinel), "the sentinel");
+    assert.deepEqual(seqs(record.events), [1, 2, 3, 4, 5]);
     assert.equal(new URL(control.urls[1]).searchParams.get("since"), "1");
     assert.equal(client.status.state, "live");
     assert.equal(client.stats.duplicates, 0);
@@ -443,7 +445,7 @@ describe("the client against the real server", { timeout: 300_000 }, () => {
     // Every event frame arrives twice, and each one also brings back the one before it.
     control.tamper = (data) => {
       const message = JSON.parse(data);
-      if (message.type !== "event") return [data];
+      if (message.type !== "event" || message.seq > 3) return [data]; // the sentinel: as sent
       const frames = [data, data];
       if (seen.length) frames.push(seen[seen.length - 1]);
       seen.push(data);
@@ -456,8 +458,9 @@ describe("the client against the real server", { timeout: 300_000 }, () => {
     await who.move(orderId, "PREPARING");
     await who.move(orderId, "READY");
     await waitFor(() => record.events.length === 3, "three events");
-    await sleep(200);
-    assert.deepEqual(seqs(record.events), [1, 2, 3]);
+    const sentinel = await who.placeOrder();
+    await waitFor(() => record.events.some((e) => e.order_id === sentinel), "the sentinel");
+    assert.deepEqual(seqs(record.events), [1, 2, 3, 4]);
     assert.equal(client.stats.duplicates, 5);
   });
 
