@@ -137,6 +137,7 @@ def create_app(
                     prefix=settings.redis_channel_prefix,
                     metrics=metrics,
                     hooks=hooks,
+                    queue_size=settings.publish_queue_size,
                 )
             )
             hub = Hub(
