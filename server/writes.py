@@ -229,7 +229,13 @@ class Publisher:
             await self._queued.wait()
             self._queued.clear()
             while self._queue:
-                await self._send_batch()
+                try:
+                    await self._send_batch()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # The batch is the relay's now; the sender must outlive it.
+                    logger.exception("publish sender failed on a batch; the relay will retry")
 
     async def _send_batch(self) -> None:
         """Publish the oldest queued events, up to ``_BATCH_DELIVERIES``, in one round trip."""
