@@ -386,10 +386,6 @@ async def test_latency_drops_and_black_holes_lose_nothing_double_nothing_and_hea
         assert r.pg.connections_total > 1 and r.redis.connections_total > 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 7 defect 5: every write waits out the 2 s publish timeout on a stalled broker",
-)
 async def test_writes_answer_promptly_and_still_reach_clients_while_redis_is_black_holed(
     start_service: StartService, backend: Backend
 ) -> None:
@@ -407,11 +403,6 @@ async def test_writes_answer_promptly_and_still_reach_clients_while_redis_is_bla
         await assert_nothing_lost_or_doubled(r)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 7 defect 10: a connection lost during COMMIT is answered 503 "
-    "database_unavailable ('nothing was changed') although the commit landed",
-)
 async def test_a_connection_cut_during_commit_is_never_answered_nothing_was_changed(
     start_service: StartService, backend: Backend
 ) -> None:
