@@ -43,13 +43,15 @@ _ERROR_DESCRIPTIONS = {
     409: "Conflict",
     413: "Body larger than MAX_BODY_BYTES",
     422: "Validation error naming the field",
+    502: "A gateway refused",
     429: "Too many requests (Retry-After)",
     503: "The database is unavailable; retry after Retry-After seconds",
 }
 _HEADERS = {
     401: {"WWW-Authenticate": {"schema": {"type": "string"}, "required": True}},
     429: {"Retry-After": {"schema": {"type": "string"}, "required": True}},
-    503: {"Retry-After": {"schema": {"type": "string"}, "required": True}},
+    # database_unavailable always says when; a gateway's 503 may not know.
+    503: {"Retry-After": {"schema": {"type": "string"}, "required": False}},
 }
 
 

@@ -146,6 +146,14 @@ class StatusChange(Struct, forbid_unknown_fields=True):
     note: Note | None = None
 
 
+class StartPayment(Struct, forbid_unknown_fields=True):
+    """A payment start: which gateway."""
+
+    gateway: Annotated[
+        str, Meta(min_length=1, max_length=40, description="the name of a gateway offered here")
+    ]
+
+
 class DemoTokenRequest(Struct, forbid_unknown_fields=True):
     """A demo-token request; ``store_id`` is required for a ``pos`` token."""
 
@@ -259,9 +267,15 @@ class Payment(Struct):
     """A payment attempt."""
 
     id: str
+    order_id: str
     gateway: str
     amount: int
+    currency: str
     status: str
+    redirect_url: str | None
+    attempts: int
+    last_checked_at: datetime | None
+    next_check_at: datetime | None
     created_at: datetime
     settled_at: datetime | None
 
@@ -309,7 +323,21 @@ class OrderPage(Struct):
 class OrderDetail(Struct):
     order: Order
     payments: list[Payment]
+    payment_status: str
     status_updated: bool
+
+
+class PaymentStarted(Struct):
+    payment: Payment
+    redirect_url: str | None
+
+
+class PaymentVerified(Struct):
+    payment: Payment | None
+    order: Order
+    payment_status: str
+    status_updated: bool
+    checked: str
 
 
 class AuditTrail(Struct):

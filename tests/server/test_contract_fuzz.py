@@ -28,23 +28,25 @@ SEED = 7311
 MAX_EXAMPLES = int(os.environ.get("CONTRACT_FUZZ_EXAMPLES", "25"))
 
 
-async def _order(service: Service) -> str:
-    r = await service.http.post("/api/orders", json=order_body(), headers=auth(ALICE))
+async def _order(service: Service, method: str = "cash") -> str:
+    r = await service.http.post("/api/orders", json=order_body(method=method), headers=auth(ALICE))
     assert r.status_code == 201, r.text
     order_id: str = r.json()["order"]["id"]
     return order_id
 
 
-def _config(order_ids: list[str]) -> str:
+def _config(cash: list[str], online: list[str]) -> str:
     """schemathesis.toml: the token and the real order id each operation is called with."""
 
-    def block(path: str, bearer: str, *, method: str | None = None, order_id: bool = False) -> str:
+    def block(
+        path: str, bearer: str, *, method: str | None = None, order: str | None = None
+    ) -> str:
         lines = ["[[operations]]", f"include-path = {json.dumps(path)}"]
         if method:
             lines.append(f"include-method = {json.dumps(method)}")
         lines.append(f"headers = {{ Authorization = {json.dumps('Bearer ' + bearer)} }}")
-        if order_id:
-            lines.append(f"parameters = {{ order_id = {json.dumps(order_ids.pop())} }}")
+        if order:
+            lines.append(f"parameters = {{ order_id = {json.dumps(order)} }}")
         return "\n".join(lines)
 
     return "\n\n".join(
@@ -53,20 +55,23 @@ def _config(order_ids: list[str]) -> str:
             # A POS terminal creates walk-in orders; a customer must name store_id, which the
             # schema cannot make depend on the caller's role.
             block("/api/orders", POS1, method="POST"),
-            block("/api/orders/{order_id}", ADMIN, order_id=True),
-            block("/api/orders/{order_id}/events", ADMIN, order_id=True),
-            block("/api/orders/{order_id}/cancel", ALICE, order_id=True),
+            block("/api/orders/{order_id}", ADMIN, order=cash[0]),
+            block("/api/orders/{order_id}/events", ADMIN, order=cash[0]),
+            block("/api/orders/{order_id}/cancel", ALICE, order=cash[1]),
+            block("/api/orders/{order_id}/payments", ALICE, order=online[0]),
+            block("/api/orders/{order_id}/payments/verify", ADMIN, order=online[0]),
             block("/api/pos/orders", POS1),
-            block("/api/pos/orders/{order_id}/status", POS1, order_id=True),
+            block("/api/pos/orders/{order_id}/status", POS1, order=cash[2]),
         ]
     )
 
 
 async def run_schemathesis(service: Service, tmp_path: Path, *extra: str) -> tuple[int, str]:
     """Run the schemathesis CLI against ``service``; its exit code and output."""
-    order_ids = [await _order(service) for _ in range(4)]
+    cash = [await _order(service) for _ in range(3)]
+    online = [await _order(service, "online")]
     config = tmp_path / "schemathesis.toml"
-    config.write_text(_config(order_ids) + "\n")
+    config.write_text(_config(cash, online) + "\n")
     process = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",

@@ -47,6 +47,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "HUB_SAFETY_POLL_INTERVAL": ("0", 0.0),
     "BROKER_HEARTBEAT_INTERVAL": ("0.5", 0.5),
     "BROKER_HEARTBEAT_STALE_AFTER": ("2", 2.0),
+    "PUBLISH_QUEUE_SIZE": ("64", 64),
     "RELAY_IN_PROCESS": ("1", True),
     "RELAY_GRACE": ("3", 3.0),
     "RELAY_INTERVAL": ("0.75", 0.75),
@@ -75,6 +76,30 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "LOG_LEVEL": ("DEBUG", "DEBUG"),
     "LOG_FORMAT": ("text", "text"),
     "INSTANCE_ID": ("web-7", "web-7"),
+    "PUBLIC_URL": ("https://orders.example.com", "https://orders.example.com"),
+    "PAYMENT_RETURN_URL": (
+        "https://shop.example.com/orders/{order_id}",
+        "https://shop.example.com/orders/{order_id}",
+    ),
+    "PAYMENT_READ_CHECK_AFTER": ("45", 45.0),
+    "PAYMENT_READ_CHECK_TIMEOUT": ("1.5", 1.5),
+    "PAYMENT_CHECK_REUSE": ("3", 3.0),
+    "PAYMENT_FAILURE_POLICY": ("cancel", "cancel"),
+    "GATEWAY_TIMEOUT": ("8", 8.0),
+    "GATEWAY_CONNECT_TIMEOUT": ("2", 2.0),
+    "STRIPE_POLL_SCHEDULE": ("first=5 10x60 timeout=600", "first=5 10x60 timeout=600"),
+    "STRIPE_RATE_LIMIT": ("80/second", "80/second"),
+    "PHONEPE_AUTH_BASE": ("https://auth.phonepe.test", "https://auth.phonepe.test"),
+    "PHONEPE_POLL_SCHEDULE": ("first=20-25 3x30 then=60", "first=20-25 3x30 then=60"),
+    "PHONEPE_RATE_LIMIT": ("5/second", "5/second"),
+    "SANDBOX": ("true", True),
+    "SANDBOX_API_KEY": ("sbx-key", "sbx-key"),
+    "SANDBOX_POLL_SCHEDULE": ("first=1 1x10 timeout=30", "first=1 1x10 timeout=30"),
+    "SANDBOX_RATE_LIMIT": ("100/second", "100/second"),
+    "RECONCILER_IN_PROCESS": ("true", True),
+    "RECONCILER_INTERVAL": ("0.5", 0.5),
+    "RECONCILER_BATCH": ("50", 50),
+    "RECONCILER_CONCURRENCY": ("8", 8),
 }
 
 BOOLS = ["DEMO_TOKENS", "MIGRATE_ON_START", "RELAY_IN_PROCESS", "WS_PER_MESSAGE_DEFLATE"]
@@ -90,6 +115,7 @@ INTS = [
     "LONGPOLL_MAX_PER_USER",
     "PHONEPE_SALT_INDEX",
     "PHONEPE_CLIENT_VERSION",
+    "PUBLISH_QUEUE_SIZE",
 ]
 FLOATS = [
     "JWT_LEEWAY",
