@@ -175,7 +175,7 @@ class LocalCluster:
             decode_responses=True,
         )
         try:
-            return client.execute_command(*args)
+            return client.execute_command(*args)  # type: ignore[no-untyped-call]
         finally:
             client.close()
 
