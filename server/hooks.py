@@ -9,6 +9,10 @@ interleaving, then asserts from what it recorded that the interleaving really oc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 
 class Hooks:
@@ -28,6 +32,9 @@ class Hooks:
 
     async def before_publish(self, event_ids: Sequence[int]) -> None:
         """The write path has committed ``event_ids`` and not yet published them."""
+
+    async def before_commit(self, session: AsyncSession) -> None:
+        """A write transaction has done its work on ``session`` and is about to COMMIT."""
 
 
 #: The shared do-nothing instance production code uses.

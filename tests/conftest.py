@@ -1,6 +1,7 @@
 """The backend matrix (sqlite+memory, postgres+redis), a fresh database per test, servers, tokens.
 
-Under CI=true an unreachable PostgreSQL or Redis fails the run; elsewhere those tests skip.
+Under CI (any truthy CI value: true, 1, yes) an unreachable PostgreSQL or Redis fails the run;
+elsewhere those tests skip.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from server.settings import Settings
 from server.writes import Publisher
 from tests.channels.cluster_helpers import LocalCluster
 from tests.channels.helpers import RedisServer, free_port
+from tests.support.ci import IN_CI
 from tests.support.clients import SECRET
 from tests.support.servers import Running, serve_in_process
 
@@ -39,16 +41,15 @@ REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 # One template per test session (pid), so concurrent runs on one PostgreSQL never drop each
 # other's template while it is being cloned.
 TEMPLATE_DB = f"orderstatus_test_template_{os.getpid()}"
-IN_CI = os.environ.get("CI", "").lower() == "true"
 
 _state: dict[str, Any] = {}
 
 
 def unavailable(what: str, exc: BaseException) -> None:
-    """Fail under CI=true, skip elsewhere."""
+    """Fail under CI, skip elsewhere."""
     message = f"{what} unreachable: {exc!r}"
     if IN_CI:
-        pytest.fail(f"{message} (CI=true: a missing backend is a failure)", pytrace=False)
+        pytest.fail(f"{message} (under CI a missing backend is a failure)", pytrace=False)
     pytest.skip(message)
 
 

@@ -15,18 +15,19 @@ from redis.exceptions import RedisError
 
 from channels import Gap, Message
 from channels.base import SubscriptionLike
+from tests.support.ci import IN_CI
 
-#: The shared Redis every test may use (with its own channel prefix).
-REDIS_URL = "redis://127.0.0.1:6379/0"
+#: The shared Redis every test may use (with its own channel prefix); TEST_REDIS_URL moves it.
+REDIS_URL = os.environ.get("TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
 #: Every receive waits at most this long; a bound that catches hangs, not a speed assertion.
 TIMEOUT = 5.0
 
 
 def unavailable(reason: str) -> NoReturn:
-    """Skip the test, or fail it under CI=true, where a missing service is a broken setup."""
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason} (CI=true, so this fails instead of skipping)")
+    """Skip the test, or fail it under CI, where a missing service is a broken setup."""
+    if IN_CI:
+        pytest.fail(f"{reason} (under CI this fails instead of skipping)")
     pytest.skip(reason)
 
 

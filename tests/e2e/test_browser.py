@@ -22,6 +22,7 @@ from server.db import Database
 from server.metrics import Metrics
 from server.workflow import OrderStatus
 from server.writes import Actor, Publisher, change_order_status
+from tests.support.ci import IN_CI
 from tests.support.servers import Running, free_port, serve_subprocess
 
 CHROMIUM = Path("/usr/bin/chromium")
@@ -35,7 +36,6 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-IN_CI = os.environ.get("CI", "").lower() == "true"
 SCREENSHOTS = Path(os.environ.get("E2E_SCREENSHOT_DIR", "/tmp"))
 WAIT_MS = 15_000
 STORE = "store-1"
@@ -57,7 +57,7 @@ def chromium() -> Path:
     if not CHROMIUM.exists():
         message = f"{CHROMIUM} is missing (scripts/services installs it from Debian)"
         if IN_CI:
-            pytest.fail(f"{message}; CI=true: a missing browser is a failure", pytrace=False)
+            pytest.fail(f"{message}; under CI a missing browser is a failure", pytrace=False)
         pytest.skip(message)
     return CHROMIUM
 

@@ -84,7 +84,7 @@ async def serve_subprocess(
     )
     running = Running(f"http://127.0.0.1:{port}", f"ws://127.0.0.1:{port}", process=process)
     try:
-        if module == "server":
+        if module != "reconciler":  # the web process or its test variants
             await wait_ready(running.http, process)
         yield running
     finally:
