@@ -280,7 +280,7 @@ class ClusterBroker:
 
     async def connect(self) -> None:
         """Read the slot map and open a pub/sub session per shard; the cluster down is no error."""
-        if self._refresher is not None:
+        if not self._closed:
             return
         self._closed = False
         try:
@@ -289,7 +289,6 @@ class ClusterBroker:
                     logger.warning("redis cluster unreachable; will keep retrying")
         except TimeoutError:
             logger.warning("redis cluster slot map not read in %.1fs", self._subscribe_timeout)
-        self._refresher = asyncio.create_task(self._refresh_loop(), name="cluster-refresh")
         try:
             async with asyncio.timeout(self._subscribe_timeout):
                 while not self.connected and self._shards:
@@ -297,6 +296,8 @@ class ClusterBroker:
                     await self._changed.wait()
         except TimeoutError:
             logger.warning("redis cluster pub/sub not ready after %.1fs", self._subscribe_timeout)
+        # Started last, so its first wait is the long one whenever the sessions are up.
+        self._refresher = asyncio.create_task(self._refresh_loop(), name="cluster-refresh")
 
     async def disconnect(self) -> None:
         """Stop every reader and close every connection; idempotent."""
