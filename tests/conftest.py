@@ -227,6 +227,14 @@ class Service:
     metrics: Metrics
     db: Database
     publisher: Publisher
+    #: The app's own Services (its settlement, hub, ...), once its lifespan has started.
+    inside: list[Services] = field(default_factory=list)
+
+    @property
+    def services(self) -> Services:
+        """The running app's Services."""
+        assert self.inside, "the app's lifespan has not started its background jobs yet"
+        return self.inside[0]
 
     @property
     def ws_url(self) -> str:
@@ -255,7 +263,13 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
                 await broker.connect()
                 stack.push_async_callback(broker.disconnect)
             metrics = Metrics()
-            background: list[BackgroundJob] = []
+            inside: list[Services] = []
+
+            async def capture(services: Services, stop: asyncio.Event) -> None:
+                inside.append(services)
+                await stop.wait()
+
+            background: list[BackgroundJob] = [capture]
             if relay:
 
                 async def run_relay(services: Services, stop: asyncio.Event) -> None:
@@ -284,7 +298,7 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
             db = Database(settings.database_url, pool_size=4)
             stack.push_async_callback(db.dispose)
             publisher = Publisher(db, broker, prefix=settings.redis_channel_prefix, metrics=metrics)
-            return Service(running, http, settings, broker, metrics, db, publisher)
+            return Service(running, http, settings, broker, metrics, db, publisher, inside)
 
         yield start
 

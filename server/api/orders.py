@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from server.auth import Principal, Role
 from server.errors import BadRequest, NotFound, Unprocessable
 from server.models import Event, Order, Payment
 from server.services import services
+from server.settlement import payment_view
 from server.workflow import OrderStatus, PaymentMethod
 from server.writes import (
     ORDER_ID,
@@ -26,6 +28,8 @@ from server.writes import (
     require_store,
     visible_to,
 )
+
+logger = logging.getLogger(__name__)
 
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
@@ -228,14 +232,7 @@ async def _visible_order(request: Request, caller: Principal) -> Order:
 
 def payment_snapshot(payment: Payment) -> dict[str, Any]:
     """The public JSON form of a payment attempt."""
-    return {
-        "id": payment.id,
-        "gateway": payment.gateway,
-        "amount": payment.amount,
-        "status": payment.status,
-        "created_at": protocol.iso(payment.created_at),
-        "settled_at": protocol.iso(payment.settled_at),
-    }
+    return payment_view(payment)
 
 
 async def get_one(request: Request) -> JSONResponse:
@@ -251,16 +248,71 @@ async def get_one(request: Request) -> JSONResponse:
     """
     caller = principal(request)
     order = await _visible_order(request, caller)
-    async with services(request).db.read() as session:
-        payments = (
-            await session.execute(
-                select(Payment).where(Payment.order_id == order.id).order_by(Payment.created_at)
-            )
-        ).scalars()
-        payment_list = [payment_snapshot(p) for p in payments]
+    payments = await _payments_of(request, order.id)
+    status_updated = await read_check(request, caller, payments)
+    if status_updated:
+        order = await _visible_order(request, caller)
+        payments = await _payments_of(request, order.id)
     return JSONResponse(
-        {"order": protocol.order_snapshot(order), "payments": payment_list, "status_updated": False}
+        {
+            "order": protocol.order_snapshot(order),
+            "payments": [payment_snapshot(p) for p in payments],
+            "payment_status": order.payment_status,
+            "status_updated": status_updated,
+        }
     )
+
+
+async def _payments_of(request: Request, order_id: str) -> list[Payment]:
+    async with services(request).db.read() as session:
+        return list(
+            (
+                await session.execute(
+                    select(Payment).where(Payment.order_id == order_id).order_by(Payment.created_at)
+                )
+            ).scalars()
+        )
+
+
+async def read_check(request: Request, caller: Principal, payments: list[Payment]) -> bool:
+    """The read-triggered check: a payment pending longer than PAYMENT_READ_CHECK_AFTER and not
+    checked recently is asked about first (single flight, short wait); True if it moved.
+
+    A gateway error, a timeout or a spent rate limit never fails the read: it answers with
+    what the database says, and the check (if it started) lands for the next reader.
+    """
+    svc = services(request)
+    settings = svc.settings
+    now = datetime.now(UTC)
+    for payment in payments:
+        if payment.status not in ("INITIATED", "PENDING"):
+            continue
+        if (now - payment.created_at).total_seconds() < settings.payment_read_check_after:
+            continue
+        if (
+            payment.last_checked_at is not None
+            and (now - payment.last_checked_at).total_seconds() < settings.payment_check_reuse
+        ):
+            continue
+        try:
+            result = await svc.settlement.check(
+                payment.id,
+                actor=Actor.of(caller, source="read_check"),
+                reuse_within=settings.payment_check_reuse,
+                wait_for_rate=False,
+                patience=settings.payment_read_check_timeout,
+            )
+        except TimeoutError:
+            return False
+        except Exception:
+            logger.exception("read-triggered check of payment %s failed", payment.id)
+            return False
+        # Honest: the payment moved while this read waited (by this check, or by a webhook
+        # or another check it joined), so the order is read again.
+        return result.changed or (
+            result.payment is not None and result.payment["status"] != payment.status
+        )
+    return False
 
 
 async def audit_trail(request: Request) -> JSONResponse:
