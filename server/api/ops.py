@@ -43,6 +43,9 @@ async def readyz(request: Request) -> JSONResponse:
     except Exception as exc:  # any failure means not ready; the reason goes in the body
         checks["database"] = f"failed: {exc.__class__.__name__}"
     checks["broker"] = "ok" if svc.heartbeat.delivering else "not delivering"
+    # On a Redis Cluster: which shard is degraded (its master's address and slots).
+    for shard, delivering in svc.heartbeat.shard_states().items():
+        checks[f"broker_shard {shard}"] = "ok" if delivering else "not delivering"
     if all(value == "ok" for value in checks.values()):
         return JSONResponse({"status": "ready", "checks": checks})
     return JSONResponse(
