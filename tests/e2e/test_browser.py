@@ -383,7 +383,7 @@ async def test_paying_online_in_the_sandbox_confirms_the_order_live_on_both_page
     await screenshot(customer, "customer-awaiting-payment")
 
     await payment_page.get_by_role("button", name="Approve").click()
-    await expect(payment_page.locator("#status")).to_have_text("COMPLETED")
+    await expect(payment_page.locator("#status")).to_have_text("succeeded")
 
     # The webhook (or the reconciler) settles it; both pages follow without a reload.
     await expect_customer_sees(customer, "CONFIRMED")
@@ -410,7 +410,7 @@ async def test_a_declined_payment_says_so_and_a_retry_pays_the_order(
     order_id, payment_page = await customer_places_online_order(customer)
 
     await payment_page.get_by_role("button", name="Decline").click()
-    await expect(payment_page.locator("#status")).to_have_text("FAILED")
+    await expect(payment_page.locator("#status")).to_have_text("declined")
     panel = customer.locator("#payment-panel")
     await expect(panel).to_have_attribute("data-payment", "FAILED")
     await expect(panel).to_contain_text("Payment failed — try again.")
