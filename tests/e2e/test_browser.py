@@ -417,10 +417,12 @@ async def test_a_declined_payment_says_so_and_a_retry_pays_the_order(
     await expect(customer.locator("#tracker")).to_have_attribute("data-status", "PENDING_PAYMENT")
     await screenshot(customer, "customer-payment-failed")
 
-    async with customer.expect_popup() as popup_info:
-        await panel.get_by_role("button", name="Try again").click()
-    retry_page = await popup_info.value
-    await retry_page.get_by_role("button", name="Approve").click()
+    # The retry reuses the payment window, now on the new attempt's page.
+    first_attempt = payment_page.url
+    await panel.get_by_role("button", name="Try again").click()
+    await expect(payment_page).not_to_have_url(first_attempt)
+    await payment_page.get_by_role("button", name="Approve").click()
+    await expect(payment_page.locator("#status")).to_have_text("succeeded")
     await expect_customer_sees(customer, "CONFIRMED")
 
     async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
