@@ -508,7 +508,7 @@ function renderPayment(order) {
     return h(
       "div",
       { id: "payment-panel", class: "callout callout--bad", dataset: { payment: status } },
-      h("p", null, h("strong", null, "Payment failed — try again."), ` The last attempt was ${paymentLabel(status).toLowerCase()}; nothing was charged.`),
+      h("p", null, h("strong", null, "Payment failed — try again."), status === "FAILED" ? " The gateway declined the last attempt; nothing was charged." : ` The last attempt ended: ${paymentLabel(status).toLowerCase()}; nothing was charged.`),
       h("div", { class: "actions" }, payButton),
     );
   }
