@@ -100,6 +100,9 @@ def event_payload(stream: str, seq: int, event: Event | EventRow) -> dict[str, A
     note = event.data.get("note")
     if note is not None:
         payload["note"] = note
+    payment = event.data.get("payment")
+    if payment is not None:
+        payload["payment"] = payment
     return payload
 
 

@@ -299,12 +299,18 @@ async def append_event(
     to_status: str,
     actor: Actor,
     note: str | None = None,
+    extra: dict[str, Any] | None = None,
 ) -> tuple[protocol.EventRow, tuple[Delivery, ...]]:
-    """Inside the caller's transaction: log an event and give it the next seq of each stream."""
+    """Inside the caller's transaction: log an event and give it the next seq of each stream.
+
+    ``extra`` adds fields to the event's data (a ``payment.status`` event carries its payment).
+    """
     conn = await session.connection()
     data: dict[str, Any] = {"order": protocol.order_snapshot(order)}
     if note is not None:
         data["note"] = note
+    if extra:
+        data.update(extra)
     draft = protocol.EventRow(
         id=0,
         order_id=order.id,

@@ -1,0 +1,184 @@
+"""The payment reconciler against the sandbox over real HTTP, on a compressed schedule."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from gateways.sandbox_server import Chaos
+from server.models import Order, Payment, Refund
+from tests.conftest import Service, StartService
+from tests.payments.helpers import (
+    events_of,
+    online_order,
+    payment_row,
+    start_payment,
+    wait_for_payment,
+)
+from tests.reconciler.support import FAST_SCHEDULE, drive, reconciler_for
+from tests.support.sandbox import Sandbox, running_sandbox
+from tests.support.servers import free_port
+
+
+@pytest.fixture
+async def sandbox() -> AsyncIterator[Sandbox]:
+    # Every webhook dropped: only the reconciler can settle these payments.
+    async with running_sandbox(Chaos(drop=100)) as sb:
+        yield sb
+
+
+@pytest.fixture
+async def paying(start_service: StartService, sandbox: Sandbox) -> Service:
+    return await start_service(**sandbox.settings(), sandbox_poll_schedule=FAST_SCHEDULE)
+
+
+async def started(service: Service) -> tuple[str, Payment]:
+    order_id = await online_order(service)
+    body = await start_payment(service, order_id)
+    return order_id, await payment_row(service, body["payment"]["id"])
+
+
+async def order_of(service: Service, order_id: str) -> Order:
+    async with service.db.read() as session:
+        order = await session.get(Order, order_id)
+    assert order is not None
+    return order
+
+
+def status_is(service: Service, payment_id: str, *statuses: str) -> Any:
+    async def done() -> bool:
+        return (await payment_row(service, payment_id)).status in statuses
+
+    return done
+
+
+async def test_a_payment_whose_webhook_never_comes_is_settled_by_polling(
+    paying: Service, sandbox: Sandbox
+) -> None:
+    order_id, payment = await started(paying)
+    await sandbox.act(payment.gateway_ref, "approve")
+    async with reconciler_for(paying) as reconciler:
+        await drive(reconciler, status_is(paying, payment.id, "COMPLETED"))
+    assert (await order_of(paying, order_id)).status == "CONFIRMED"
+    row = await payment_row(paying, payment.id)
+    assert row.next_check_at is None and row.attempts >= 1
+
+
+async def test_429_and_5xx_never_fail_a_payment_and_it_settles_once_the_gateway_answers(
+    paying: Service, sandbox: Sandbox
+) -> None:
+    order_id, payment = await started(paying)
+    await sandbox.act(payment.gateway_ref, "decline")
+    await sandbox.chaos(status_429=50, status_5xx=50, retry_after=0)
+    async with reconciler_for(paying) as reconciler:
+        calls = sandbox.status_calls
+
+        async def answered_many() -> bool:
+            return sandbox.status_calls >= calls + 6
+
+        await drive(reconciler, answered_many)
+        assert (await payment_row(paying, payment.id)).status == "INITIATED"
+        backoffs = reconciler._settlement.metrics.payment_backoffs
+        assert sum(m.samples[0].value for m in backoffs.collect() if m.samples) >= 1
+        await sandbox.chaos(status_429=0, status_5xx=0)
+        await drive(reconciler, status_is(paying, payment.id, "FAILED"))
+    assert (await order_of(paying, order_id)).status == "PENDING_PAYMENT"
+
+
+async def test_a_gateway_refusing_connections_then_hanging_fails_nothing_and_all_settle_after(
+    paying: Service, sandbox: Sandbox
+) -> None:
+    payments = [await started(paying) for _ in range(3)]
+    for _, payment in payments:
+        await sandbox.act(payment.gateway_ref, "approve")
+    dead = f"http://127.0.0.1:{free_port()}"
+    async with reconciler_for(paying, sandbox_api_base=dead) as refused:
+        for _ in range(10):
+            await refused.run_once()
+            await asyncio.sleep(0.1)
+    await sandbox.chaos(status_hang=100, hang_seconds=5)
+    async with reconciler_for(paying, gateway_timeout=0.3) as hanging:
+        for _ in range(5):
+            await hanging.run_once()
+            await asyncio.sleep(0.1)
+    for _, payment in payments:
+        row = await payment_row(paying, payment.id)
+        assert row.status == "INITIATED" and row.check_failures >= 1, row.last_error
+    await sandbox.chaos(status_hang=0)
+    async with reconciler_for(paying) as back:
+
+        async def all_settled() -> bool:
+            rows = [await payment_row(paying, p.id) for _, p in payments]
+            return all(r.status == "COMPLETED" for r in rows)
+
+        await drive(back, all_settled, timeout=30)
+
+
+async def test_a_payment_still_pending_at_its_timeout_expires_after_a_last_check(
+    start_service: StartService, sandbox: Sandbox
+) -> None:
+    service = await start_service(
+        **sandbox.settings(),
+        sandbox_poll_schedule="first=0.1 0.2x1 then=0.3 timeout=1.5 tail=0.5x2,1 horizon=10",
+    )
+    order_id, payment = await started(service)
+    async with reconciler_for(service) as reconciler:
+        await drive(reconciler, status_is(service, payment.id, "EXPIRED"))
+    row = await payment_row(service, payment.id)
+    assert row.next_check_at is not None  # the tail keeps asking, for a late authorisation
+    assert (await order_of(service, order_id)).status == "PENDING_PAYMENT"
+
+
+async def test_approved_at_the_moment_the_order_expires_ends_completed_never_expired(
+    start_service: StartService, sandbox: Sandbox
+) -> None:
+    service = await start_service(**sandbox.settings(), order_expiry_seconds=1)
+    order_id, payment = await started(service)
+    await sandbox.act(payment.gateway_ref, "approve")
+
+    async def past_expiry() -> bool:
+        order = await order_of(service, order_id)
+        assert order.expires_at is not None
+        return bool(
+            order.expires_at
+            <= (await payment_row(service, payment.id)).created_at.now(order.expires_at.tzinfo)
+        )
+
+    async with asyncio.timeout(5):
+        while not await past_expiry():
+            await asyncio.sleep(0.05)
+    async with reconciler_for(service) as reconciler:
+        assert await reconciler.expire_orders() == 0
+    assert (await payment_row(service, payment.id)).status == "COMPLETED"
+    assert (await order_of(service, order_id)).status == "CONFIRMED"
+    statuses = [e.to_status for e in await events_of(service, order_id)]
+    assert "EXPIRED" not in statuses
+
+
+async def test_a_success_after_expiry_takes_the_late_success_path_with_one_refund(
+    start_service: StartService,
+) -> None:
+    async with running_sandbox() as sandbox:  # webhooks delivered
+        service = await start_service(**sandbox.settings(), order_expiry_seconds=1)
+        order_id, payment = await started(service)
+        await asyncio.sleep(1.1)  # the order's expires_at passes; nothing happens by itself
+        async with reconciler_for(service) as reconciler:
+            assert await reconciler.expire_orders() == 1
+        assert (await payment_row(service, payment.id)).status == "EXPIRED"
+        assert (await order_of(service, order_id)).status == "EXPIRED"
+        # The bank authorises late: the sandbox's webhook says succeeded; the status API agrees.
+        await sandbox.act(payment.gateway_ref, "approve")
+        await wait_for_payment(service, payment.id, "COMPLETED")
+        async with reconciler_for(service) as reconciler:
+            await reconciler.run_once()
+        order = await order_of(service, order_id)
+        assert order.status == "EXPIRED" and order.needs_review
+        async with service.db.read() as session:
+            refunds = list((await session.execute(select(Refund))).scalars())
+        assert [(r.payment_id, r.amount, r.status) for r in refunds] == [
+            (payment.id, payment.amount, "REQUESTED")
+        ]
