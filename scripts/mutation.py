@@ -127,6 +127,7 @@ TARGETS: tuple[Target, ...] = (
             "tests/server/test_api_pos.py",
             "tests/server/test_api_orders.py",
             "tests/server/test_hub.py",
+            "tests/server/test_durability.py",
             "tests/reconciler/test_relay.py",
         ),
     ),
@@ -135,8 +136,10 @@ TARGETS: tuple[Target, ...] = (
         "server/streams.py",
         (
             "tests/server/test_hub.py",
+            "tests/server/test_hub_gaps.py",
             "tests/server/test_api_events.py",
             "tests/server/test_api_pos.py",
+            "tests/server/test_prune.py",
             "tests/reconciler/test_relay.py",
         ),
     ),
@@ -146,6 +149,7 @@ TARGETS: tuple[Target, ...] = (
         (
             "tests/server/test_hub.py",
             "tests/server/test_hub_gaps.py",
+            "tests/server/test_hub_delivery.py",
             "tests/server/test_ws_protocol.py",
         ),
         # The delivery loop: hello/replay, backfill, a reset for a hole the log cannot fill, the
@@ -385,6 +389,8 @@ def prepare(target: Target, jobs: int) -> Path:
         # with more, each must import the tests itself (about 4 s more per mutant).
         warmup = "collect" if jobs == 1 else "none"
         own += ['process_isolation = "forkserver"', f'forkserver_warmup = "{warmup}"']
+        # A mutant that hangs a test costs this much, not the suite's 120 s.
+        own += ['pytest_add_cli_args = ["--timeout=60"]']
     header = "[tool.mutmut]\n"
     if header not in pyproject:
         sys.exit("pyproject.toml has no [tool.mutmut] section")
