@@ -269,6 +269,10 @@ EQUIVALENT: dict[str, str] = {
     "reconciler.schedule.x_backoff__mutmut_19": (
         "equivalent: 2^62 or 2^63 times the base is above any cap (300 s by default) either way."
     ),
+    "channels.fanout.xǁFanoutǁremove__mutmut_8": (
+        "equivalent: `break` for `continue` on a channel with no entry, which cannot happen: "
+        "every channel of a registered subscription has one until that subscription leaves."
+    ),
     _PHONEPE + "_verify_v2__mutmut_50": (
         "equivalent: a callback naming neither `event` nor `type` has no type; the placeholder "
         "only changes the (still deterministic) dedupe key and the log."
