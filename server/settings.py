@@ -62,6 +62,7 @@ class Settings:
     relay_interval: float = 1.0
     event_retention_days: float = 0.0
     longpoll_max_wait: float = 30.0
+    longpoll_max_per_user: int = 4
     order_expiry_seconds: int = 1_800
     # Payment gateways: one without credentials is not offered (see gateways_config()).
     stripe_api_key: str | None = field(default=None, repr=False)
@@ -369,6 +370,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "relay_interval": (0.01, None),
     "event_retention_days": (0, None),
     "longpoll_max_wait": (0, 300),
+    "longpoll_max_per_user": (1, None),
     "order_expiry_seconds": (1, None),
     "snapshot_max_orders": (0, 10_000),
     "phonepe_salt_index": (1, None),

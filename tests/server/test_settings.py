@@ -57,6 +57,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "RELAY_INTERVAL": ("0.75", 0.75),
     "EVENT_RETENTION_DAYS": ("30", 30.0),
     "LONGPOLL_MAX_WAIT": ("10", 10.0),
+    "LONGPOLL_MAX_PER_USER": ("2", 2),
     "ORDER_EXPIRY_SECONDS": ("60", 60),
     "STRIPE_API_KEY": ("sk_test_1", "sk_test_1"),
     "STRIPE_WEBHOOK_SECRET": ("whsec_1", "whsec_1"),
@@ -115,6 +116,7 @@ INTS = [
     "WS_MAX_CONNECTIONS_PER_USER",
     "ORDER_EXPIRY_SECONDS",
     "SNAPSHOT_MAX_ORDERS",
+    "LONGPOLL_MAX_PER_USER",
     "PHONEPE_SALT_INDEX",
     "PHONEPE_CLIENT_VERSION",
     "PUBLISH_QUEUE_SIZE",
@@ -315,6 +317,7 @@ def test_allowed_origins_is_a_comma_separated_list(raw: str, expected: tuple[str
         ("PORT", "-1"),
         ("MAX_BODY_BYTES", "0"),
         ("WS_MAX_CONNECTIONS_PER_USER", "0"),
+        ("LONGPOLL_MAX_PER_USER", "0"),
     ],
 )
 def test_an_out_of_range_number_names_its_variable(variable: str, raw: str) -> None:
