@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -175,7 +176,7 @@ async def test_streams_on_every_shard_reach_a_client_on_another_instance_and_res
                 f"&epoch={(await _epoch(b, writer.customer))}"
             ) as resumed:
                 assert (await recv_json(resumed))["type"] == "hello"
-                messages = await until_sentinel(resumed, lambda w=writer: w.sentinel(http))
+                messages = await until_sentinel(resumed, functools.partial(writer.sentinel, http))
                 assert [m["seq"] for m in messages] == list(range(seen + 1, writer.written))
 
 
@@ -254,7 +255,7 @@ async def test_a_master_failover_loses_nothing_and_only_its_shard_is_repaired(
         async def all_published() -> bool:
             conn = await asyncpg.connect(dsn)
             try:
-                return (
+                return bool(
                     await conn.fetchval("SELECT count(*) FROM events WHERE published_at IS NULL")
                     == 0
                 )
