@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from gateways.sandbox_server import Chaos
 from server.models import Payment, WebhookReceipt
 from tests.conftest import Service, StartService
 from tests.payments.helpers import (
@@ -214,3 +216,56 @@ async def test_a_webhook_about_a_payment_we_do_not_know_is_recorded_and_acknowle
         receipts = list((await session.execute(select(WebhookReceipt))).scalars())
     assert [(x.outcome, x.payment_id) for x in receipts] == [("unknown_payment", None)]
     assert (await payment_row(paying, payment.id)).status == "INITIATED"
+
+
+async def test_a_read_asks_the_gateway_about_a_payment_pending_too_long(
+    start_service: StartService,
+) -> None:
+    async with running_sandbox(Chaos(drop=100)) as sandbox:  # the webhook never comes
+        service = await start_service(**sandbox.settings(), payment_read_check_after=0)
+        order_id, payment = await started(service)
+        await sandbox.act(payment.gateway_ref, "approve")
+        body = await order_json(service, order_id)
+        assert body["status_updated"] is True
+        assert body["payment_status"] == "COMPLETED"
+        assert body["order"]["status"] == "CONFIRMED"
+        assert body["payments"][0]["status"] == "COMPLETED"
+        again = await order_json(service, order_id)
+        assert again["status_updated"] is False
+
+
+async def test_a_gateway_error_never_fails_the_read(start_service: StartService) -> None:
+    async with running_sandbox(Chaos(drop=100, status_5xx=100)) as sandbox:
+        service = await start_service(**sandbox.settings(), payment_read_check_after=0)
+        order_id, payment = await started(service)
+        await sandbox.act(payment.gateway_ref, "approve")
+        body = await order_json(service, order_id)
+        assert body["status_updated"] is False
+        assert body["order"]["status"] == "PENDING_PAYMENT"
+        row = await payment_row(service, payment.id)
+        assert row.status == "INITIATED" and row.check_failures == 1 and row.last_error
+    async with running_sandbox(Chaos(status_hang=100, hang_seconds=10)) as sandbox:
+        service = await start_service(
+            **sandbox.settings(), payment_read_check_after=0, payment_read_check_timeout=0.3
+        )
+        order_id, _ = await started(service)
+        async with asyncio.timeout(3):  # the read does not wait for a hanging gateway
+            body = await order_json(service, order_id)
+        assert body["status_updated"] is False
+
+
+async def test_verify_asks_the_gateway_now(start_service: StartService) -> None:
+    async with running_sandbox(Chaos(drop=100)) as sandbox:
+        service = await start_service(**sandbox.settings())
+        order_id, payment = await started(service)
+        await sandbox.act(payment.gateway_ref, "decline")
+        r = await service.http.post(
+            f"/api/orders/{order_id}/payments/verify", headers=auth(token("alice"))
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["status_updated"] is True
+        assert r.json()["payment_status"] == "FAILED"
+        r = await service.http.post(
+            f"/api/orders/{order_id}/payments/verify", headers=auth(token("bob"))
+        )
+        assert_error(r, 404, "not_found")
