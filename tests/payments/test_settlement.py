@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
-from gateways.sandbox_server import Chaos
+from gateways.sandbox_server import SIGNATURE_HEADER, Chaos
+from gateways.signing import sign
+from server.gatewaying import open_gateways
+from server.metrics import Metrics
 from server.models import Payment, WebhookReceipt
+from server.settlement import Settlement
 from tests.conftest import Service, StartService
 from tests.payments.helpers import (
     events_of,
@@ -24,7 +30,7 @@ from tests.payments.helpers import (
 )
 from tests.support.asserts import assert_error
 from tests.support.clients import auth, token
-from tests.support.sandbox import Sandbox, running_sandbox
+from tests.support.sandbox import SANDBOX_SECRET, Sandbox, running_sandbox
 
 
 @pytest.fixture
@@ -269,3 +275,23 @@ async def test_verify_asks_the_gateway_now(start_service: StartService) -> None:
             f"/api/orders/{order_id}/payments/verify", headers=auth(token("bob"))
         )
         assert_error(r, 404, "not_found")
+
+
+async def test_a_webhook_that_cannot_bind_its_body_is_a_hint_confirmed_by_the_status_api(
+    paying: Service, sandbox: Sandbox
+) -> None:
+    # PhonePe v2's callbacks carry a fixed Authorization header: whatever they say, the status
+    # API decides. Here the hint says "succeeded" while the gateway's truth is "declined".
+    order_id, payment = await started(paying)
+    await sandbox.act(payment.gateway_ref, "decline")
+    async with open_gateways(paying.settings) as offered:
+        settlement = Settlement(paying.db, paying.publisher, Metrics(), gateways=offered.gateways)
+        body = webhook_body(payment, "succeeded")
+        header = sign(body, SANDBOX_SECRET, int(time.time()))
+        signed = offered.gateways["sandbox"].verify_webhook({SIGNATURE_HEADER: header}, body)
+        hint = dataclasses.replace(signed, trusted=False)
+        assert await settlement.receive_webhook(hint) == "confirmed:failed"
+        assert await settlement.receive_webhook(hint) == "duplicate"
+    assert (await payment_row(paying, payment.id)).status == "FAILED"
+    statuses = [e.to_status for e in await events_of(paying, order_id, "payment.status")]
+    assert statuses == ["INITIATED", "FAILED"]
