@@ -278,20 +278,24 @@ async def test_verify_asks_the_gateway_now(start_service: StartService) -> None:
 
 
 async def test_a_webhook_that_cannot_bind_its_body_is_a_hint_confirmed_by_the_status_api(
-    paying: Service, sandbox: Sandbox
+    start_service: StartService,
 ) -> None:
     # PhonePe v2's callbacks carry a fixed Authorization header: whatever they say, the status
     # API decides. Here the hint says "succeeded" while the gateway's truth is "declined".
-    order_id, payment = await started(paying)
-    await sandbox.act(payment.gateway_ref, "decline")
-    async with open_gateways(paying.settings) as offered:
-        settlement = Settlement(paying.db, paying.publisher, Metrics(), gateways=offered.gateways)
-        body = webhook_body(payment, "succeeded")
-        header = sign(body, SANDBOX_SECRET, int(time.time()))
-        signed = offered.gateways["sandbox"].verify_webhook({SIGNATURE_HEADER: header}, body)
-        hint = dataclasses.replace(signed, trusted=False)
-        assert await settlement.receive_webhook(hint) == "confirmed:failed"
-        assert await settlement.receive_webhook(hint) == "duplicate"
+    async with running_sandbox(Chaos(drop=100)) as sandbox:
+        paying = await start_service(**sandbox.settings())
+        order_id, payment = await started(paying)
+        await sandbox.act(payment.gateway_ref, "decline")
+        async with open_gateways(paying.settings) as offered:
+            settlement = Settlement(
+                paying.db, paying.publisher, Metrics(), gateways=offered.gateways
+            )
+            body = webhook_body(payment, "succeeded")
+            header = sign(body, SANDBOX_SECRET, int(time.time()))
+            signed = offered.gateways["sandbox"].verify_webhook({SIGNATURE_HEADER: header}, body)
+            hint = dataclasses.replace(signed, trusted=False)
+            assert await settlement.receive_webhook(hint) == "confirmed:failed"
+            assert await settlement.receive_webhook(hint) == "duplicate"
     assert (await payment_row(paying, payment.id)).status == "FAILED"
     statuses = [e.to_status for e in await events_of(paying, order_id, "payment.status")]
     assert statuses == ["INITIATED", "FAILED"]
