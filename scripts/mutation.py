@@ -312,7 +312,12 @@ class Result:
 
 
 def percent(killed: int, total: int) -> float:
-    return 100.0 * killed / total if total else 100.0
+    return 100.0 * killed / total if total else 0.0
+
+
+def score(killed: int, total: int) -> str:
+    """``P %``, or a dash when no mutant was checked."""
+    return f"{percent(killed, total):.1f} %" if total else "–"
 
 
 def select(names: list[str]) -> list[Target]:
@@ -511,7 +516,7 @@ def render_module(result: Result, date: str) -> str:
         f"total={result.total} unchecked={result.unchecked} seconds={round(result.seconds)} "
         f"date={date} -->",
         f"#### `{t.path}` — {result.killed} killed of {result.total} "
-        f"({percent(result.killed, result.total):.1f} %), {round(result.seconds)} s, {date}",
+        f"({score(result.killed, result.total)}), {round(result.seconds)} s, {date}",
         "",
         "Tests: "
         + ", ".join(f"`{name}`" for name in t.tests)
@@ -564,7 +569,7 @@ def write_report(results: list[Result]) -> None:
             k, n = int(m["killed"]), int(m["total"])
             partial = f" (+{m['unchecked']} unchecked)" if int(m["unchecked"]) else ""
             rows.append(
-                f"| {label} | `{m['path']}` | {k} | {n}{partial} | {percent(k, n):.1f} % | | "
+                f"| {label} | `{m['path']}` | {k} | {n}{partial} | {score(k, n)} | | "
                 f"{m['seconds']} s |"
             )
         if mine:
@@ -572,7 +577,7 @@ def write_report(results: list[Result]) -> None:
             n = sum(int(m["total"]) for m in mine)
             s = sum(int(m["seconds"]) for m in mine)
             rows.append(
-                f"| **{label}** | all | **{k}** | **{n}** | **{percent(k, n):.1f} %** | "
+                f"| **{label}** | all | **{k}** | **{n}** | **{score(k, n)}** | "
                 f"≥ {GOALS[group]:.0f} % | {s} s |"
             )
     body = [
@@ -606,7 +611,7 @@ def main() -> int:
         t = result.target
         print(
             f"{t.path}: {result.killed} killed of {result.total} "
-            f"({percent(result.killed, result.total):.1f} %) in {result.seconds:.0f} s"
+            f"({score(result.killed, result.total)}) in {result.seconds:.0f} s"
             + (f"; {result.unchecked} not checked (budget spent)" if result.unchecked else "")
         )
         for name in result.survivors:
@@ -617,15 +622,12 @@ def main() -> int:
             continue
         k, n = sum(r.killed for r in mine), sum(r.total for r in mine)
         unchecked = sum(r.unchecked for r in mine)
-        ok = percent(k, n) >= GOALS[group] and not unchecked
+        ok = bool(n) and percent(k, n) >= GOALS[group] and not unchecked
         met = met and ok
         verdict = "met" if ok else "MISSED" if not unchecked else f"partial, {unchecked} unchecked"
-        print(
-            f"{label}: {k} killed of {n} ({percent(k, n):.1f} %), goal ≥ {GOALS[group]:.0f} %"
-            f" {verdict}"
-        )
+        print(f"{label}: {k} killed of {n} ({score(k, n)}), goal ≥ {GOALS[group]:.0f} % {verdict}")
     k, n = sum(r.killed for r in results), sum(r.total for r in results)
-    print(f"mutation score: {k} killed of {n} ({percent(k, n):.1f} %)")
+    print(f"mutation score: {k} killed of {n} ({score(k, n)})")
     return 0 if met else 1
 
 
