@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 
+from server.metrics import Metrics
 from server.models import Order, Payment, payments_table, utcnow
 from server.payments import LIVE, PaymentStatus
 from server.settlement import Settlement
@@ -58,6 +59,11 @@ class Reconciler:
         self._lease = timedelta(seconds=lease)
         self._clock = clock
         self._actor = Actor.system("reconciler", name)
+
+    @property
+    def metrics(self) -> Metrics:
+        """The metrics this reconciler counts into (its settlement's)."""
+        return self._metrics
 
     async def run_once(self) -> int:
         """One pass: check every payment due now, then expire unpaid orders; how many acted on."""

@@ -64,10 +64,27 @@ async def test_a_payment_whose_webhook_never_comes_is_settled_by_polling(
     order_id, payment = await started(paying)
     await sandbox.act(payment.gateway_ref, "approve")
     async with reconciler_for(paying) as reconciler:
+        before = await payment_row(paying, payment.id)
         await drive(reconciler, status_is(paying, payment.id, "COMPLETED"))
+        await reconciler.measure()
+        registry = reconciler.metrics.registry
+        assert (
+            registry.get_sample_value(
+                "payment_checks_total", {"gateway": "sandbox", "outcome": "completed"}
+            )
+            == 1
+        )
+        assert (
+            registry.get_sample_value(
+                "payment_decisions_total", {"verdict": "apply", "source": "reconciler"}
+            )
+            == 1
+        )
+        assert registry.get_sample_value("payments_due") == 0
+        assert registry.get_sample_value("payments_oldest_unsettled_seconds") == 0
     assert (await order_of(paying, order_id)).status == "CONFIRMED"
     row = await payment_row(paying, payment.id)
-    assert row.next_check_at is None and row.attempts >= 1
+    assert row.next_check_at is None and row.attempts == before.attempts + 1
 
 
 async def test_429_and_5xx_never_fail_a_payment_and_it_settles_once_the_gateway_answers(
@@ -84,8 +101,15 @@ async def test_429_and_5xx_never_fail_a_payment_and_it_settles_once_the_gateway_
 
         await drive(reconciler, answered_many)
         assert (await payment_row(paying, payment.id)).status == "INITIATED"
-        backoffs = reconciler._settlement.metrics.payment_backoffs
-        assert sum(m.samples[0].value for m in backoffs.collect() if m.samples) >= 1
+        registry = reconciler.metrics.registry
+        backoffs = [
+            registry.get_sample_value(
+                "payment_backoffs_total", {"gateway": "sandbox", "reason": reason}
+            )
+            or 0
+            for reason in ("retry_after", "backoff")
+        ]
+        assert sum(backoffs) >= 1
         await sandbox.chaos(status_429=0, status_5xx=0)
         await drive(reconciler, status_is(paying, payment.id, "FAILED"))
     assert (await order_of(paying, order_id)).status == "PENDING_PAYMENT"
