@@ -22,8 +22,11 @@ from tests.payments.helpers import (
     wait_for_payment,
 )
 from tests.reconciler.support import FAST_SCHEDULE, Recording, drive, reconciler_for
+from tests.support.clients import auth, token
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.servers import free_port
+
+ALICE = token("alice")
 
 
 @pytest.fixture
@@ -275,3 +278,57 @@ async def test_an_order_past_expiry_waits_for_a_payment_still_in_flight(
         await sandbox.act(payment.gateway_ref, "approve")
         await drive(reconciler, status_is(service, payment.id, "COMPLETED"))
     assert (await order_of(service, order_id)).status == "CONFIRMED"
+
+
+async def test_a_start_the_gateway_never_took_is_kept_and_the_reconciler_repeats_it(
+    start_service: StartService, sandbox: Sandbox
+) -> None:
+    # As if the process died between committing INITIATED and calling the gateway.
+    down = f"http://127.0.0.1:{free_port()}"
+    service = await start_service(
+        **{**sandbox.settings(), "sandbox_api_base": down}, sandbox_poll_schedule=FAST_SCHEDULE
+    )
+    order_id = await online_order(service)
+    r = await service.http.post(
+        f"/api/orders/{order_id}/payments", json={"gateway": "sandbox"}, headers=auth(ALICE)
+    )
+    assert r.status_code == 503 and r.json()["error"]["code"] == "gateway_unavailable", r.text
+    payment_id = r.json()["error"]["payment_id"]
+    row = await payment_row(service, payment_id)
+    assert row.status == "INITIATED" and row.started_at is None
+    async with reconciler_for(service, sandbox_api_base=sandbox.url) as reconciler:
+
+        async def started_at_the_gateway() -> bool:
+            return (await payment_row(service, payment_id)).started_at is not None
+
+        await drive(reconciler, started_at_the_gateway)
+        row = await payment_row(service, payment_id)
+        assert row.gateway_ref.startswith("sbx_pay_")
+        at_gateway = (await sandbox.http.get("/control/payments")).json()["payments"]
+        assert [p["reference"] for p in at_gateway] == [payment_id]
+        await sandbox.act(row.gateway_ref, "approve")
+        await drive(reconciler, status_is(service, payment_id, "COMPLETED"))
+    assert (await order_of(service, order_id)).status == "CONFIRMED"
+
+
+async def test_a_start_the_gateway_refuses_fails_the_attempt_and_a_retry_is_allowed(
+    start_service: StartService,
+) -> None:
+    # A sandbox that wants an API key we do not send: every start is a 401, a definite no.
+    async with running_sandbox(api_key="sbx-key-we-lack") as sandbox:
+        service = await start_service(**sandbox.settings())
+        order_id = await online_order(service)
+        r = await service.http.post(
+            f"/api/orders/{order_id}/payments", json={"gateway": "sandbox"}, headers=auth(ALICE)
+        )
+        assert r.status_code == 502 and r.json()["error"]["code"] == "gateway_rejected", r.text
+        statuses = [e.to_status for e in await events_of(service, order_id, "payment.status")]
+        assert statuses == ["INITIATED", "FAILED"]
+        assert (await order_of(service, order_id)).status == "PENDING_PAYMENT"
+        again = await service.http.post(
+            f"/api/orders/{order_id}/payments", json={"gateway": "sandbox"}, headers=auth(ALICE)
+        )
+        assert again.status_code == 502, again.text  # a new attempt (a retry), refused again
+        async with service.db.read() as session:
+            attempts = list((await session.execute(select(Payment))).scalars())
+        assert sorted(p.status for p in attempts) == ["FAILED", "FAILED"]
