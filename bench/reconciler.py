@@ -35,11 +35,12 @@ from typing import Any
 import asyncpg
 import orjson
 
-from bench import common, sandbox
+from bench import common, profile, sandbox
 from server.db import migrate
 
 SETTLED = {"succeeded": "COMPLETED", "declined": "FAILED"}
 ORDER_AFTER = {"COMPLETED": "CONFIRMED", "FAILED": "PENDING_PAYMENT"}
+PROFILE_RAW = common.RESULTS / "reconciler-py-spy.raw"
 
 
 def pg_dsn(database: str) -> str:
@@ -244,6 +245,9 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
                 seconds = common.cpu_seconds(pid)
                 backend_cpu.setdefault(pid, [seconds, seconds])[1] = seconds
 
+        recording = None
+        if args.profile:
+            recording = profile.record(reconcilers[0].pid, args.profile, PROFILE_RAW)
         cpu_before = [common.cpu_seconds(p.pid) for p in reconcilers]
         meter.start()
         t0 = time.monotonic()
@@ -270,6 +274,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         cpu["postgres"] = round(100 * sum(b - a for a, b in backend_cpu.values()) / drain, 1)
         cpu["postgres_backends_seen"] = len(backend_cpu)
         cpu_after = [common.cpu_seconds(p.pid) for p in reconcilers]
+        profile_summary = profile.finish(recording, PROFILE_RAW)
         for process in reconcilers:
             process.stop()
         after = await sandbox.get(box, "/control/stats")
@@ -320,6 +325,7 @@ async def _bench(args: argparse.Namespace) -> dict[str, Any]:
         "cpu_percent": cpu,
         "sandbox_429": after["counters"].get("status_429", 0),
         "timeline": timeline[:: max(1, len(timeline) // 40)],
+        "profile": profile_summary,
     }
 
 
@@ -382,6 +388,8 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         f" {r['wrong_order_status']} orders in the wrong status, payment.status events per"
         f" order {r['payment_status_events_per_order']}, {r['remaining']} unsettled"
     )
+    if r["profile"]:
+        print(r["profile"])
     print(
         f"rate limit {args.rate_limit:g}/s {'HELD' if limit_held else 'EXCEEDED'};"
         f" every payment settled right: {'YES' if correct else 'NO'}"
@@ -413,6 +421,9 @@ def main() -> None:
     )
     parser.add_argument("--drain-timeout", type=float, default=None, help="s (default N/R·2+60)")
     parser.add_argument("--max-seconds", type=float, default=900.0, help="hard time limit")
+    parser.add_argument(
+        "--profile", type=float, default=0, help="py-spy the first reconciler for this many s"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     if args.drain_timeout is None:

@@ -276,6 +276,8 @@ async def _run(
                     "server": lambda: [server.pid],
                     "loadgen": lambda: [os.getpid()],
                     "redis": lambda: [redis_pid] if redis_pid else [],
+                    # Every backend of the machine's PostgreSQL, other people's included.
+                    "postgres": lambda: common.pids_named("postgres"),
                 }
             )
             server_cpu = common.cpu_seconds(server.pid)
@@ -339,7 +341,9 @@ def _print_step(step: dict[str, Any], target_ms: float) -> None:
     print(
         f"  {step['rate']:g}/s: {step['posted']:,} webhooks, p50 {lat['p50_ms']:.1f} ms,"
         f" p99 {lat['p99_ms']:.1f} ms, max {lat['max_ms']:.1f} ms, outcomes {step['outcomes']},"
-        f" loss {_loss(step)}, server cpu {step['cpu_percent']['server']:.0f} %"
+        f" loss {_loss(step)}, server cpu {step['cpu_percent']['server']:.0f} %, postgres cpu"
+        f" {step['cpu_percent']['postgres']:.0f} %, write path mean"
+        f" {step['write_seconds']['mean_ms']:.1f} ms"
         f" → {'ok' if _met(step, target_ms) else 'MISS'}",
         flush=True,
     )
