@@ -16,9 +16,11 @@
  *   // later: await client.stop();
  *
  * What it does for you (DESIGN.md §5):
- * - connects to /ws?token=…; the first message (hello) carries a snapshot of open orders;
- * - remembers the last seq and epoch of its stream (localStorage by default) and resumes with
- *   ?since=&epoch= after any disconnect or page reload, so nothing is lost;
+ * - connects to /ws?token=…; the first message (hello) carries a snapshot of open orders; a
+ *   snapshot cut at the server's bound (`truncated`) is completed from GET /api/orders?cursor=;
+ * - remembers the last seq, its event id and the epoch of its stream (localStorage by default)
+ *   and resumes with ?since=&epoch=&last_event_id= after any disconnect or page reload, so
+ *   nothing is lost (and a log restored to an earlier point resets us instead of skipping);
  * - drops events it already has (seq <= last) and, if a seq jumps, fetches the missing range
  *   from /api/events before applying the later one, so nothing is doubled or reordered;
  * - on `reset` (its position is gone, or the log was reset) replaces its state with the snapshot;
@@ -26,7 +28,8 @@
  *   last seq to notice a silent gap on a quiet stream;
  * - refreshes the token before it expires with {"type": "auth"} (getToken({refresh: true}));
  * - falls back to long-polling /api/events?since=&wait= when WebSocket fails repeatedly or
- *   does not exist, and tries WebSocket again now and then;
+ *   does not exist (starting from /api/events?snapshot=true, not a replay of the whole log),
+ *   and tries WebSocket again now and then;
  * - close codes: 4401 → new token, reconnect; 4403 / 4429 → stop with an error;
  *   4408 / 1012 / anything else → reconnect and resume.
  */
@@ -71,6 +74,20 @@
  * @property {string|null} at
  * @property {Order|null} order
  * @property {string} [note]
+ */
+
+/** Order statuses that never change again (server/workflow.py TERMINAL). */
+const TERMINAL = new Set(["DELIVERED", "CANCELLED", "EXPIRED"]);
+
+/**
+ * @typedef {Object} Snapshot  what hello, reset and /api/events?snapshot=true carry
+ * @property {Order[]} [orders]
+ * @property {string} [stream]
+ * @property {string} [epoch]
+ * @property {number} [head_seq]
+ * @property {number|null} [head_event_id]
+ * @property {boolean} [truncated]     more open orders exist than the snapshot holds
+ * @property {string|null} [next_cursor]  GET /api/orders?cursor= continues after the snapshot
  */
 
 /** @typedef {"connecting"|"live"|"reconnecting"|"polling"|"stopped"} ConnectionState */
@@ -129,6 +146,7 @@
  * @property {boolean} [autoRefresh]     refresh the token before it expires; default true
  * @property {string} [storageKeyPrefix] default "orderstatus:v1:"
  * @property {number} [maxOrders]        orders kept in memory and storage; default 500
+ * @property {number} [snapshotPages]    REST pages fetched to complete a truncated snapshot; default 20
  * @property {(message: string, detail?: unknown) => void} [log]
  * @property {() => number} [random]     for tests; default Math.random
  */
@@ -352,6 +370,7 @@ export class OrderStatusClient {
     this._autoRefresh = options.autoRefresh ?? true;
     this._keyPrefix = options.storageKeyPrefix ?? "orderstatus:v1:";
     this._maxOrders = options.maxOrders ?? 500;
+    this._snapshotPages = options.snapshotPages ?? 20;
     this._log = options.log ?? (() => {});
     this._random = options.random ?? Math.random;
 
@@ -359,12 +378,14 @@ export class OrderStatusClient {
     /** @type {string|null} */ this.epoch = null;
     /** The last seq applied; meaningful once `synced`. */
     this.lastSeq = 0;
+    /** @type {number|null} The event id at lastSeq, when known: sent as last_event_id. */
+    this.lastEventId = null;
     /** Whether the state (orders, lastSeq) reflects the stream up to lastSeq. */
     this.synced = false;
     /** @type {Map<string, Order>} */
     this._orders = new Map();
     /** Counters, for the curious and for tests. */
-    this.stats = { delivered: 0, duplicates: 0, gapsRepaired: 0, resyncs: 0, resets: 0, connects: 0, polls: 0, tokenRefreshes: 0 };
+    this.stats = { delivered: 0, duplicates: 0, gapsRepaired: 0, resyncs: 0, resets: 0, connects: 0, polls: 0, tokenRefreshes: 0, snapshotPages: 0 };
     /** @type {ConnectionStatus} */
     this.status = { state: "stopped", transport: null, attempt: 0 };
 
@@ -623,6 +644,7 @@ export class OrderStatusClient {
     if (!saved || typeof saved.seq !== "number" || saved.seq < 0) return;
     this.epoch = typeof saved.epoch === "string" ? saved.epoch : null;
     this.lastSeq = saved.seq;
+    this.lastEventId = typeof saved.event_id === "number" ? saved.event_id : null;
     this.synced = true;
     this._orders = new Map((Array.isArray(saved.orders) ? saved.orders : []).map((/** @type {Order} */ o) => [o.id, o]));
     this._emitSnapshot("restore");
@@ -632,28 +654,55 @@ export class OrderStatusClient {
     const key = this._storageKey();
     if (!key || !this.synced) return;
     try {
-      this._storage.setItem(key, JSON.stringify({ v: 1, epoch: this.epoch, seq: this.lastSeq, orders: [...this._orders.values()], at: Date.now() }));
+      this._storage.setItem(key, JSON.stringify({ v: 1, epoch: this.epoch, seq: this.lastSeq, event_id: this.lastEventId, orders: [...this._orders.values()], at: Date.now() }));
     } catch (error) {
       this._log("could not persist the stream position", error);
     }
   }
 
   /**
-   * @param {Order[]} orders
-   * @param {string|null} stream
-   * @param {string|null} epoch
-   * @param {number} headSeq
+   * Replace the state with a snapshot (completing a truncated one over REST), then report it.
+   * @param {Snapshot} snapshot
    * @param {SnapshotReason} reason
    */
-  _replaceState(orders, stream, epoch, headSeq, reason) {
+  async _replaceState(snapshot, reason) {
+    const stream = snapshot.stream ?? null;
     if (stream && stream !== this.stream) this.stream = stream;
-    this.epoch = epoch;
-    this.lastSeq = headSeq;
+    this.epoch = snapshot.epoch ?? null;
+    this.lastSeq = snapshot.head_seq ?? 0;
+    this.lastEventId = typeof snapshot.head_event_id === "number" ? snapshot.head_event_id : null;
     this.synced = true;
-    this._orders = new Map(orders.map((o) => [o.id, o]));
+    this._orders = new Map((snapshot.orders ?? []).map((o) => [o.id, o]));
     if (reason === "reset") this.stats.resets += 1;
+    if (snapshot.truncated) await this._fetchRestOfSnapshot(snapshot.next_cursor ?? null);
     this._persist();
     this._emitSnapshot(reason);
+  }
+
+  /**
+   * The server cut the snapshot at its bound: page the rest of the open orders from
+   * GET /api/orders (newest first, all statuses) until the list ends, `maxOrders` are held or
+   * `snapshotPages` pages were read. A failure leaves the snapshot as it came (logged).
+   * @param {string|null} cursor
+   */
+  async _fetchRestOfSnapshot(cursor) {
+    try {
+      for (let page = 0; page < this._snapshotPages && this._orders.size < this._maxOrders && !this._stopped; page += 1) {
+        const token = await this._ensureToken(false);
+        const params = new URLSearchParams({ limit: "100" });
+        if (cursor) params.set("cursor", cursor);
+        const body = await apiRequest(this.baseUrl, `/api/orders?${params}`, { token, fetch: this._fetch, signal: this._abort.signal, timeoutMs: this._requestTimeoutMs });
+        this.stats.snapshotPages += 1;
+        for (const order of Array.isArray(body?.orders) ? body.orders : []) {
+          if (TERMINAL.has(order.status) || this._orders.has(order.id)) continue;
+          this._orders.set(order.id, order);
+        }
+        cursor = body?.next_cursor ?? null;
+        if (!cursor) break;
+      }
+    } catch (error) {
+      this._log("could not fetch the rest of a truncated snapshot", error);
+    }
   }
 
   /** @param {SnapshotReason} reason */
@@ -700,6 +749,7 @@ export class OrderStatusClient {
     }
     this._prune();
     this.lastSeq = event.seq;
+    this.lastEventId = typeof event.event_id === "number" ? event.event_id : null;
     this.stats.delivered += 1;
     this._persist();
     try {
@@ -725,7 +775,7 @@ export class OrderStatusClient {
     while (this.lastSeq < upto && !this._stopped) {
       const body = await this._fetchEvents(this.lastSeq, 0);
       if (body.reset) {
-        this._replaceState(body.orders ?? [], body.stream ?? null, body.epoch ?? null, body.head_seq ?? 0, "reset");
+        await this._replaceState(body, "reset");
         return;
       }
       const events = Array.isArray(body.events) ? body.events : [];
@@ -747,6 +797,7 @@ export class OrderStatusClient {
     const token = await this._ensureToken(false);
     const params = new URLSearchParams({ since: String(since) });
     if (this.epoch) params.set("epoch", this.epoch);
+    if (this.lastEventId !== null && since === this.lastSeq) params.set("last_event_id", String(this.lastEventId));
     if (wait > 0) params.set("wait", String(wait));
     return apiRequest(this.baseUrl, `/api/events?${params}`, {
       token,
@@ -790,6 +841,7 @@ export class OrderStatusClient {
     if (this.synced) {
       url.searchParams.set("since", String(this.lastSeq));
       if (this.epoch) url.searchParams.set("epoch", this.epoch);
+      if (this.lastEventId !== null) url.searchParams.set("last_event_id", String(this.lastEventId));
     }
     return url.toString();
   }
@@ -891,11 +943,12 @@ export class OrderStatusClient {
     switch (message.type) {
       case "hello": {
         if (Array.isArray(message.orders)) {
-          this._replaceState(message.orders, message.stream ?? null, message.epoch ?? null, message.head_seq ?? 0, "hello");
+          await this._replaceState(message, "hello");
         } else if (!this.synced || (this.epoch && message.epoch !== this.epoch) || message.head_seq < this.lastSeq) {
           // A resume the server accepted but that does not match what we hold: start clean.
           this.synced = false;
           this.lastSeq = 0;
+          this.lastEventId = null;
           this._endSession(session, { kind: "resync", reason: "hello does not match our position" }, 4000, "resync");
           return;
         } else {
@@ -909,7 +962,7 @@ export class OrderStatusClient {
         return;
       }
       case "reset":
-        this._replaceState(message.orders ?? [], message.stream ?? null, message.epoch ?? null, message.head_seq ?? 0, "reset");
+        await this._replaceState(message, "reset");
         this._goLive(session);
         return;
       case "event":
@@ -1012,7 +1065,8 @@ export class OrderStatusClient {
       if (!bootstrapping && this._attempt === 0) this._setStatus({ state: "polling", transport: "longpoll", attempt: 0 });
       let body;
       try {
-        body = await this._fetchEvents(this.lastSeq, bootstrapping ? 0 : this._longPollWaitS);
+        // No state yet: start from the snapshot the server gives, not a replay of the whole log.
+        body = bootstrapping ? await this._fetchSnapshot() : await this._fetchEvents(this.lastSeq, this._longPollWaitS);
       } catch (error) {
         if (this._stopped) return { kind: "stopped" };
         if (error instanceof ApiError && error.status === 401) return { kind: "auth", code: 401, reason: error.message };
@@ -1027,33 +1081,33 @@ export class OrderStatusClient {
     return { kind: "stopped" };
   }
 
+  /** The stream's head and open orders, to go live from (GET /api/events?snapshot=true). */
+  async _fetchSnapshot() {
+    const token = await this._ensureToken(false);
+    return apiRequest(this.baseUrl, "/api/events?snapshot=true", {
+      token,
+      fetch: this._fetch,
+      signal: this._abort.signal,
+      timeoutMs: this._requestTimeoutMs,
+    });
+  }
+
   /**
    * @param {any} body
-   * @param {boolean} bootstrapping  no state yet: rebuild it from the log, then report a snapshot
+   * @param {boolean} bootstrapping  no state yet: the body is a snapshot to start from
    */
   async _applyPoll(body, bootstrapping) {
     if (body.reset) {
-      this._replaceState(body.orders ?? [], body.stream ?? null, body.epoch ?? null, body.head_seq ?? 0, "reset");
+      await this._replaceState(body, "reset");
+      return;
+    }
+    if (bootstrapping) {
+      await this._replaceState(body, "bootstrap");
       return;
     }
     if (body.stream && !this.stream) this.stream = body.stream;
     if (body.epoch && !this.epoch) this.epoch = body.epoch;
     const events = Array.isArray(body.events) ? body.events : [];
-    if (bootstrapping) {
-      if (this._orders.size && this.lastSeq === 0) this._orders = new Map();
-      for (const event of events) {
-        if (event.seq !== this.lastSeq + 1) continue;
-        if (event.order) this._orders.set(event.order_id, event.order);
-        this.lastSeq = event.seq;
-      }
-      if (!body.more) {
-        this.synced = true;
-        this._prune();
-        this._persist();
-        this._emitSnapshot("bootstrap");
-      }
-      return;
-    }
     for (const event of events) await this._handleEvent(event);
   }
 }

@@ -24,10 +24,11 @@ from channels import Broker, Heartbeat, create_broker
 from server.api import demo, events, ops, orders, pos, webhooks
 from server.api import payments as payments_api
 from server.auth import TokenVerifier
-from server.db import Database, migrate
+from server.db import CommitOutcomeUnknown, Database, migrate
 from server.errors import (
     ApiError,
     handle_api_error,
+    handle_commit_outcome_unknown,
     handle_database_error,
     handle_http_exception,
     handle_unexpected,
@@ -122,6 +123,7 @@ def create_app(
             settings.database_url,
             pool_size=settings.db_pool_size,
             sqlite_synchronous=settings.sqlite_synchronous,
+            hooks=hooks,
         )
         own_broker = broker is None
         the_broker = broker or create_broker(settings.redis_url)
@@ -144,6 +146,7 @@ def create_app(
                     prefix=settings.redis_channel_prefix,
                     metrics=metrics,
                     hooks=hooks,
+                    queue_size=settings.publish_queue_size,
                 )
             )
             offered = await stack.enter_async_context(open_gateways(settings, sandbox))
@@ -246,6 +249,7 @@ def create_app(
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: handle_http_exception,
+            CommitOutcomeUnknown: handle_commit_outcome_unknown,
             DBAPIError: handle_database_error,
             SQLAlchemyTimeoutError: handle_database_error,
             Exception: handle_unexpected,

@@ -19,12 +19,15 @@ from typing import Any
 import orjson
 from sqlalchemy import event, text
 from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
     create_async_engine,
 )
+
+from server.hooks import NO_HOOKS, Hooks
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +36,10 @@ MIGRATIONS = Path(__file__).parent / "migrations"
 _MIGRATION_LOCK = 7_311_953_001
 #: The SQLite ``synchronous`` levels we allow: FULL (durable, the default) or NORMAL (faster).
 SQLITE_SYNCHRONOUS = ("FULL", "NORMAL")
+
+
+class CommitOutcomeUnknown(Exception):
+    """The connection was lost during COMMIT: the change may or may not have been applied."""
 
 
 class Database:
@@ -45,7 +52,9 @@ class Database:
         pool_size: int = 10,
         echo: bool = False,
         sqlite_synchronous: str = "FULL",
+        hooks: Hooks = NO_HOOKS,
     ) -> None:
+        self._hooks = hooks
         if sqlite_synchronous not in SQLITE_SYNCHRONOUS:
             raise ValueError(
                 f"sqlite_synchronous: expected FULL or NORMAL, got {sqlite_synchronous!r}"
@@ -93,9 +102,45 @@ class Database:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[AsyncSession]:
-        """A write session inside one transaction, committed on exit."""
-        async with self.write() as session, session.begin():
-            yield session
+        """A write session inside one transaction, committed on exit.
+
+        An error before the COMMIT means nothing was written. The COMMIT itself failing because
+        the connection was lost raises :class:`CommitOutcomeUnknown` instead: the server may
+        have committed just before the connection went, and nobody here can tell.
+        """
+        async with self.write() as session:
+            transaction = await session.begin()
+            try:
+                yield session
+            except BaseException:
+                try:
+                    await transaction.rollback()
+                except Exception:
+                    # The original error matters more; a dead connection cannot roll back.
+                    logger.debug("rollback after a failed transaction failed too", exc_info=True)
+                raise
+            await self._hooks.before_commit(session)
+            try:
+                await transaction.commit()
+            except DBAPIError as exc:
+                if _connection_lost(exc):
+                    raise CommitOutcomeUnknown(str(exc.orig)) from exc
+                raise
+
+
+#: SQLSTATEs that mean the connection itself went away (class 08; the server shutting down).
+_LOST = ("08", "57P01", "57P02", "57P03")
+
+
+def _connection_lost(exc: DBAPIError) -> bool:
+    """Whether ``exc`` says the connection died, rather than the database refusing the work."""
+    if exc.connection_invalidated:
+        return True
+    for error in (exc.orig, getattr(exc.orig, "__cause__", None)):
+        sqlstate = getattr(error, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_LOST):
+            return True
+    return False
 
 
 def _json_dumps(value: Any) -> str:

@@ -11,6 +11,10 @@ Exception tree::
     │                          unknown_status (the stored status is not one this code knows)
     ├── PayloadTooLarge   413  payload_too_large
     └── Unprocessable     422  validation_error (names the field)
+
+Database failures are answered here too: 503 ``database_unavailable`` (the transaction did not
+commit: nothing changed) and 503 ``commit_outcome_unknown`` (the connection was lost during the
+COMMIT itself: the change may or may not have been applied).
 """
 
 from __future__ import annotations
@@ -128,6 +132,25 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
         503,
         "database_unavailable",
         "the database is unavailable; nothing was changed, try again",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def handle_commit_outcome_unknown(request: Request, exc: Exception) -> Response:
+    # The connection died during COMMIT: the database may have committed just before. Saying
+    # "nothing changed, try again" here would make a retry do the change twice.
+    logger.error(
+        "connection lost during COMMIT on %s %s; outcome unknown: %s",
+        request.method,
+        request.url.path,
+        exc,
+    )
+    return error_response(
+        503,
+        "commit_outcome_unknown",
+        "the database connection was lost while committing: the change may or may not have"
+        " been applied; read the resource to check before retrying, or retry with the same"
+        " Idempotency-Key",
         headers={"Retry-After": "1"},
     )
 

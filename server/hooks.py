@@ -9,6 +9,10 @@ interleaving, then asserts from what it recorded that the interleaving really oc
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncSession
 
 
 class Hooks:
@@ -31,6 +35,9 @@ class Hooks:
 
     async def before_gateway_check(self, payment_id: str) -> None:
         """A single-flight check holds ``payment_id``'s lease and is about to ask the gateway."""
+
+    async def before_commit(self, session: AsyncSession) -> None:
+        """A write transaction has done its work on ``session`` and is about to COMMIT."""
 
 
 #: The shared do-nothing instance production code uses.

@@ -15,7 +15,6 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
-from typing import Any
 
 from starlette.websockets import (
     WebSocket,
@@ -37,11 +36,13 @@ from server.settings import Settings
 from server.streams import (
     StreamHead,
     ensure_stream,
+    event_id_at,
     events_after,
     open_orders,
     position_problem,
     read_head,
     read_heads,
+    resume_problem,
 )
 
 logger = logging.getLogger(__name__)
@@ -156,12 +157,12 @@ class Hub:
                     # Accept, then close: a browser cannot read an HTTP 403 from a failed
                     # handshake, but it can read 4401 and fetch a new token.
                     raise _Close(CloseCode.UNAUTHENTICATED, str(exc)) from None
-            since, epoch = _resume_position(
-                ws.query_params.get("since"), ws.query_params.get("epoch")
-            )
+            query = ws.query_params
+            since, epoch = _resume_position(query.get("since"), query.get("epoch"))
+            last_event_id = _last_event_id(query.get("last_event_id"))
             if principal is None:
                 principal = await self._first_message_auth(ws)
-            await self._serve(ws, principal, since, epoch)
+            await self._serve(ws, principal, since, epoch, last_event_id=last_event_id)
         except _Close as close:
             await self._close(ws, close.code, close.reason)
         except (WebSocketDisconnect, WebSocketDisconnected):
@@ -193,7 +194,13 @@ class Hub:
             raise _Close(CloseCode.UNAUTHENTICATED, str(exc)) from None
 
     async def _serve(
-        self, ws: WebSocket, principal: Principal, since: int | None, epoch: str | None
+        self,
+        ws: WebSocket,
+        principal: Principal,
+        since: int | None,
+        epoch: str | None,
+        *,
+        last_event_id: int | None = None,
     ) -> None:
         user_key = f"{principal.role.value}:{principal.sub}"
         if len(self._by_user.get(user_key, ())) >= self._settings.ws_max_connections_per_user:
@@ -210,7 +217,7 @@ class Hub:
             ) as sub:
                 conn.sub = sub
                 await self._hooks.after_subscribe(conn.stream)
-                await self._start(conn, since, epoch)
+                await self._start(conn, since, epoch, last_event_id=last_event_id)
                 writer = asyncio.create_task(self._write_loop(conn, sub))
                 try:
                     await self._read_loop(conn, writer)
@@ -247,27 +254,49 @@ class Hub:
                     head = await ensure_stream(session, stream)
         return head
 
-    async def snapshot(self, stream: str) -> tuple[StreamHead, list[dict[str, Any]]]:
-        """The stream's head and its open orders, read in one database snapshot."""
+    async def snapshot(self, stream: str) -> protocol.Snapshot:
+        """The stream's head and its open orders, read in one database snapshot.
+
+        At most ``SNAPSHOT_MAX_ORDERS`` orders; one more is read to know whether it was cut.
+        """
         await self._head(stream)  # make sure the row exists before the read-only snapshot
+        limit = self._settings.snapshot_max_orders
         async with self._db_slots, self._db.snapshot() as session, session.begin():
             head = await read_head(session, stream)
             assert head is not None
             await self._hooks.after_snapshot_head(stream)
-            orders = await open_orders(session, stream, limit=self._settings.snapshot_max_orders)
-            return head, [protocol.order_snapshot(order) for order in orders]
+            orders = list(await open_orders(session, stream, limit=limit + 1))
+            head_event_id = await event_id_at(session, stream, head.head_seq)
+        truncated = len(orders) > limit
+        del orders[limit:]
+        return protocol.Snapshot(
+            epoch=head.epoch,
+            head_seq=head.head_seq,
+            head_event_id=head_event_id,
+            orders=[protocol.order_snapshot(order) for order in orders],
+            truncated=truncated,
+            next_cursor=protocol.order_list_cursor(orders[-1]) if truncated and orders else None,
+        )
 
-    async def _start(self, conn: Connection, since: int | None, epoch: str | None) -> None:
+    async def _start(
+        self,
+        conn: Connection,
+        since: int | None,
+        epoch: str | None,
+        *,
+        last_event_id: int | None = None,
+    ) -> None:
         """Send hello (or reset) and replay what the client missed; sets ``conn.cursor``."""
         if since is None:
-            head, orders = await self.snapshot(conn.stream)
-            await conn.ws.send_text(protocol.hello(conn.stream, head.epoch, head.head_seq, orders))
-            self._place(conn, head, head.head_seq)
+            snap = await self.snapshot(conn.stream)
+            await conn.ws.send_text(protocol.hello_with_snapshot(conn.stream, snap))
+            self._place(conn, snap.epoch, snap.head_seq, snap.head_seq)
             return
         head = await self._head(conn.stream)
-        problem = position_problem(head, epoch, since)
+        async with self._db_slots:
+            problem = await resume_problem(self._db, head, epoch, since, last_event_id)
         if problem is not None:
-            head, orders = await self.snapshot(conn.stream)
+            snap = await self.snapshot(conn.stream)
             logger.info(
                 "ws reset %s (%s): since=%s epoch=%s head=%s",
                 conn.stream,
@@ -276,21 +305,21 @@ class Hub:
                 epoch,
                 head,
             )
-            await conn.ws.send_text(protocol.reset(conn.stream, head.epoch, head.head_seq, orders))
-            self._place(conn, head, head.head_seq)
+            await conn.ws.send_text(protocol.reset(conn.stream, snap))
+            self._place(conn, snap.epoch, snap.head_seq, snap.head_seq)
             return
-        await conn.ws.send_text(protocol.hello(conn.stream, head.epoch, head.head_seq, None))
-        self._place(conn, head, since)
+        await conn.ws.send_text(protocol.hello(conn.stream, head.epoch, head.head_seq))
+        self._place(conn, head.epoch, head.head_seq, since)
         await self._backfill(conn, "resume")
 
-    def _place(self, conn: Connection, head: StreamHead, last: int) -> None:
-        """Put the connection at ``last`` of the log ``head`` describes."""
-        conn.epoch = head.epoch
+    def _place(self, conn: Connection, epoch: str, head_seq: int, last: int) -> None:
+        """Put the connection at ``last`` of the log (``epoch``, now at ``head_seq``)."""
+        conn.epoch = epoch
         if conn.cursor is None:
             conn.cursor = StreamCursor(last)
         else:
             conn.cursor.restart(last)  # the write loop holds this cursor
-        self._note_head(conn.stream, head.head_seq)
+        self._note_head(conn.stream, head_seq)
 
     async def _backfill(self, conn: Connection, reason: str) -> None:
         """Send every event of the stream after the cursor, from the database."""
@@ -337,20 +366,20 @@ class Hub:
         assert conn.cursor is not None
         last = conn.cursor.last
         try:
-            head, orders = await self.snapshot(conn.stream)
-            await conn.ws.send_text(protocol.reset(conn.stream, head.epoch, head.head_seq, orders))
+            snap = await self.snapshot(conn.stream)
+            await conn.ws.send_text(protocol.reset(conn.stream, snap))
         except Exception:
             self._metrics.ws_unfillable_gaps.labels(cause=cause, outcome="close").inc()
             raise
         logger.warning(
-            "ws %s: the log cannot fill the gap after seq %d (%s); reset to %s",
+            "ws %s: the log cannot fill the gap after seq %d (%s); reset to seq %d",
             conn.stream,
             last,
             cause,
-            head,
+            snap.head_seq,
         )
-        self._heads[conn.stream] = head.head_seq  # the log may have gone back
-        self._place(conn, head, head.head_seq)
+        self._heads[conn.stream] = snap.head_seq  # the log may have gone back
+        self._place(conn, snap.epoch, snap.head_seq, snap.head_seq)
         self._metrics.ws_unfillable_gaps.labels(cause=cause, outcome="reset").inc()
 
     # -- the two loops ------------------------------------------------------------------------
@@ -539,3 +568,15 @@ def _resume_position(since: str | None, epoch: str | None) -> tuple[int | None, 
     if value < 0:
         raise _Close(CloseCode.BAD_MESSAGE, "since must not be negative")
     return value, epoch or None
+
+
+def _last_event_id(raw: str | None) -> int | None:
+    if raw is None or raw == "":
+        return None
+    try:
+        value = int(raw)
+    except ValueError:
+        raise _Close(CloseCode.BAD_MESSAGE, "last_event_id must be an integer") from None
+    if value < 1:
+        raise _Close(CloseCode.BAD_MESSAGE, "last_event_id must be positive")
+    return value

@@ -31,6 +31,14 @@ class Metrics:
             "Publishes that failed after commit (left to the relay)",
             registry=r,
         )
+        self.publish_queue_overflow = Counter(
+            "publish_queue_overflow_total",
+            "Events left to the relay because the publish queue was full",
+            registry=r,
+        )
+        self.publish_queue_depth = Gauge(
+            "publish_queue_depth", "Events waiting in the publish queue", registry=r
+        )
         self.rejected_transitions = Counter(
             "rejected_transitions_total", "Status changes refused by the workflow (409)", registry=r
         )

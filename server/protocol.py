@@ -8,7 +8,7 @@ without parsing the JSON.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal, TypedDict
 
 import orjson
@@ -139,36 +139,83 @@ def unpack(data: str) -> tuple[int, str]:
     return int(head), text
 
 
-class HelloMessage(TypedDict, total=False):
-    type: Literal["hello", "reset"]
-    stream: str
+_UNIX_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+def order_list_cursor(order: Order | OrderRow) -> str:
+    """The ``GET /api/orders?cursor=`` value that continues the list right after ``order``.
+
+    ``<microseconds since 1970>_<order id>``: what ``server/api/orders.py`` issues and reads.
+    """
+    micros = (order.created_at - _UNIX_EPOCH) // timedelta(microseconds=1)
+    return f"{micros}_{order.id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A stream's head and its open orders (newest first), read in one database snapshot.
+
+    ``head_event_id`` is the event at ``head_seq`` (None before the first event, or if it was
+    pruned): a client starting from the snapshot presents it as ``last_event_id`` when it
+    resumes. ``truncated``: more open orders exist than the snapshot's bound; the rest are
+    paged with ``GET /api/orders?cursor=<next_cursor>`` (None: from the start).
+    """
+
     epoch: str
     head_seq: int
+    head_event_id: int | None
     orders: list[dict[str, Any]]
+    truncated: bool = False
+    next_cursor: str | None = None
+
+    def fields(self) -> SnapshotFields:
+        """The snapshot's part of a hello, reset or ``/api/events`` answer."""
+        fields: SnapshotFields = {
+            "epoch": self.epoch,
+            "head_seq": self.head_seq,
+            "head_event_id": self.head_event_id,
+            "orders": self.orders,
+        }
+        if self.truncated:
+            fields["truncated"] = True
+            fields["next_cursor"] = self.next_cursor
+        return fields
 
 
-def hello(stream: str, epoch: str, head_seq: int, orders: list[dict[str, Any]] | None) -> str:
-    """The first message on a connection (with a snapshot for a fresh client)."""
+class SnapshotFields(TypedDict, total=False):
+    epoch: str
+    head_seq: int
+    head_event_id: int | None
+    orders: list[dict[str, Any]]
+    truncated: bool
+    next_cursor: str | None
+
+
+class HelloMessage(SnapshotFields, total=False):
+    type: Literal["hello", "reset"]
+    stream: str
+
+
+def hello(stream: str, epoch: str, head_seq: int) -> str:
+    """The first message on a resumed connection (no snapshot: the replay follows)."""
     message: HelloMessage = {
         "type": "hello",
         "stream": stream,
         "epoch": epoch,
         "head_seq": head_seq,
     }
-    if orders is not None:
-        message["orders"] = orders
     return dumps(message)
 
 
-def reset(stream: str, epoch: str, head_seq: int, orders: list[dict[str, Any]]) -> str:
-    """Tell a resuming client its position is gone: start over from this snapshot."""
-    message: HelloMessage = {
-        "type": "reset",
-        "stream": stream,
-        "epoch": epoch,
-        "head_seq": head_seq,
-        "orders": orders,
-    }
+def hello_with_snapshot(stream: str, snapshot: Snapshot) -> str:
+    """The first message on a fresh connection: the snapshot to go live from."""
+    message: HelloMessage = {"type": "hello", "stream": stream, **snapshot.fields()}
+    return dumps(message)
+
+
+def reset(stream: str, snapshot: Snapshot) -> str:
+    """Tell a client its position is gone: start over from this snapshot."""
+    message: HelloMessage = {"type": "reset", "stream": stream, **snapshot.fields()}
     return dumps(message)
 
 

@@ -55,6 +55,7 @@ class Settings:
     hub_safety_poll_interval: float = 30.0
     broker_heartbeat_interval: float = 1.0
     broker_heartbeat_stale_after: float = 3.0
+    publish_queue_size: int = 10_000
     relay_in_process: bool | None = None
     relay_grace: float = 2.0
     relay_interval: float = 1.0
@@ -345,6 +346,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "hub_safety_poll_interval": (0, None),
     "broker_heartbeat_interval": (0.01, None),
     "broker_heartbeat_stale_after": (0.01, None),
+    "publish_queue_size": (1, None),
     "relay_grace": (0, None),
     "relay_interval": (0.01, None),
     "event_retention_days": (0, None),

@@ -178,6 +178,37 @@ def position_problem(head: StreamHead | None, epoch: str | None, seq: int) -> st
     return None
 
 
+async def event_id_at(session: AsyncSession, stream: str, seq: int) -> int | None:
+    """The id of the event at position ``seq`` of ``stream`` (None if there is none)."""
+    if seq <= 0:
+        return None
+    value = await session.scalar(
+        select(StreamEvent.event_id).where(StreamEvent.stream == stream, StreamEvent.seq == seq)
+    )
+    return None if value is None else int(value)
+
+
+async def resume_problem(
+    db: Database, head: StreamHead, epoch: str | None, since: int, last_event_id: int | None
+) -> str | None:
+    """Why a client at ``since`` cannot resume on this log (a ``reset`` is due), or None.
+
+    Beyond ``position_problem``: a client that says which event it saw last at ``since``
+    (``last_event_id``) is reset if the log holds another event there (``reused``) — after a
+    restore to an earlier point the head went back under the same epoch and new events reuse
+    seqs the client already has. A position that was pruned cannot be checked and is taken.
+    Both ``/ws`` and ``/api/events`` resume through here.
+    """
+    problem = position_problem(head, epoch, since)
+    if problem is not None or last_event_id is None or since == 0:
+        return problem
+    async with db.read() as session:
+        stored = await event_id_at(session, head.name, since)
+    if stored is not None and stored != last_event_id:
+        return "reused"
+    return None
+
+
 async def events_after(
     session: AsyncSession, stream: str, after: int, *, upto: int | None = None, limit: int = 500
 ) -> Sequence[tuple[int, Event]]:

@@ -2,7 +2,8 @@
 
 POS updates, customer cancels, order creation (and later webhooks, the reconciler and expiry)
 all change state here and nowhere else. Publishing happens strictly after commit; a publish
-that fails leaves ``published_at`` empty and the outbox relay delivers the event later.
+that fails leaves ``published_at`` empty and the outbox relay delivers the event later. The
+request path never waits on the broker: it queues the publish (see :class:`Publisher`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import logging
 import re
 import secrets
 import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
@@ -85,6 +87,9 @@ class Written:
     deliveries: tuple[Delivery, ...]
 
 
+#: The most stream deliveries the publish sender puts in one pipelined round trip.
+_BATCH_DELIVERIES = 512
+
 #: The shape of every order id this service issues; anything else cannot name an order.
 ORDER_ID = re.compile(r"ord_[0-9a-f]{24}")
 
@@ -106,11 +111,15 @@ def visible_to(order: Order | protocol.OrderRow, principal: Principal) -> bool:
 class Publisher:
     """Publishes committed deliveries and marks their events published.
 
-    Marking is batched: inside ``async with publisher:`` a background task writes
-    ``published_at`` for many events in one UPDATE every ``mark_interval`` seconds, so the
-    request path pays one broker round trip and no extra transaction. Outside it (tests, tools)
-    each publish marks its own events at once. An event published but not yet marked when the
-    process dies is published again by the relay; hubs drop the duplicate by seq.
+    Inside ``async with publisher:`` the request path only *queues* what it committed: a
+    background sender publishes the queue in order, many events per pipelined round trip, so a
+    broker that is slow, paused or black-holed never holds up a 2xx. The queue is bounded
+    (``queue_size`` events); when it is full the event is not queued — it stays unpublished in
+    the log for the relay (``publish_queue_overflow_total``), and hubs poll it meanwhile.
+    Marking is batched too: a background task writes ``published_at`` for many events in one
+    UPDATE every ``mark_interval`` seconds. Outside the context (tests, tools) each publish goes
+    out and is marked at once. An event published but not yet marked when the process dies is
+    published again by the relay; hubs drop the duplicate by seq.
     """
 
     def __init__(
@@ -121,8 +130,12 @@ class Publisher:
         prefix: str,
         metrics: Metrics,
         mark_interval: float = 0.05,
+        queue_size: int = 10_000,
+        drain_timeout: float = 2.0,
         hooks: Hooks = NO_HOOKS,
     ) -> None:
+        if queue_size < 1:
+            raise ValueError("queue_size must be at least 1")
         self._hooks = hooks
         self._db = db
         self._broker = broker
@@ -132,16 +145,42 @@ class Publisher:
         self._unmarked: list[int] = []
         self._wakeup = asyncio.Event()
         self._marker: asyncio.Task[None] | None = None
+        self._queue: deque[tuple[Sequence[Delivery], Sequence[int]]] = deque()
+        self._queue_size = queue_size
+        self._queued = asyncio.Event()
+        self._sender: asyncio.Task[None] | None = None
+        self._drain_timeout = drain_timeout
+        self._overflowing = False
 
     def channel(self, stream: str) -> str:
         """The broker channel that carries ``stream``."""
         return self._prefix + stream
 
+    @property
+    def queued(self) -> int:
+        """Events waiting in the publish queue."""
+        return len(self._queue)
+
     async def __aenter__(self) -> Publisher:
         self._marker = asyncio.create_task(self._mark_forever(), name="publish-marker")
+        self._sender = asyncio.create_task(self._send_forever(), name="publish-sender")
+        self._metrics.publish_queue_depth.set_function(lambda: len(self._queue))
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        sender, self._sender = self._sender, None
+        if sender is not None:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+        # Give what is still queued a short chance to go out; the relay has the rest.
+        try:
+            async with asyncio.timeout(self._drain_timeout):
+                while self._queue:
+                    await self._send_batch()
+        except TimeoutError:
+            logger.warning("%d queued event(s) left to the relay at shutdown", len(self._queue))
+        self._queue.clear()
         marker, self._marker = self._marker, None
         if marker is not None:
             marker.cancel()
@@ -164,6 +203,53 @@ class Publisher:
         return True
 
     async def publish(self, deliveries: Sequence[Delivery], event_ids: Sequence[int]) -> bool:
+        """After commit: queue (or, outside the context, send) the deliveries of ``event_ids``.
+
+        True if they were queued or sent; False if they are left to the relay (queue full, or
+        the broker refused them).
+        """
+        if self._sender is None:
+            return await self._send_now(deliveries, event_ids)
+        if len(self._queue) >= self._queue_size:
+            self._metrics.publish_queue_overflow.inc(len(event_ids))
+            if not self._overflowing:
+                # Once per burst: the sender is stuck on a stalled broker, or cannot keep up.
+                logger.warning(
+                    "publish queue full (%d events); leaving events to the relay",
+                    self._queue_size,
+                )
+                self._overflowing = True
+            return False
+        self._queue.append((deliveries, event_ids))
+        self._queued.set()
+        return True
+
+    async def _send_forever(self) -> None:
+        while True:
+            await self._queued.wait()
+            self._queued.clear()
+            while self._queue:
+                try:
+                    await self._send_batch()
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # The batch is the relay's now; the sender must outlive it.
+                    logger.exception("publish sender failed on a batch; the relay will retry")
+
+    async def _send_batch(self) -> None:
+        """Publish the oldest queued events, up to ``_BATCH_DELIVERIES``, in one round trip."""
+        deliveries: list[Delivery] = []
+        event_ids: list[int] = []
+        while self._queue and len(deliveries) < _BATCH_DELIVERIES:
+            item_deliveries, item_ids = self._queue.popleft()
+            deliveries.extend(item_deliveries)
+            event_ids.extend(item_ids)
+        if len(self._queue) < self._queue_size:
+            self._overflowing = False
+        await self._send_now(deliveries, event_ids)
+
+    async def _send_now(self, deliveries: Sequence[Delivery], event_ids: Sequence[int]) -> bool:
         """Publish every delivery; mark the events published only if all went out."""
         await self._hooks.before_publish(event_ids)
         try:

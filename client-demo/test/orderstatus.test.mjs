@@ -4,7 +4,7 @@
 // Every wait is bounded (waitFor's timeout, each test's timeout); the server is killed in after().
 
 import assert from "node:assert/strict";
-import { spawn } from "node:child_process";
+import { spawn, spawnSync } from "node:child_process";
 import { existsSync } from "node:fs";
 import { mkdtemp, rm } from "node:fs/promises";
 import { createServer } from "node:net";
@@ -58,7 +58,9 @@ async function waitFor(predicate, what, timeoutMs = 10_000) {
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
 class Server {
-  constructor() {
+  /** @param {Record<string, string>} [extraEnv] */
+  constructor(extraEnv = {}) {
+    this.extraEnv = extraEnv;
     /** @type {import("node:child_process").ChildProcess|null} */
     this.process = null;
     this.output = "";
@@ -86,6 +88,7 @@ class Server {
       LOG_LEVEL: "WARNING",
       LOG_FORMAT: "text",
       GRACEFUL_SHUTDOWN_TIMEOUT: "3",
+      ...this.extraEnv,
     };
     delete env.REDIS_URL;
     delete env.JWT_SECRET;
@@ -131,6 +134,16 @@ class Server {
     await this.stop();
     if (this.dir) await rm(this.dir, { recursive: true, force: true });
   }
+
+  /**
+   * Run SQL on the server's SQLite file from another process (as an operator's restore would).
+   * @param {string} sql
+   */
+  sql(sql) {
+    const script = "import sqlite3, sys\nc = sqlite3.connect(sys.argv[1], timeout=30)\nc.executescript(sys.argv[2])\nc.commit()";
+    const result = spawnSync(PYTHON, ["-c", script, join(this.dir, "orderstatus.db"), sql], { encoding: "utf8", timeout: 30_000 });
+    if (result.status !== 0) throw new Error(`sql failed: ${result.stderr}`);
+  }
 }
 
 const server = new Server();
@@ -148,10 +161,10 @@ after(async () => {
 
 /**
  * @param {string} path
- * @param {{method?: string, token?: string, body?: unknown}} [options]
+ * @param {{method?: string, token?: string, body?: unknown, base?: string}} [options]
  */
-async function api(path, { method = "GET", token, body } = {}) {
-  const response = await fetch(server.base + path, {
+async function api(path, { method = "GET", token, body, base = server.base } = {}) {
+  const response = await fetch(base + path, {
     method,
     headers: { "Content-Type": "application/json", ...(token ? { Authorization: `Bearer ${token}` } : {}) },
     body: body === undefined ? undefined : JSON.stringify(body),
@@ -165,15 +178,19 @@ async function api(path, { method = "GET", token, body } = {}) {
 /**
  * @param {string} sub
  * @param {{role?: string, store_id?: string, ttl?: number}} [extra]
+ * @param {string} [base]
  * @returns {Promise<{token: string, expires_at: number}>}
  */
-function mint(sub, extra = {}) {
-  return api("/demo/token", { method: "POST", body: { sub, role: "customer", ...extra } });
+function mint(sub, extra = {}, base = server.base) {
+  return api("/demo/token", { method: "POST", body: { sub, role: "customer", ...extra }, base });
 }
 
 let userCounter = 0;
-/** A customer of their own (a fresh stream) and the store terminal, for one test. */
-async function actors() {
+/**
+ * A customer of their own (a fresh stream) and the store terminal, for one test.
+ * @param {string} [base]  the server (default: the shared one)
+ */
+async function actors(base = server.base) {
   userCounter += 1;
   const sub = `js-${process.pid}-${userCounter}`;
   const store = `store-js-${userCounter}`;
@@ -182,16 +199,18 @@ async function actors() {
     store,
     stream: `customer:${sub}`,
     /** @param {Record<string, unknown>} [extra] */
-    mint: (extra) => mint(sub, extra),
+    base,
+    mint: (extra) => mint(sub, extra, base),
     async customerToken() {
-      return (await mint(sub)).token;
+      return (await mint(sub, {}, base)).token;
     },
     async posToken() {
-      return (await mint(`till-${userCounter}`, { role: "pos", store_id: store })).token;
+      return (await mint(`till-${userCounter}`, { role: "pos", store_id: store }, base)).token;
     },
     async placeOrder() {
       const body = await api("/api/orders", {
         method: "POST",
+        base,
         token: await this.customerToken(),
         body: { store_id: store, currency: "INR", payment_method: "cash", items: [{ sku: "dosa", name: "Masala dosa", quantity: 1, unit_price: 12000 }] },
       });
@@ -199,7 +218,7 @@ async function actors() {
     },
     /** @param {string} orderId @param {string} status */
     async move(orderId, status) {
-      return api(`/api/pos/orders/${orderId}/status`, { method: "POST", token: await this.posToken(), body: { status } });
+      return api(`/api/pos/orders/${orderId}/status`, { method: "POST", base, token: await this.posToken(), body: { status } });
     },
   };
 }
@@ -209,9 +228,9 @@ async function actors() {
 /**
  * A client recording everything it reports, stopped after the test.
  * @param {import("node:test").TestContext} t
- * @param {Partial<import("../orderstatus.js").ClientOptions> & {sub: string}} options
+ * @param {Partial<import("../orderstatus.js").ClientOptions> & {sub: string, base?: string}} options
  */
-function recordingClient(t, { sub, ...options }) {
+function recordingClient(t, { sub, base = server.base, ...options }) {
   const record = {
     /** @type {any[]} */ events: [],
     /** @type {{orders: any[], info: any}[]} */ snapshots: [],
@@ -220,14 +239,14 @@ function recordingClient(t, { sub, ...options }) {
     /** @type {string[]} */ urls: [],
   };
   const client = new OrderStatusClient({
-    baseUrl: server.base,
+    baseUrl: base,
     WebSocket,
     storage: new MemoryStorage(),
     backoffBaseMs: 100,
     backoffMaxMs: 1000,
     getToken: async ({ refresh }) => {
       record.tokenCalls.push(refresh);
-      return mint(sub);
+      return mint(sub, {}, base);
     },
     onEvent: (event) => record.events.push(event),
     onSnapshot: (orders, info) => record.snapshots.push({ orders, info }),
@@ -640,4 +659,108 @@ describe("the client against the real server", { timeout: 300_000 }, () => {
     await sleep(300);
     assert.equal(client.status.state, "stopped", "no reconnect after 4403");
   });
+});
+
+describe("snapshots, restores and the long-poll start", { timeout: 300_000 }, () => {
+  /** A second server whose snapshots hold at most two orders. */
+  const small = new Server({ SNAPSHOT_MAX_ORDERS: "2" });
+  before(async () => {
+    await small.init();
+    await small.start();
+  });
+  after(async () => {
+    await small.cleanup();
+  });
+
+  /**
+   * A fetch that records every URL it is asked for.
+   * @param {string[]} urls
+   * @returns {typeof fetch}
+   */
+  const recordingFetch = (urls) => (input, init) => {
+    urls.push(String(input));
+    return fetch(input, init);
+  };
+
+  for (const transport of /** @type {const} */ (["websocket", "longpoll"])) {
+    test(`a truncated snapshot (${transport}) is completed from GET /api/orders`, { timeout: TEST_TIMEOUT }, async (t) => {
+      const who = await actors(small.base);
+      const open = [];
+      for (let i = 0; i < 4; i += 1) open.push(await who.placeOrder());
+      const done = await who.placeOrder();
+      for (const status of ["PREPARING", "READY", "DELIVERED"]) await who.move(done, status);
+      const newest = await who.placeOrder();
+      /** @type {string[]} */
+      const urls = [];
+      const { client, record } = recordingClient(t, { sub: who.sub, base: small.base, transport, fetch: recordingFetch(urls), longPollWaitS: 2 });
+      client.start();
+      await waitFor(() => record.snapshots.length === 1, "the snapshot");
+      // Five open orders, of which the server's snapshot held two: the rest came over REST,
+      // and the delivered one (listed there too) was left out.
+      assert.deepEqual(new Set(record.snapshots[0].orders.map((/** @type {any} */ o) => o.id)), new Set([newest, ...open]));
+      assert.equal(client.getOrder(done), null);
+      assert.ok(client.stats.snapshotPages >= 1);
+      assert.ok(urls.some((u) => new URL(u).pathname === "/api/orders" && new URL(u).searchParams.get("cursor")));
+      // And it is live from the snapshot's position.
+      await who.move(newest, "PREPARING");
+      await waitFor(() => record.events.length === 1, "a live event");
+      assert.equal(record.events[0].seq, 10);
+    });
+  }
+
+  test("long-poll starts from the server's snapshot, not a replay of the log from since=0", { timeout: TEST_TIMEOUT }, async (t) => {
+    const who = await actors();
+    const orderId = await who.placeOrder();
+    await who.move(orderId, "PREPARING");
+    await who.move(orderId, "READY");
+    /** @type {string[]} */
+    const urls = [];
+    const { client, record } = recordingClient(t, { sub: who.sub, WebSocket: null, fetch: recordingFetch(urls), longPollWaitS: 2 });
+    client.start();
+    await waitFor(() => client.status.state === "polling", "polling");
+    const events = urls.filter((u) => new URL(u).pathname === "/api/events").map((u) => new URL(u).searchParams);
+    assert.equal(events[0].get("snapshot"), "true");
+    assert.ok(!events.some((p) => p.get("since") === "0"), "no replay from since=0");
+    assert.equal(record.snapshots[0].info.reason, "bootstrap");
+    assert.deepEqual(record.snapshots[0].orders.map((/** @type {any} */ o) => [o.id, o.status]), [[orderId, "READY"]]);
+    assert.equal(client.lastSeq, 3);
+    assert.equal(record.events.length, 0);
+    await who.move(orderId, "OUT_FOR_DELIVERY");
+    await waitFor(() => record.events.length === 1, "the next event by long-poll");
+    assert.equal(record.events[0].seq, 4);
+  });
+
+  for (const transport of /** @type {const} */ (["websocket", "longpoll"])) {
+    test(`after a restore that reused seqs (${transport}), the saved position is reset, not resumed`, { timeout: TEST_TIMEOUT }, async (t) => {
+      const who = await actors();
+      const storage = new MemoryStorage();
+      const first = recordingClient(t, { sub: who.sub, storage });
+      first.client.start();
+      await waitFor(() => first.client.status.state === "live", "live");
+      const orderId = await who.placeOrder();
+      await who.move(orderId, "PREPARING");
+      await who.move(orderId, "READY");
+      await waitFor(() => first.record.events.length === 3, "three events");
+      await first.client.stop();
+      const saved = JSON.parse(storage.getItem(`orderstatus:v1:${who.stream}`) ?? "null");
+      assert.equal(saved.seq, 3);
+      assert.equal(saved.event_id, first.record.events[2].event_id);
+      // The database is restored to when the stream's head was 1 (same epoch); new events
+      // take seqs 2 and 3 again.
+      server.sql(`DELETE FROM stream_events WHERE stream = '${who.stream}' AND seq > 1; UPDATE streams SET head_seq = 1 WHERE name = '${who.stream}';`);
+      await who.move(orderId, "OUT_FOR_DELIVERY");
+      await who.move(orderId, "DELIVERED");
+      /** @type {string[]} */
+      const urls = [];
+      const { WebSocketClass, control } = controllableWebSocket();
+      const second = recordingClient(t, { sub: who.sub, storage, transport, WebSocket: WebSocketClass, fetch: recordingFetch(urls), longPollWaitS: 2 });
+      second.client.start();
+      await waitFor(() => second.record.snapshots.length === 2, "a reset after the restored position");
+      assert.deepEqual(second.record.snapshots.map((s) => s.info.reason), ["restore", "reset"]);
+      assert.equal(second.client.lastSeq, 3);
+      assert.equal(second.client.getOrder(orderId), null, "delivered: no longer an open order");
+      const sent = transport === "websocket" ? control.urls[0] : urls.find((u) => new URL(u).pathname === "/api/events");
+      assert.equal(new URL(sent ?? "http://x/").searchParams.get("last_event_id"), String(saved.event_id));
+    });
+  }
 });

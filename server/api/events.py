@@ -13,7 +13,7 @@ from channels import Message
 from server import protocol
 from server.api.common import principal, query_int
 from server.services import Services, services
-from server.streams import StreamHead, ensure_stream, events_after, read_head
+from server.streams import StreamHead, ensure_stream, events_after, read_head, resume_problem
 
 PAGE = 500
 
@@ -40,9 +40,13 @@ async def stream_events(request: Request) -> JSONResponse:
       - {name: since, in: query, schema: {type: integer, minimum: 0}}
       - {name: epoch, in: query, schema: {type: string}}
       - {name: wait, in: query, schema: {type: integer, minimum: 0, maximum: 30}}
+      - {name: last_event_id, in: query, schema: {type: integer, minimum: 1}}
+      - {name: snapshot, in: query, schema: {type: boolean}}
     responses:
       200:
-        description: "{stream, epoch, head_seq, events, more}; SEQ gone: {reset: true, orders}"
+        description: "{stream, epoch, head_seq, events, more}; SEQ gone (or last_event_id is not
+          the event at SEQ): {reset: true, orders, head_event_id, truncated?, next_cursor?};
+          snapshot=true: the same snapshot with {snapshot: true}, to go live from"
       400: {description: Bad since or wait}
       401: {description: Unauthenticated}
     """
@@ -52,9 +56,12 @@ async def stream_events(request: Request) -> JSONResponse:
     since = query_int(request, "since", 0, lo=0, hi=2**62)
     wait = query_int(request, "wait", 0, lo=0, hi=int(svc.settings.longpoll_max_wait))
     epoch = request.query_params.get("epoch") or None
+    last_event_id = query_int(request, "last_event_id", 0, lo=1, hi=2**62) or None
     stream = caller.stream
+    if request.query_params.get("snapshot") in ("true", "1"):
+        return await _reset(svc, stream, key="snapshot")
     head, events = await _read(svc, stream, since)
-    if (epoch and epoch != head.epoch) or not head.pruned_seq <= since <= head.head_seq:
+    if await resume_problem(svc.db, head, epoch, since, last_event_id) is not None:
         return await _reset(svc, stream)
     if not events and wait > 0:
         head, events = await _wait_for_events(svc, stream, since, wait)
@@ -69,19 +76,10 @@ async def stream_events(request: Request) -> JSONResponse:
     )
 
 
-async def _reset(svc: Services, stream: str) -> JSONResponse:
-    # The same snapshot /ws sends in its reset message.
-    head, snapshot = await svc.hub.snapshot(stream)
-    return JSONResponse(
-        {
-            "stream": stream,
-            "epoch": head.epoch,
-            "head_seq": head.head_seq,
-            "events": [],
-            "reset": True,
-            "orders": snapshot,
-        }
-    )
+async def _reset(svc: Services, stream: str, *, key: str = "reset") -> JSONResponse:
+    # The same snapshot /ws sends in its hello and reset messages.
+    snapshot = await svc.hub.snapshot(stream)
+    return JSONResponse({"stream": stream, **snapshot.fields(), "events": [], key: True})
 
 
 async def _wait_for_events(

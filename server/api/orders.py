@@ -168,9 +168,8 @@ _CURSOR = re.compile(CURSOR_PATTERN)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
-def _encode_cursor(order: Order) -> str:
-    micros = (order.created_at - _EPOCH) // timedelta(microseconds=1)
-    return f"{micros}_{order.id}"
+# One encoding for this list and the hello/reset snapshot's next_cursor.
+_encode_cursor = protocol.order_list_cursor
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:

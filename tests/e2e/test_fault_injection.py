@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import orjson
 import pytest
-from sqlalchemy import select
+from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
@@ -229,12 +229,37 @@ class Rig:
                     return
                 await asyncio.sleep(0.2)
 
+    async def status_of(self, order_id: str) -> str:
+        async with self.direct.read() as session:
+            status = (
+                await session.execute(select(Order.status).where(Order.id == order_id))
+            ).scalar_one()
+            return str(status)
+
+    async def wait_marked(self, *, but: int, timeout: float = 10) -> None:
+        """Every event but ``but`` of them is marked published."""
+        async with asyncio.timeout(timeout):
+            while True:
+                async with self.direct.read() as session:
+                    unmarked = (
+                        await session.execute(
+                            select(func.count())
+                            .select_from(Event)
+                            .where(Event.published_at.is_(None))
+                        )
+                    ).scalar_one()
+                if unmarked == but:
+                    return
+                await asyncio.sleep(0.05)
+
     def polls(self) -> float:
         return self.service.metrics.registry.get_sample_value("hub_polls_total") or 0.0
 
 
 @contextlib.asynccontextmanager
-async def rig(start_service: StartService, backend: Backend) -> AsyncIterator[Rig]:
+async def rig(
+    start_service: StartService, backend: Backend, *, relay: bool = True
+) -> AsyncIterator[Rig]:
     """The service with its database and Redis behind proxies, and three watching clients."""
     assert backend.redis_url is not None
     async with (
@@ -242,7 +267,7 @@ async def rig(start_service: StartService, backend: Backend) -> AsyncIterator[Ri
         Proxy(int(backend.redis_url.rsplit(":", 1)[1].split("/", 1)[0])) as redis,
     ):
         service = await start_service(
-            relay=True,
+            relay=relay,
             relay_grace=0.5,
             hub_poll_interval=0.5,
             database_url=pg.url(backend.database_url),
@@ -361,10 +386,6 @@ async def test_latency_drops_and_black_holes_lose_nothing_double_nothing_and_hea
         assert r.pg.connections_total > 1 and r.redis.connections_total > 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 7 defect 5: every write waits out the 2 s publish timeout on a stalled broker",
-)
 async def test_writes_answer_promptly_and_still_reach_clients_while_redis_is_black_holed(
     start_service: StartService, backend: Backend
 ) -> None:
@@ -379,6 +400,38 @@ async def test_writes_answer_promptly_and_still_reach_clients_while_redis_is_bla
         await r.wait_until_caught_up(15)
         r.redis.heal()
         await r.wait_ready()
+        await assert_nothing_lost_or_doubled(r)
+
+
+async def test_a_connection_cut_during_commit_is_never_answered_nothing_was_changed(
+    start_service: StartService, backend: Backend
+) -> None:
+    """The COMMIT reaches PostgreSQL and the connection is cut before its reply: the server
+    cannot know whether the change landed, so it must not answer "nothing was changed"."""
+    async with rig(start_service, backend, relay=False) as r:
+        order_ids = [await r.create(CUSTOMERS[i % 2]) for i in range(6)]
+        verdicts: list[tuple[int, str | None, bool]] = []
+        for order_id in order_ids:
+            assert order_id is not None
+            # So that the COMMIT cut is the write's, not a publish mark's: every event is marked
+            # but those of a change that landed unanswered (no publish, and no relay here).
+            await r.wait_marked(but=sum(landed and s == 503 for s, _, landed in verdicts))
+            before = await r.status_of(order_id)
+            r.pg.cut_after(b"COMMIT")
+            resp = await r.post(
+                "advance", f"/api/pos/orders/{order_id}/status", {"status": FLOW[0]}, POS
+            )
+            r.pg.heal()
+            landed = await r.status_of(order_id) != before
+            code = resp.json().get("error", {}).get("code") if resp.status_code >= 400 else None
+            verdicts.append((resp.status_code, code, landed))
+        assert r.pg.cuts == len(order_ids)
+        assert_no_undocumented_errors(r)
+        assert any(status == 503 for status, _, _ in verdicts), verdicts
+        for status, code, landed in verdicts:
+            # "database_unavailable" promises nothing was changed; that must be true.
+            assert not (code == "database_unavailable" and landed), verdicts
+            assert status != 200 or landed, verdicts
         await assert_nothing_lost_or_doubled(r)
 
 

@@ -47,6 +47,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "HUB_SAFETY_POLL_INTERVAL": ("0", 0.0),
     "BROKER_HEARTBEAT_INTERVAL": ("0.5", 0.5),
     "BROKER_HEARTBEAT_STALE_AFTER": ("2", 2.0),
+    "PUBLISH_QUEUE_SIZE": ("64", 64),
     "RELAY_IN_PROCESS": ("1", True),
     "RELAY_GRACE": ("3", 3.0),
     "RELAY_INTERVAL": ("0.75", 0.75),
@@ -112,6 +113,7 @@ INTS = [
     "SNAPSHOT_MAX_ORDERS",
     "PHONEPE_SALT_INDEX",
     "PHONEPE_CLIENT_VERSION",
+    "PUBLISH_QUEUE_SIZE",
 ]
 FLOATS = [
     "JWT_LEEWAY",

@@ -8,7 +8,10 @@ target. Faults:
 - ``black_hole()``: keep accepting and keep every connection open, but forward nothing (what a
   network partition or a stalled host looks like: no refusal, no reset, only silence). Bytes
   sent meanwhile are held back, as TCP's retransmissions would deliver them after the partition;
-- ``heal()``: no latency, no black hole; held bytes flow again.
+- ``cut_after(pattern)``: the next chunk a client sends that contains ``pattern`` is forwarded,
+  then its connection is reset before the target's reply can come back (e.g. ``b"COMMIT"``: the
+  commit lands, the client never hears so);
+- ``heal()``: no latency, no black hole, nothing armed; held bytes flow again.
 """
 
 from __future__ import annotations
@@ -40,6 +43,8 @@ class Proxy:
         self.latency = 0.0
         self.port = 0
         self.connections_total = 0
+        self.cuts = 0
+        self._cut_pattern: bytes | None = None
         self._flowing = asyncio.Event()
         self._flowing.set()
         self._links: set[_Link] = set()
@@ -87,9 +92,14 @@ class Proxy:
         """Accept and keep connections, forward nothing, until ``heal``."""
         self._flowing.clear()
 
+    def cut_after(self, pattern: bytes) -> None:
+        """Reset the connection that next sends ``pattern``, right after forwarding it."""
+        self._cut_pattern = pattern
+
     def heal(self) -> None:
-        """No latency and no black hole any more."""
+        """No latency, no black hole and no armed cut any more."""
         self.latency = 0.0
+        self._cut_pattern = None
         self._flowing.set()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -104,12 +114,16 @@ class Proxy:
             await self._flowing.wait()
             target_reader, link.target = await asyncio.open_connection(*self.target)
             link.pumps = [
-                asyncio.create_task(self._pump(reader, link.target)),
-                asyncio.create_task(self._pump(target_reader, writer)),
+                asyncio.create_task(self._pump(reader, link.target, link)),
+                asyncio.create_task(self._pump(target_reader, writer, None)),
             ]
             # Either side closing or failing ends the link: the other side is reset with it.
             await asyncio.wait(link.pumps, return_when=asyncio.FIRST_COMPLETED)
         except OSError:
+            pass
+        except asyncio.CancelledError:
+            # Stopped by __aexit__: end quietly (asyncio logs a connection callback that ends
+            # cancelled as an error).
             pass
         finally:
             link.abort()
@@ -119,7 +133,10 @@ class Proxy:
             self._links.discard(link)
             self._handlers.discard(task)
 
-    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: _Link | None
+    ) -> None:
+        """Copy ``reader`` to ``writer``; ``outbound`` is the link when this is client → target."""
         with contextlib.suppress(OSError):
             while data := await reader.read(65_536):
                 await self._flowing.wait()
@@ -127,3 +144,10 @@ class Proxy:
                     await asyncio.sleep(self.latency)
                 writer.write(data)
                 await writer.drain()
+                pattern = self._cut_pattern
+                if outbound is not None and pattern is not None and pattern in data:
+                    # On loopback the bytes are in the target's socket already; the reply is not.
+                    self._cut_pattern = None
+                    self.cuts += 1
+                    outbound.abort()
+                    return
