@@ -9,6 +9,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.schemas import SchemaGenerator
 
+from server import idempotency
 from server.services import services
 
 schemas = SchemaGenerator(
@@ -102,4 +103,4 @@ async def openapi(request: Request) -> Response:
     responses:
       200: {description: OpenAPI 3 JSON}
     """
-    return JSONResponse(schemas.get_schema(routes=request.app.routes))
+    return JSONResponse(idempotency.document(schemas.get_schema(routes=request.app.routes)))

@@ -54,6 +54,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "EVENT_RETENTION_DAYS": ("30", 30.0),
     "LONGPOLL_MAX_WAIT": ("10", 10.0),
     "ORDER_EXPIRY_SECONDS": ("60", 60),
+    "IDEMPOTENCY_TTL": ("3600", 3600.0),
     "STRIPE_API_KEY": ("sk_test_1", "sk_test_1"),
     "STRIPE_WEBHOOK_SECRET": ("whsec_1", "whsec_1"),
     "STRIPE_API_BASE": ("http://127.0.0.1:9100", "http://127.0.0.1:9100"),
@@ -129,6 +130,7 @@ FLOATS = [
     "EVENT_RETENTION_DAYS",
     "LONGPOLL_MAX_WAIT",
     "GRACEFUL_SHUTDOWN_TIMEOUT",
+    "IDEMPOTENCY_TTL",
 ]
 
 
