@@ -44,7 +44,15 @@ async def main(settings: Settings) -> None:
             interval=settings.relay_interval,
             retention=settings.retention,
         )
-        async with open_gateways(settings) as offered:
+        async with (
+            open_gateways(settings) as offered,
+            GatewayRateLimiter(
+                {name: settings.rate_limit(name) for name in offered.gateways},
+                redis_url=settings.redis_url,
+                prefix=settings.redis_channel_prefix,
+                metrics=metrics,
+            ) as limiter,
+        ):
             publisher = Publisher(db, broker, prefix=settings.redis_channel_prefix, metrics=metrics)
             settlement = Settlement(
                 db,
@@ -53,12 +61,7 @@ async def main(settings: Settings) -> None:
                 gateways=offered.gateways,
                 schedules=offered.schedules,
                 policy=FailurePolicy(settings.payment_failure_policy),
-                limiter=GatewayRateLimiter(
-                    {name: settings.rate_limit(name) for name in offered.gateways},
-                    redis_url=settings.redis_url,
-                    prefix=settings.redis_channel_prefix,
-                    metrics=metrics,
-                ),
+                limiter=limiter,
             )
             reconciler = Reconciler(
                 settlement,

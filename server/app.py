@@ -159,11 +159,13 @@ def create_app(
                 schedules=offered.schedules,
                 policy=FailurePolicy(settings.payment_failure_policy),
                 hooks=hooks,
-                limiter=GatewayRateLimiter(
-                    {name: settings.rate_limit(name) for name in offered.gateways},
-                    redis_url=settings.redis_url,
-                    prefix=settings.redis_channel_prefix,
-                    metrics=metrics,
+                limiter=await stack.enter_async_context(
+                    GatewayRateLimiter(
+                        {name: settings.rate_limit(name) for name in offered.gateways},
+                        redis_url=settings.redis_url,
+                        prefix=settings.redis_channel_prefix,
+                        metrics=metrics,
+                    )
                 ),
             )
             hub = Hub(

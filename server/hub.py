@@ -293,8 +293,10 @@ class Hub:
             self._place(conn, snap.epoch, snap.head_seq, snap.head_seq)
             return
         head = await self._head(conn.stream)
-        async with self._db_slots:
-            problem = await resume_problem(self._db, head, epoch, since, last_event_id)
+        problem = position_problem(head, epoch, since)
+        if problem is None and last_event_id is not None:
+            async with self._db_slots:  # one read: is the event at since still last_event_id?
+                problem = await resume_problem(self._db, head, epoch, since, last_event_id)
         if problem is not None:
             snap = await self.snapshot(conn.stream)
             logger.info(
@@ -519,7 +521,7 @@ class Hub:
                 heads = await read_heads(session, streams[start : start + _POLL_SLICE])
             for stream in streams[start : start + _POLL_SLICE]:
                 head = heads.get(stream)
-                if head is not None:
+                if head is not None and stream in self._by_stream:  # not one that left meanwhile
                     self._note_head(stream, head.head_seq)
                 for conn in list(self._by_stream.get(stream, ())):
                     if conn.cursor is None or conn.sub is None:

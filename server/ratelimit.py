@@ -11,6 +11,7 @@ import logging
 import time
 from collections.abc import Mapping
 
+import redis.asyncio as redis
 from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
@@ -41,15 +42,32 @@ class GatewayRateLimiter:
     ) -> None:
         self._rates = {gateway: parse_rate(rate) for gateway, rate in rates.items() if rate}
         storage: Storage
+        self._pool: redis.ConnectionPool | None = None
         if redis_url:
+            # Our own pool, so that closing the limiter closes its connections.
+            self._pool = redis.ConnectionPool.from_url(redis_url)
             storage = RedisStorage(
-                "async+" + redis_url, implementation="redispy", key_prefix=prefix + "ratelimit"
+                "async+" + redis_url,
+                implementation="redispy",
+                key_prefix=prefix + "ratelimit",
+                connection_pool=self._pool,  # type: ignore[arg-type]
             )
         else:
             storage = MemoryStorage()
         self._limiter = MovingWindowRateLimiter(storage)
         self._prefix = prefix
         self._metrics = metrics
+
+    async def aclose(self) -> None:
+        """Close the Redis connections (if any)."""
+        if self._pool is not None:
+            await self._pool.disconnect()
+
+    async def __aenter__(self) -> GatewayRateLimiter:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
 
     async def acquire(self, gateway: str, *, wait: bool) -> bool:
         """Take one call of ``gateway``'s budget; with ``wait``, sleep until there is one."""

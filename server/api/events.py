@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse
 from channels import Message
 from server import protocol
 from server.api.common import principal, query_int
+from server.errors import BadRequest
 from server.services import Services, services
 from server.streams import StreamHead, ensure_stream, events_after, read_head, resume_problem
 
@@ -47,7 +48,7 @@ async def stream_events(request: Request) -> JSONResponse:
         description: "{stream, epoch, head_seq, events, more}; SEQ gone (or last_event_id is not
           the event at SEQ): {reset: true, orders, head_event_id, truncated?, next_cursor?};
           snapshot=true: the same snapshot with {snapshot: true}, to go live from"
-      400: {description: Bad since or wait}
+      400: {description: Bad since, wait, last_event_id or snapshot}
       401: {description: Unauthenticated}
     """
     caller = principal(request)
@@ -58,7 +59,10 @@ async def stream_events(request: Request) -> JSONResponse:
     epoch = request.query_params.get("epoch") or None
     last_event_id = query_int(request, "last_event_id", 0, lo=1, hi=2**62) or None
     stream = caller.stream
-    if request.query_params.get("snapshot") in ("true", "1"):
+    snapshot = request.query_params.get("snapshot") or "false"
+    if snapshot not in ("true", "false"):
+        raise BadRequest("snapshot must be true or false", code="invalid_query")
+    if snapshot == "true":
         return await _reset(svc, stream, key="snapshot")
     head, events = await _read(svc, stream, since)
     if await resume_problem(svc.db, head, epoch, since, last_event_id) is not None:

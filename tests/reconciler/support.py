@@ -70,7 +70,8 @@ async def reconciler_for(
     """A reconciler as ``python -m reconciler`` builds it, on the service's database."""
     settings = replace(service.settings, **overrides)
     metrics = Metrics()
-    async with open_gateways(settings) as offered:
+    async with contextlib.AsyncExitStack() as stack:
+        offered = await stack.enter_async_context(open_gateways(settings))
         gateways: dict[str, Gateway] = dict(offered.gateways)
         if recording is not None:
             gateways = {n: RecordingGateway(g, recording, slow=slow) for n, g in gateways.items()}
@@ -80,11 +81,13 @@ async def reconciler_for(
             metrics,
             gateways=gateways,
             schedules=offered.schedules,
-            limiter=GatewayRateLimiter(
-                {n: settings.rate_limit(n) for n in gateways},
-                redis_url=settings.redis_url,
-                prefix=settings.redis_channel_prefix,
-                metrics=metrics,
+            limiter=await stack.enter_async_context(
+                GatewayRateLimiter(
+                    {n: settings.rate_limit(n) for n in gateways},
+                    redis_url=settings.redis_url,
+                    prefix=settings.redis_channel_prefix,
+                    metrics=metrics,
+                )
             ),
         )
         yield Reconciler(settlement, interval=0.05, lease=5, name=name)
