@@ -62,11 +62,17 @@ class Target:
         return self.dotted.replace(".", "-")
 
 
-#: What is mutated, and which test files may kill its mutants. As the order-side payment state
-#: machine and the reconciler's schedule land, add them to "pure" here.
+#: What is mutated, and which test files may kill its mutants. A new pure module (a state
+#: table, a parser, a schedule) or a new piece of the write and delivery path is added here.
 TARGETS: tuple[Target, ...] = (
     Target("pure", "server/workflow.py", ("tests/server/test_workflow.py",)),
     Target("pure", "server/cursor.py", ("tests/server/test_cursor.py",)),
+    Target("pure", "server/payments.py", ("tests/server/test_payments.py",)),
+    Target(
+        "pure",
+        "reconciler/schedule.py",
+        ("tests/reconciler/test_schedule.py", "tests/reconciler/test_schedule_edges.py"),
+    ),
     # Webhook signatures, and each gateway's payment and refund state table.
     Target(
         "pure",
@@ -178,6 +184,18 @@ _ERRORS = (
     "lone surrogate), and a header value read from HTTP (Latin-1) never holds one."
 )
 _PHONEPE = "gateways.phonepe.xǁPhonePeGatewayǁ"
+_REASON = (
+    "equivalent: only the wording of the decision's `reason` changes, which is for the log "
+    "and the audit row; the verdict and the status it moves to are unchanged."
+)
+_LIVE_RANK = (
+    "equivalent: a live status ({}) shares its rank with no other status, and the same "
+    "status was answered as SAME above, so `<` and `<=` never differ here."
+)
+_PARTITION = (
+    "equivalent: a part with a second separator fails to parse on either side of it (`float`"
+    " of the rest), so both refuse it"
+)
 
 #: Survivors judged equivalent (no test can tell them from the original), or left open, and
 #: why. Keyed by mutmut's mutant name; a survivor not named here is listed as "not yet judged".
@@ -224,6 +242,29 @@ EQUIVALENT: dict[str, str] = {
     _PHONEPE + "_verify_v2__mutmut_30": _CODEC,
     _PHONEPE + "_verify_v2__mutmut_31": _ERRORS,
     _PHONEPE + "_verify_v2__mutmut_32": _ERRORS,
+    "server.payments.x_decide_payment__mutmut_44": _LIVE_RANK.format("INITIATED, PENDING"),
+    "server.payments.x_decide_payment__mutmut_57": _REASON,
+    "server.payments.x_decide_payment__mutmut_58": _REASON,
+    "server.payments.x_decide_refund__mutmut_34": _REASON,
+    "server.payments.x_decide_refund__mutmut_35": _REASON,
+    "server.payments.x_decide_refund__mutmut_36": _REASON,
+    "server.payments.x_decide_refund__mutmut_43": _REASON,
+    "server.payments.x_decide_refund__mutmut_44": _REASON,
+    "server.payments.x_decide_refund__mutmut_45": _REASON,
+    "server.payments.x_decide_refund__mutmut_46": _LIVE_RANK.format("REQUESTED, PENDING"),
+    "server.payments.x_decide_refund__mutmut_59": _REASON,
+    "server.payments.x_decide_refund__mutmut_60": _REASON,
+    "reconciler.schedule.x__step__mutmut_3": _PARTITION + " (`3x30x5`).",
+    "reconciler.schedule.xǁScheduleǁparse__mutmut_5": _PARTITION
+    + ": a key with a second `=` is unknown either way.",
+    "reconciler.schedule.xǁScheduleǁparse__mutmut_48": _PARTITION + " (`tail=1x2,3,4`).",
+    "reconciler.schedule.xǁScheduleǁparse__mutmut_15": (
+        "near-equivalent: `first=A-B` split at the last `-` differs only for a number written "
+        "with a negative exponent (`first=1e-5-2`), which the code refuses and the mutant reads."
+    ),
+    "reconciler.schedule.x_backoff__mutmut_19": (
+        "equivalent: 2^62 or 2^63 times the base is above any cap (300 s by default) either way."
+    ),
     _PHONEPE + "_verify_v2__mutmut_50": (
         "equivalent: a callback naming neither `event` nor `type` has no type; the placeholder "
         "only changes the (still deterministic) dedupe key and the log."
