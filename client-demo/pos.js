@@ -30,6 +30,19 @@ import {
 const SESSION_KEY = "orderstatus-demo:pos";
 const DONE_LIMIT = 12;
 
+/** @type {Record<string, string>} how an online order's payment reads on its card */
+const PAYMENT_CHIPS = {
+  UNPAID: "unpaid",
+  INITIATED: "paying…",
+  PENDING: "paying…",
+  COMPLETED: "paid",
+  FAILED: "payment failed",
+  EXPIRED: "payment expired",
+  CANCELLED: "payment cancelled",
+  PARTIALLY_REFUNDED: "partly refunded",
+  REFUNDED: "refunded",
+};
+
 const COLUMNS = [
   { id: "PENDING_PAYMENT", title: "Awaiting payment", statuses: ["PENDING_PAYMENT"] },
   { id: "CONFIRMED", title: "New", statuses: ["CONFIRMED"] },
@@ -313,7 +326,7 @@ function renderCard(order) {
       "p",
       { class: "order-card__foot" },
       h("span", { class: "num" }, formatMoney(order.amount, order.currency)),
-      h("span", { class: "chip" }, order.payment_method === "cash" ? "Cash" : `Online · ${order.payment_status.toLowerCase()}`),
+      h("span", { class: "chip" }, order.payment_method === "cash" ? "Cash" : `Online · ${PAYMENT_CHIPS[order.payment_status] ?? order.payment_status.toLowerCase()}`),
       isTerminal(order.status) ? h("span", { class: "pill", dataset: { status: order.status } }, statusLabel(order.status)) : null,
     ),
     moves.length

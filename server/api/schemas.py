@@ -309,6 +309,8 @@ class StreamEvent(Struct):
     at: datetime
     order: Order | None
     note: str | UnsetType = UNSET
+    #: On a ``payment.status`` event: the payment attempt as it is after the change.
+    payment: Payment | UnsetType = UNSET
 
 
 class OrderCreated(Struct):

@@ -121,6 +121,8 @@ class LocalCluster:
                 *("--cluster-node-timeout", str(NODE_TIMEOUT_MS)),
                 # Pub/sub needs no data: a replica may take over however stale it is.
                 *("--cluster-replica-validity-factor", "0"),
+                # A shard down must not stop the others (docs/scaling.md recommends the same).
+                *("--cluster-require-full-coverage", "no"),
                 *("--save", "", "--appendonly", "no", "--dir", str(node_dir)),
             ],
             stdin=subprocess.DEVNULL,
@@ -157,6 +159,18 @@ class LocalCluster:
         for node in self.nodes:
             self.kill(node)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def restart(self, node: Node) -> None:
+        """Start a killed node again, on its port, with its saved cluster identity."""
+        assert not node.alive
+        self._start_node(node)
+
+    def replicas_of(self, address: str) -> list[str]:
+        """The addresses of the replicas serving master ``address``'s slots."""
+        for entry in self.command(self.alive_nodes()[0], "CLUSTER", "SLOTS"):
+            if f"{entry[2][0]}:{entry[2][1]}" == address:
+                return [f"{replica[0]}:{replica[1]}" for replica in entry[3:]]
+        return []
 
     def kill(self, node: Node) -> None:
         """SIGKILL one node (no clean shutdown) and reap it."""

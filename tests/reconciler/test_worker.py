@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -19,7 +21,7 @@ from tests.payments.helpers import (
     start_payment,
     wait_for_payment,
 )
-from tests.reconciler.support import FAST_SCHEDULE, drive, reconciler_for
+from tests.reconciler.support import FAST_SCHEDULE, Recording, drive, reconciler_for
 from tests.support.sandbox import Sandbox, running_sandbox
 from tests.support.servers import free_port
 
@@ -182,3 +184,51 @@ async def test_a_success_after_expiry_takes_the_late_success_path_with_one_refun
         assert [(r.payment_id, r.amount, r.status) for r in refunds] == [
             (payment.id, payment.amount, "REQUESTED")
         ]
+
+
+RATE = 20
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_two_reconcilers_on_postgres_never_check_one_payment_at_once_and_share_the_limit(
+    start_service: StartService, sandbox: Sandbox
+) -> None:
+    async with contextlib.AsyncExitStack() as stack:
+        service = await start_service(
+            **sandbox.settings(), sandbox_poll_schedule=FAST_SCHEDULE, sandbox_rate_limit=""
+        )
+        payments = [await started(service) for _ in range(30)]
+        for _, payment in payments:
+            await sandbox.act(payment.gateway_ref, "approve")
+        recordings = [Recording(), Recording()]
+        limited = {"sandbox_rate_limit": f"{RATE}/second"}
+        workers = [
+            await stack.enter_async_context(
+                reconciler_for(service, recording=r, slow=0.05, name=f"r{i}", batch=4, **limited)
+            )
+            for i, r in enumerate(recordings)
+        ]
+        stop = asyncio.Event()
+        tasks = [asyncio.create_task(w.run(stop)) for w in workers]
+
+        async def all_settled() -> bool:
+            rows = [await payment_row(service, p.id) for _, p in payments]
+            return all(r.status == "COMPLETED" for r in rows)
+
+        async with asyncio.timeout(60):
+            while not await all_settled():
+                await asyncio.sleep(0.1)
+        stop.set()
+        await asyncio.gather(*tasks)
+    calls = [(ref, start, end, i) for i, r in enumerate(recordings) for ref, start, end in r.calls]
+    assert all(r.calls for r in recordings), "both reconcilers did part of the work"
+    by_ref: dict[str, list[tuple[float, float, int]]] = {}
+    for ref, start, end, who in calls:
+        by_ref.setdefault(ref, []).append((start, end, who))
+    for ref, spans in by_ref.items():
+        spans.sort()
+        for (_, end, _), (start, _, _) in itertools.pairwise(spans):
+            assert start >= end, f"{ref} checked twice at once"
+    per_second = (await sandbox.http.get("/control/stats")).json()["status_calls_per_second"]
+    # One call of slack: a hit at the limiter reaches the sandbox a moment later.
+    assert max(per_second.values()) <= RATE + 1, per_second
