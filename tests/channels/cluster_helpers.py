@@ -8,7 +8,6 @@ here) or reshard slots between masters.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
 import signal
@@ -24,6 +23,8 @@ import pytest
 import redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
+
+from tests.support.ci import in_ci
 
 #: The cluster's failure detection; low so that a failover test takes seconds, not 15 s.
 NODE_TIMEOUT_MS = 1000
@@ -42,13 +43,9 @@ def cluster_port() -> int:
         return port
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
 def cluster_unavailable(reason: str) -> NoReturn:
     """Skip, or fail under any truthy CI, where a missing redis-server is a broken setup."""
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
     pytest.skip(reason)
 

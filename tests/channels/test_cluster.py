@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
@@ -194,3 +198,32 @@ async def test_a_black_holed_master_costs_one_timeout_not_one_per_publish(prefix
             cluster.resume(cluster.node(victim))
     finally:
         cluster.stop()
+
+
+@pytest.mark.parametrize("ci", ["1", "true", "github-actions"])
+def test_under_ci_a_missing_redis_server_fails_the_cluster_tests(ci: str, tmp_path: Path) -> None:
+    # A PATH with python but no redis-server / redis-cli.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {**os.environ, "CI": ci, "PATH": str(bin_dir)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/channels/test_cluster.py",
+            "-k",
+            "one_connection_per_shard",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0, result.stdout
+    assert "redis-server / redis-cli are not installed (CI is set" in result.stdout, result.stdout
