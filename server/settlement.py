@@ -870,8 +870,11 @@ class Settlement:
                 return CheckResult(payment_view(row), asked=False, outcome="leased")
         gateway = self.gateways.get(row.gateway)
         if gateway is None:
-            await self._release(payment_id)
-            return CheckResult(payment_view(row), asked=False, outcome="no_gateway")
+            # Not offered in this process (no credentials here): back off, do not spin on it.
+            view = await self._record_unavailable(
+                payment_id, row.gateway, f"gateway {row.gateway} is not configured here", None
+            )
+            return CheckResult(view, asked=False, outcome="no_gateway")
         if self.limiter is not None and not await self.limiter.acquire(
             row.gateway, wait=wait_for_rate
         ):
