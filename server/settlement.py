@@ -69,6 +69,7 @@ from server.models import (
 from server.payments import (
     LIVE,
     PAID,
+    UNSUCCESSFUL,
     Decision,
     Evidence,
     FailurePolicy,
@@ -719,7 +720,7 @@ class Settlement:
             return "duplicate"
         assert applied.decision is not None
         if applied.decision.verdict is Verdict.CONFIRM:
-            result = await self.check(payment_id, actor=actor)
+            result = await self.check(payment_id, actor=actor, confirm=True)
             return f"confirmed:{result.outcome}"
         return "refused" if applied.refused else applied.decision.verdict.value
 
@@ -793,6 +794,7 @@ class Settlement:
         wait_for_rate: bool = True,
         patience: float | None = None,
         claimed: bool = False,
+        confirm: bool = False,
     ) -> CheckResult:
         """Ask the gateway where ``payment_id`` stands and apply the answer, once at a time.
 
@@ -810,6 +812,7 @@ class Settlement:
                     reuse_within=reuse_within,
                     wait_for_rate=wait_for_rate,
                     claimed=claimed,
+                    confirm=confirm,
                 ),
                 name=f"check-{payment_id}",
             )
@@ -832,6 +835,7 @@ class Settlement:
         reuse_within: float,
         wait_for_rate: bool,
         claimed: bool,
+        confirm: bool,
     ) -> CheckResult:
         now = self.clock()
         async with self.db.transaction() as session:
@@ -841,7 +845,13 @@ class Settlement:
                 return CheckResult(None, asked=False, outcome="missing")
             status = P(row.status)
             skip = None
-            if status not in LIVE and status is not P.EXPIRED:
+            # Settled payments are not polled; a webhook claiming a late success of a FAILED or
+            # CANCELLED one (``confirm``) is checked with the status API all the same.
+            if (
+                status not in LIVE
+                and status is not P.EXPIRED
+                and not (confirm and status in UNSUCCESSFUL)
+            ):
                 skip = "settled"
             elif (
                 reuse_within > 0
