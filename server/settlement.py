@@ -705,7 +705,7 @@ class Settlement:
             # A hint: recorded once, then the status API says what is true.
             if not await self._record_receipt(receipt, payment_id, "hint"):
                 return "duplicate"
-            result = await self.check(payment_id, actor=actor)
+            result = await self.check(payment_id, actor=actor, confirm=True)
             return f"confirmed:{result.outcome}"
         applied = await self.apply(
             payment_id=payment_id,
