@@ -5,7 +5,7 @@
  * history from GET /api/orders with a cursor. Both feed one map of orders, newest version wins.
  */
 
-import { apiRequest, connect } from "./orderstatus.js";
+import { apiRequest, connect, newIdempotencyKey } from "./orderstatus.js";
 import { allowedNext, isTerminal, statusLabel, trackerSteps } from "./workflow.js";
 import {
   connectionStatusHandler,
@@ -349,6 +349,8 @@ async function placeOrder(event) {
   try {
     const body = await apiRequest(location.origin, "/api/orders", {
       method: "POST",
+      // One key for this click: a retry of a lost answer never places a second order.
+      idempotencyKey: newIdempotencyKey(),
       token: await tokens.token(),
       body: {
         store_id: String(data.get("store")),
@@ -389,6 +391,7 @@ async function cancelOrder(orderId) {
   try {
     const body = await apiRequest(location.origin, `/api/orders/${encodeURIComponent(orderId)}/cancel`, {
       method: "POST",
+      idempotencyKey: newIdempotencyKey(),
       token: await tokens.token(),
       body: { reason: "Cancelled by the customer" },
     });

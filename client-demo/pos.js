@@ -4,7 +4,7 @@
  * for the moves the workflow allows a terminal, and any refusal (409) shown plainly.
  */
 
-import { ApiError, apiRequest, connect } from "./orderstatus.js";
+import { ApiError, apiRequest, connect, newIdempotencyKey } from "./orderstatus.js";
 import { actionLabel, allowedNext, isTerminal, statusLabel } from "./workflow.js";
 import {
   connectionStatusHandler,
@@ -77,6 +77,8 @@ async function requestStatus(orderId, to) {
   try {
     const body = await apiRequest(location.origin, `/api/pos/orders/${encodeURIComponent(orderId)}/status`, {
       method: "POST",
+      // One key per click on a move button, reused by apiRequest's retries.
+      idempotencyKey: newIdempotencyKey(),
       token: await tokens.token(),
       body: { status: to },
     });

@@ -37,6 +37,7 @@ from server.gatewaying import SANDBOX_MOUNT, in_process_sandbox, open_gateways
 from server.gctune import GcPolicy
 from server.hooks import NO_HOOKS, Hooks
 from server.hub import Hub
+from server.idempotency import IdempotencyMiddleware
 from server.logs import new_request_id, request_id
 from server.metrics import Metrics
 from server.payments import FailurePolicy
@@ -247,7 +248,11 @@ def create_app(
 
     return _App(
         routes=routes,
-        middleware=[Middleware(_RequestContext, metrics=metrics)],
+        # Idempotency inside the request context, so a replayed answer carries X-Request-ID.
+        middleware=[
+            Middleware(_RequestContext, metrics=metrics),
+            Middleware(IdempotencyMiddleware, hooks=hooks),
+        ],
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: handle_http_exception,

@@ -14,6 +14,7 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     UniqueConstraint,
@@ -210,6 +211,27 @@ class WebhookReceipt(Base):
     __table_args__ = (UniqueConstraint("gateway", "gateway_event_id", name="uq_webhook_receipt"),)
 
 
+class IdempotencyKey(Base):
+    """One caller's Idempotency-Key: the request it was first used for and, once done, the
+    answer to replay (server/idempotency.py)."""
+
+    __tablename__ = "idempotency_keys"
+
+    # "<role>:<sub>" (POS: "pos:<sub>@<store>"): keys of different callers never collide.
+    caller: Mapped[str] = mapped_column(String(450), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # sha256 of method, path, query and body bytes.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # running (the first request is in its handler), done (answer stored), unknown (the
+    # handler's COMMIT may or may not have happened: never run again under this key).
+    state: Mapped[str] = mapped_column(String(10))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    content_type: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 # The Core tables, for the write path's lean statements (no unit of work on the hot path).
 orders_table = cast(Table, Order.__table__)
 payments_table = cast(Table, Payment.__table__)
@@ -218,3 +240,4 @@ webhook_receipts_table = cast(Table, WebhookReceipt.__table__)
 events_table = cast(Table, Event.__table__)
 streams_table = cast(Table, Stream.__table__)
 stream_events_table = cast(Table, StreamEvent.__table__)
+idempotency_keys_table = cast(Table, IdempotencyKey.__table__)

@@ -64,6 +64,8 @@ class Settings:
     longpoll_max_wait: float = 30.0
     longpoll_max_per_user: int = 4
     order_expiry_seconds: int = 1_800
+    # Idempotency-Key answers are kept this long (seconds); an older key counts as new.
+    idempotency_ttl: float = 86_400.0
     # Payment gateways: one without credentials is not offered (see gateways_config()).
     stripe_api_key: str | None = field(default=None, repr=False)
     stripe_webhook_secret: str | None = field(default=None, repr=False)
@@ -372,6 +374,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "longpoll_max_wait": (0, 300),
     "longpoll_max_per_user": (1, None),
     "order_expiry_seconds": (1, None),
+    "idempotency_ttl": (1, None),
     "snapshot_max_orders": (0, 10_000),
     "phonepe_salt_index": (1, None),
     "phonepe_client_version": (1, None),

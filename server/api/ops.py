@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from server import idempotency
 from server.api import schemas
 from server.api.contract import openapi_document, operation
 from server.services import services
@@ -62,4 +63,5 @@ async def metrics(request: Request) -> Response:
 
 async def openapi(request: Request) -> Response:
     """This API's OpenAPI document, generated from the declarations in ``schemas``."""
-    return JSONResponse(openapi_document(request.app.routes, services(request).settings))
+    document = openapi_document(request.app.routes, services(request).settings)
+    return JSONResponse(idempotency.document(document))

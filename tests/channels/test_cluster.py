@@ -165,3 +165,32 @@ async def test_resharding_moves_subscriptions_with_their_slot(
         assert await receive_message(moved_sub) == Message(moving, "after")
         await broker.publish(staying, "untouched")
         assert await next_is(staying_sub, Message(staying, "untouched")) == []
+
+
+async def test_a_black_holed_master_costs_one_timeout_not_one_per_publish(prefix: str) -> None:
+    # A node timeout longer than the test: the paused master is not failed over meanwhile.
+    cluster = LocalCluster(replicas=0, node_timeout_ms=30_000)
+    cluster.start()
+    try:
+        channels = per_shard(cluster, prefix)
+        victim, healthy, _ = list(channels)
+        async with (
+            connected(cluster.url) as broker,
+            broker.subscribe(channels[healthy]) as sub,
+        ):
+            cluster.pause(cluster.node(victim))
+            loop = asyncio.get_running_loop()
+            for attempt in range(3):
+                started = loop.time()
+                with pytest.raises(BrokerError):
+                    await broker.publish_many(
+                        [(channels[victim], "lost"), (channels[healthy], str(attempt))]
+                    )
+                took = loop.time() - started
+                # The healthy shard got its message whatever the other shard did.
+                assert await receive(sub) == Message(channels[healthy], str(attempt))
+                if attempt:
+                    assert took < 0.5, f"publish {attempt} waited {took:.2f}s on a dead node"
+            cluster.resume(cluster.node(victim))
+    finally:
+        cluster.stop()

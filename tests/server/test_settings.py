@@ -59,6 +59,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "LONGPOLL_MAX_WAIT": ("10", 10.0),
     "LONGPOLL_MAX_PER_USER": ("2", 2),
     "ORDER_EXPIRY_SECONDS": ("60", 60),
+    "IDEMPOTENCY_TTL": ("3600", 3600.0),
     "STRIPE_API_KEY": ("sk_test_1", "sk_test_1"),
     "STRIPE_WEBHOOK_SECRET": ("whsec_1", "whsec_1"),
     "STRIPE_API_BASE": ("http://127.0.0.1:9100", "http://127.0.0.1:9100"),
@@ -135,6 +136,7 @@ FLOATS = [
     "EVENT_RETENTION_DAYS",
     "LONGPOLL_MAX_WAIT",
     "GRACEFUL_SHUTDOWN_TIMEOUT",
+    "IDEMPOTENCY_TTL",
 ]
 
 
