@@ -82,11 +82,11 @@ def channel_slot(channel: str) -> int:
 def same_shard(channel: str, base: str) -> str:
     """A channel starting with ``base`` in the same hash slot as ``channel`` (so on the same
     shard of a cluster): ``base{tag}`` with ``channel``'s hashed part as the tag. Falls back
-    to ``base`` when that part holds a ``}`` and cannot be a tag."""
+    to ``base`` when that part is empty or holds a ``}``, so cannot be a tag."""
     start = channel.find("{")
     end = channel.find("}", start + 1) if start > -1 else -1
     hashed = channel[start + 1 : end] if start > -1 and end > start + 1 else channel
-    return base if "}" in hashed else f"{base}{{{hashed}}}"
+    return base if not hashed or "}" in hashed else f"{base}{{{hashed}}}"
 
 
 @dataclass(frozen=True, slots=True)

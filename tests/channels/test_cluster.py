@@ -14,7 +14,7 @@ import pytest
 from redis.crc import key_slot
 
 from channels import BrokerError, Gap, Heartbeat, Message, create_broker
-from channels.cluster import ClusterBroker, ClusterUrl, channel_slot
+from channels.cluster import ClusterBroker, ClusterUrl, channel_slot, same_shard
 from channels.fanout import Subscription
 from tests.channels.cluster_helpers import LocalCluster, channel_on
 from tests.channels.conftest import make_cluster_broker
@@ -59,6 +59,19 @@ def test_cluster_urls_parse_without_echoing_secrets() -> None:
         with pytest.raises(ValueError) as caught:
             ClusterUrl.parse(bad)
         assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "channel", ["p:customer:rita", "p:{tag}x", "p:{}x", "p:{a}b}", "p:}odd", "p:{x", ""]
+)
+def test_same_shard_names_a_channel_in_the_same_slot(channel: str) -> None:
+    probe = same_shard(channel, "p:_probe")
+    assert probe.startswith("p:_probe")
+    if probe != "p:_probe":
+        assert channel_slot(probe) == channel_slot(channel)
+    else:
+        # Only a channel whose hashed part is empty or holds "}" falls back.
+        assert channel == "" or "}" in channel
 
 
 def test_create_broker_picks_the_cluster_for_its_schemes() -> None:
