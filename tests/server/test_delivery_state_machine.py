@@ -795,16 +795,11 @@ def test_a_live_client_behind_a_pruned_hole_gets_reset_or_a_close_never_silence(
     assert machine.clients["cu2"].resets == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this test: pongs are answered from the hub's memory, which never heard of "
-    "a lost publish, so on a quiet stream a ping cannot show the client it missed something "
-    "(DESIGN §5); only the safety poll (30 s) repairs it",
-)
 @pytest.mark.parametrize("backend_name", ["sqlite", "postgres"])
 def test_after_a_lost_publish_on_a_quiet_stream_a_ping_shows_the_client_what_it_missed(
     backend_name: str,
 ) -> None:
+    """The pong names the true head (one shared database read), then the hub backfills."""
     machine = _machine_for(backend_name)()
     try:
         machine.create_order(customer="cu1", store="s1")
@@ -814,5 +809,12 @@ def test_after_a_lost_publish_on_a_quiet_stream_a_ping_shows_the_client_what_it_
         pong, delivered = _run_on(machine.runner, machine._ping(client))
         head = _run_on(machine.runner, machine._refresh_log())[client.stream][0]
         assert (delivered, pong) == (1, head) and head == 2
+
+        async def caught_up() -> None:
+            async with asyncio.timeout(10):
+                while client.last < head:
+                    await asyncio.sleep(0.01)
+
+        _run_on(machine.runner, caught_up())  # the ping also brought the missed event
     finally:
         machine.teardown()
