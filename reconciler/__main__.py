@@ -32,7 +32,7 @@ async def main(settings: Settings) -> None:
     db = Database(
         settings.database_url, pool_size=2, sqlite_synchronous=settings.sqlite_synchronous
     )
-    broker = create_broker(settings.redis_url)
+    broker = create_broker(settings.broker_url)
     await broker.connect()
     metrics = Metrics()
     try:
@@ -81,9 +81,9 @@ def run() -> None:
     """Entry point: a separate worker only makes sense with a shared broker (REDIS_URL)."""
     settings = Settings.from_environ(os.environ)
     configure(settings.log_level, settings.log_format)
-    if not settings.redis_url:
+    if not settings.broker_url:
         raise SystemExit(
-            "REDIS_URL: python -m reconciler needs a shared broker; "
+            "REDIS_URL or REDIS_CLUSTER_URL: python -m reconciler needs a shared broker; "
             "on the embedded default the relay and reconciler run inside python -m server"
         )
     asyncio.run(main(settings))

@@ -9,9 +9,9 @@ gateway call. The answer goes through the one write path with ``Evidence.STATUS_
 rescheduled by the gateway's ``Schedule``; an answer that never came (transport error, timeout,
 5xx, 429) is never a verdict: the payment waits for Retry-After or a backoff with jitter.
 
-Then orders past ``expires_at`` that are still unpaid: every live payment gets a last check
-first; an order with a payment still in flight after it stays open, and only one with none
-expires.
+Then orders past ``expires_at`` that are still unpaid: a live payment gets a last check first;
+an order whose payment is still in flight after it stays open (the payment's own schedule runs
+to its timeout, which expires it), and only an order with no payment live or paid expires.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 
+from server.metrics import Metrics
 from server.models import Order, Payment, payments_table, utcnow
 from server.payments import LIVE, PaymentStatus
 from server.settlement import Settlement
@@ -32,6 +33,7 @@ from server.writes import Actor
 logger = logging.getLogger(__name__)
 
 _CLAIMABLE = [s.value for s in LIVE] + [PaymentStatus.EXPIRED.value]
+_LIVE_NAMES = frozenset(s.value for s in LIVE)
 
 
 class Reconciler:
@@ -57,6 +59,11 @@ class Reconciler:
         self._lease = timedelta(seconds=lease)
         self._clock = clock
         self._actor = Actor.system("reconciler", name)
+
+    @property
+    def metrics(self) -> Metrics:
+        """The metrics this reconciler counts into (its settlement's)."""
+        return self._metrics
 
     async def run_once(self) -> int:
         """One pass: check every payment due now, then expire unpaid orders; how many acted on."""
@@ -106,9 +113,9 @@ class Reconciler:
         """Expire unpaid orders past ``expires_at``, each after a last check of its payments."""
         now = self._clock()
         async with self._db.read() as session:
-            rows = (
+            due = (
                 await session.execute(
-                    select(Order.id)
+                    select(Order.id, Order.expires_at)
                     .where(
                         Order.status == OrderStatus.PENDING_PAYMENT.value,
                         Order.expires_at <= now,
@@ -116,13 +123,14 @@ class Reconciler:
                     .order_by(Order.expires_at)
                     .limit(self._batch)
                 )
-            ).scalars()
-            order_ids = [str(i) for i in rows]
+            ).all()
+            order_ids = [str(row.id) for row in due]
+            expires = {str(row.id): row.expires_at for row in due}
             live = {
-                str(p.order_id): str(p.id)
+                str(p.order_id): p
                 for p in (
                     await session.execute(
-                        select(Payment.order_id, Payment.id).where(
+                        select(Payment.order_id, Payment.id, Payment.last_checked_at).where(
                             Payment.order_id.in_(order_ids),
                             Payment.status.in_([s.value for s in LIVE]),
                         )
@@ -131,19 +139,26 @@ class Reconciler:
             }
         expired = 0
         for order_id in order_ids:
-            payment_id = live.get(order_id)
-            if payment_id is not None:
-                # The last check: approved at this very moment ends COMPLETED, never EXPIRED.
-                async with self._limit:
-                    try:
-                        await self._settlement.check(payment_id, actor=self._actor, final=True)
-                    except asyncio.CancelledError:
-                        raise
-                    except Exception:
-                        logger.exception("last check of payment %s failed", payment_id)
-                        continue
-            if await self._settlement.expire_order(order_id, actor=self._actor):
-                expired += 1
+            payment = live.get(order_id)
+            if payment is None:
+                if await self._settlement.expire_order(order_id, actor=self._actor):
+                    expired += 1
+                continue
+            if payment.last_checked_at is not None and payment.last_checked_at >= expires[order_id]:
+                continue  # asked since the order's expiry: the payment's own schedule goes on
+            # The last check: approved at this very moment ends COMPLETED, never EXPIRED; still
+            # in flight, the order waits for it (its schedule's timeout expires it, then this).
+            async with self._limit:
+                try:
+                    result = await self._settlement.check(str(payment.id), actor=self._actor)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    logger.exception("last check of payment %s failed", payment.id)
+                    continue
+            if result.payment is not None and result.payment["status"] not in _LIVE_NAMES:
+                if await self._settlement.expire_order(order_id, actor=self._actor):
+                    expired += 1
         return expired
 
     async def measure(self) -> None:

@@ -127,7 +127,7 @@ def create_app(
             hooks=hooks,
         )
         own_broker = broker is None
-        the_broker = broker or create_broker(settings.redis_url)
+        the_broker = broker or create_broker(settings.broker_url)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(db.dispose)
             if own_broker:
@@ -206,7 +206,7 @@ def create_app(
             logger.info(
                 "orderstatus ready: database=%s broker=%s instance=%s gateways=%s",
                 db.dialect,
-                "redis" if settings.redis_url else "memory",
+                (settings.broker_url or "memory").partition("://")[0].replace("+", "-"),
                 settings.instance_id,
                 ",".join(sorted(offered.gateways)) or "none",
             )

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from starlette.websockets import (
     WebSocket,
@@ -500,17 +501,29 @@ class Hub:
             )
             if delivering and not safety_due:
                 continue
-            last_safety = now
+            # On a Redis Cluster one shard may be down while the others deliver: poll only
+            # the streams whose shard is not delivering (all of them on a safety poll).
+            only = None if safety_due else self._not_delivering
+            if safety_due:
+                last_safety = now
             try:
-                await self.poll_heads()
+                await self.poll_heads(only)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("polling stream heads failed; retrying")
 
-    async def poll_heads(self) -> int:
-        """Poke every connection whose stream moved past its cursor; returns how many."""
-        streams = [stream for stream, conns in self._by_stream.items() if conns]
+    def _not_delivering(self, stream: str) -> bool:
+        return not self._heartbeat.delivering_for(self.channel(stream))
+
+    async def poll_heads(self, only: Callable[[str], bool] | None = None) -> int:
+        """Poke every connection whose stream moved past its cursor (of the streams ``only``
+        selects, default all); returns how many."""
+        streams = [
+            stream
+            for stream, conns in self._by_stream.items()
+            if conns and (only is None or only(stream))
+        ]
         if not streams:
             return 0
         self._metrics.hub_polls.inc()

@@ -62,15 +62,15 @@ PARAMETER: dict[str, Any] = {
         " another request with the key is 422 idempotency_key_reused, a repeat while the first"
         " runs is 409 idempotency_in_progress. Keys are per caller."
     ),
-    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY_LENGTH},
+    "schema": {"type": "string", "pattern": "^[ -~]{1,255}$", "maxLength": MAX_KEY_LENGTH},
 }
-
 
 _ANSWERS = {
-    400: "Bad request (also: a malformed Idempotency-Key)",
-    409: "Conflict (also: idempotency_in_progress, idempotency_outcome_unknown)",
-    422: "Validation error (also: idempotency_key_reused)",
+    "400": "Malformed request (also: a bad Idempotency-Key)",
+    "409": "Conflict (also: idempotency_in_progress, idempotency_outcome_unknown)",
+    "422": "Validation error (also: idempotency_key_reused)",
 }
+_ERROR_CONTENT = {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}
 
 
 def document(schema: dict[str, Any]) -> dict[str, Any]:
@@ -79,12 +79,10 @@ def document(schema: dict[str, Any]) -> dict[str, Any]:
         post = operations.get("post")
         if not path.startswith("/api/") or post is None:
             continue
-        parameters = post.setdefault("parameters", [])
-        parameters.append(dict(PARAMETER))
+        post.setdefault("parameters", []).append(dict(PARAMETER))
         responses = post.setdefault("responses", {})
         for status, description in _ANSWERS.items():
-            if status not in responses and str(status) not in responses:
-                responses[status] = {"description": description}
+            responses.setdefault(status, {"description": description, "content": _ERROR_CONTENT})
     return schema
 
 

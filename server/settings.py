@@ -30,6 +30,7 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
+    redis_cluster_url: str | None = None
     redis_channel_prefix: str = "orderstatus:"
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -61,6 +62,7 @@ class Settings:
     relay_interval: float = 1.0
     event_retention_days: float = 0.0
     longpoll_max_wait: float = 30.0
+    longpoll_max_per_user: int = 4
     order_expiry_seconds: int = 1_800
     # Idempotency-Key answers are kept this long (seconds); an older key counts as new.
     idempotency_ttl: float = 86_400.0
@@ -112,7 +114,16 @@ class Settings:
     @property
     def embedded(self) -> bool:
         """True on the single-process default: SQLite and the in-memory broker."""
-        return self.database_url.startswith("sqlite") and not self.redis_url
+        return self.database_url.startswith("sqlite") and not self.broker_url
+
+    @property
+    def broker_url(self) -> str | None:
+        """The URL ``channels.create_broker`` takes: REDIS_CLUSTER_URL (as redis+cluster://)
+        when set — it wins over REDIS_URL — else REDIS_URL; None: the in-memory broker."""
+        if self.redis_cluster_url:
+            scheme, _, rest = self.redis_cluster_url.partition("://")
+            return f"{scheme.removesuffix('+cluster')}+cluster://{rest}"
+        return self.redis_url
 
     @property
     def demo_tokens_enabled(self) -> bool:
@@ -298,6 +309,14 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _redis_cluster_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")):
+        raise ValueError(
+            f"expected redis://host:port[,host:port...], rediss:// or redis+cluster://, got {raw!r}"
+        )
+    return raw
+
+
 def _database_url(raw: str) -> str:
     if not raw.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://")):
         raise ValueError(f"expected sqlite+aiosqlite:// or postgresql+asyncpg://, got {raw!r}")
@@ -353,6 +372,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "relay_interval": (0.01, None),
     "event_retention_days": (0, None),
     "longpoll_max_wait": (0, 300),
+    "longpoll_max_per_user": (1, None),
     "order_expiry_seconds": (1, None),
     "idempotency_ttl": (1, None),
     "snapshot_max_orders": (0, 10_000),
@@ -372,6 +392,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": _redis_url,
+    "redis_cluster_url": _redis_cluster_url,
     "database_url": _database_url,
     "log_format": _log_format,
     "sqlite_synchronous": _sqlite_synchronous,

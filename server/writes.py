@@ -25,6 +25,7 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels import Broker, BrokerError
+from channels.cluster import same_shard
 from server import protocol
 from server.auth import Principal, Role
 from server.db import Database
@@ -194,10 +195,13 @@ class Publisher:
             [(self._prefix + d.stream, protocol.pack(d.seq, d.text)) for d in deliveries]
         )
 
-    async def probe(self) -> bool:
-        """Whether the broker takes a publish right now (an empty message on a private channel)."""
+    async def probe(self, *streams: str) -> bool:
+        """Whether the broker takes a publish right now (an empty message on a private channel;
+        given ``streams``, one on the shard of each, for a Redis Cluster may be down in part)."""
+        base = self._prefix + "_probe"
+        channels = {same_shard(self._prefix + stream, base) for stream in streams} or {base}
         try:
-            await self._broker.publish(self._prefix + "_probe", "")
+            await self._broker.publish_many([(channel, "") for channel in sorted(channels)])
         except BrokerError:
             return False
         return True

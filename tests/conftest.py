@@ -29,6 +29,7 @@ from server.metrics import Metrics
 from server.services import Services
 from server.settings import Settings
 from server.writes import Publisher
+from tests.channels.cluster_helpers import LocalCluster
 from tests.channels.helpers import RedisServer, free_port
 from tests.support.ci import IN_CI
 from tests.support.clients import SECRET
@@ -190,6 +191,29 @@ async def private_redis() -> AsyncIterator[RedisServer]:
         yield server
     finally:
         await server.kill()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A local Redis Cluster (3 masters + 3 replicas) shared by the session; tests only add
+    channels to it (with their own prefix). Missing redis-server: skip, or fail under CI."""
+    cluster = LocalCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def private_redis_cluster() -> Iterator[LocalCluster]:
+    """A Redis Cluster of this test's own, whose masters it may kill or reshard."""
+    cluster = LocalCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @dataclass

@@ -6,47 +6,37 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 
 from server import protocol
-from server.api.common import json_body, principal
+from server.api import schemas
+from server.api.common import body, principal
+from server.api.contract import operation
+from server.api.orders import ORDER_PATH
 from server.auth import Role
-from server.errors import Conflict, NotFound, Unprocessable
+from server.errors import Conflict, NotFound
 from server.models import Order, Payment
 from server.payments import LIVE, PaymentStatus
 from server.services import services
 from server.writes import ORDER_ID, Actor, visible_to
 
 
+@operation(
+    "Start a payment of the order at a gateway (its owner)",
+    tag="payments",
+    path=ORDER_PATH,
+    body=schemas.StartPayment,
+    responses={
+        201: ("Started (or the live attempt resumed)", schemas.PaymentStarted),
+        403: "Not a customer token",
+        404: "No such order (or not yours)",
+        409: "Not payable, already paid, or another attempt is live (named)",
+        422: "Unknown field, or a gateway not offered here (error.offered lists them)",
+        502: "The gateway refused the payment (it is FAILED; retry allowed)",
+        503: "The gateway could not answer (the attempt is kept; retry), or the database",
+    },
+)
 async def start(request: Request) -> JSONResponse:
-    """
-    summary: Start a payment of the order at a gateway (its owner)
-    tags: [payments]
-    security: [{bearer: []}]
-    parameters: [{name: order_id, in: path, required: true, schema: {type: string}}]
-    requestBody:
-      required: true
-      content:
-        application/json:
-          schema:
-            type: object
-            required: [gateway]
-            additionalProperties: false
-            properties: {gateway: {type: string, maxLength: 40}}
-    responses:
-      201: {description: "{payment, redirect_url}"}
-      401: {description: Unauthenticated}
-      404: {description: No such order (or not yours)}
-      409: {description: "Not payable, already paid, or another attempt is live (named)"}
-      422: {description: Unknown field or a gateway not offered here}
-      502: {description: The gateway refused the payment (it is FAILED; retry allowed)}
-      503: {description: The gateway could not answer (the attempt is kept; retry the call)}
-    """
+    """Start a payment of the order at a gateway (its owner)."""
     caller = principal(request, Role.CUSTOMER)
-    body = await json_body(request)
-    unknown = sorted(set(body) - {"gateway"})
-    if unknown:
-        raise Unprocessable(f"unknown field {unknown[0]}", field=unknown[0])
-    gateway = body.get("gateway")
-    if not isinstance(gateway, str) or not gateway or len(gateway) > 40:
-        raise Unprocessable("gateway must name a gateway", field="gateway")
+    gateway = (await body(request, schemas.StartPayment)).gateway
     svc = services(request)
     order_id = request.path_params["order_id"]
     base = (svc.settings.public_url or str(request.base_url)).rstrip("/")
@@ -63,18 +53,20 @@ async def start(request: Request) -> JSONResponse:
     return JSONResponse({"payment": payment, "redirect_url": redirect_url}, status_code=201)
 
 
+@operation(
+    "Ask the gateway now where the order's payment stands (its owner, an admin)",
+    tag="payments",
+    path=ORDER_PATH,
+    responses={
+        200: ("What the gateway says now", schemas.PaymentVerified),
+        403: "Not a customer or admin token",
+        404: "No such order (or not yours)",
+        409: "The order has no payment to verify",
+        503: "The gateway or the database could not answer",
+    },
+)
 async def verify(request: Request) -> JSONResponse:
-    """
-    summary: Ask the gateway now where the order's payment stands (its owner, an admin)
-    tags: [payments]
-    security: [{bearer: []}]
-    parameters: [{name: order_id, in: path, required: true, schema: {type: string}}]
-    responses:
-      200: {description: "{payment, status_updated, checked}"}
-      401: {description: Unauthenticated}
-      404: {description: No such order (or not yours)}
-      409: {description: The order has no payment to verify}
-    """
+    """Ask the gateway now where the order's payment stands (its owner, an admin)."""
     caller = principal(request, Role.CUSTOMER, Role.ADMIN)
     svc = services(request)
     order_id = request.path_params["order_id"]

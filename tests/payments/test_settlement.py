@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
+import dataclasses
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from sqlalchemy import select
 
+from gateways.sandbox_server import SIGNATURE_HEADER, Chaos
+from gateways.signing import sign
+from server.gatewaying import open_gateways
+from server.metrics import Metrics
 from server.models import Payment, WebhookReceipt
+from server.settlement import Settlement
 from tests.conftest import Service, StartService
 from tests.payments.helpers import (
     events_of,
@@ -22,7 +30,7 @@ from tests.payments.helpers import (
 )
 from tests.support.asserts import assert_error
 from tests.support.clients import auth, token
-from tests.support.sandbox import Sandbox, running_sandbox
+from tests.support.sandbox import SANDBOX_SECRET, Sandbox, running_sandbox
 
 
 @pytest.fixture
@@ -214,3 +222,80 @@ async def test_a_webhook_about_a_payment_we_do_not_know_is_recorded_and_acknowle
         receipts = list((await session.execute(select(WebhookReceipt))).scalars())
     assert [(x.outcome, x.payment_id) for x in receipts] == [("unknown_payment", None)]
     assert (await payment_row(paying, payment.id)).status == "INITIATED"
+
+
+async def test_a_read_asks_the_gateway_about_a_payment_pending_too_long(
+    start_service: StartService,
+) -> None:
+    async with running_sandbox(Chaos(drop=100)) as sandbox:  # the webhook never comes
+        service = await start_service(**sandbox.settings(), payment_read_check_after=0)
+        order_id, payment = await started(service)
+        await sandbox.act(payment.gateway_ref, "approve")
+        body = await order_json(service, order_id)
+        assert body["status_updated"] is True
+        assert body["payment_status"] == "COMPLETED"
+        assert body["order"]["status"] == "CONFIRMED"
+        assert body["payments"][0]["status"] == "COMPLETED"
+        again = await order_json(service, order_id)
+        assert again["status_updated"] is False
+
+
+async def test_a_gateway_error_never_fails_the_read(start_service: StartService) -> None:
+    async with running_sandbox(Chaos(drop=100, status_5xx=100)) as sandbox:
+        service = await start_service(**sandbox.settings(), payment_read_check_after=0)
+        order_id, payment = await started(service)
+        await sandbox.act(payment.gateway_ref, "approve")
+        body = await order_json(service, order_id)
+        assert body["status_updated"] is False
+        assert body["order"]["status"] == "PENDING_PAYMENT"
+        row = await payment_row(service, payment.id)
+        assert row.status == "INITIATED" and row.check_failures == 1 and row.last_error
+    async with running_sandbox(Chaos(status_hang=100, hang_seconds=10)) as sandbox:
+        service = await start_service(
+            **sandbox.settings(), payment_read_check_after=0, payment_read_check_timeout=0.3
+        )
+        order_id, _ = await started(service)
+        async with asyncio.timeout(3):  # the read does not wait for a hanging gateway
+            body = await order_json(service, order_id)
+        assert body["status_updated"] is False
+
+
+async def test_verify_asks_the_gateway_now(start_service: StartService) -> None:
+    async with running_sandbox(Chaos(drop=100)) as sandbox:
+        service = await start_service(**sandbox.settings())
+        order_id, payment = await started(service)
+        await sandbox.act(payment.gateway_ref, "decline")
+        r = await service.http.post(
+            f"/api/orders/{order_id}/payments/verify", headers=auth(token("alice"))
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["status_updated"] is True
+        assert r.json()["payment_status"] == "FAILED"
+        r = await service.http.post(
+            f"/api/orders/{order_id}/payments/verify", headers=auth(token("bob"))
+        )
+        assert_error(r, 404, "not_found")
+
+
+async def test_a_webhook_that_cannot_bind_its_body_is_a_hint_confirmed_by_the_status_api(
+    start_service: StartService,
+) -> None:
+    # PhonePe v2's callbacks carry a fixed Authorization header: whatever they say, the status
+    # API decides. Here the hint says "succeeded" while the gateway's truth is "declined".
+    async with running_sandbox(Chaos(drop=100)) as sandbox:
+        paying = await start_service(**sandbox.settings())
+        order_id, payment = await started(paying)
+        await sandbox.act(payment.gateway_ref, "decline")
+        async with open_gateways(paying.settings) as offered:
+            settlement = Settlement(
+                paying.db, paying.publisher, Metrics(), gateways=offered.gateways
+            )
+            body = webhook_body(payment, "succeeded")
+            header = sign(body, SANDBOX_SECRET, int(time.time()))
+            signed = offered.gateways["sandbox"].verify_webhook({SIGNATURE_HEADER: header}, body)
+            hint = dataclasses.replace(signed, trusted=False)
+            assert await settlement.receive_webhook(hint) == "confirmed:failed"
+            assert await settlement.receive_webhook(hint) == "duplicate"
+    assert (await payment_row(paying, payment.id)).status == "FAILED"
+    statuses = [e.to_status for e in await events_of(paying, order_id, "payment.status")]
+    assert statuses == ["INITIATED", "FAILED"]

@@ -65,6 +65,7 @@ async def reconciler_for(
     recording: Recording | None = None,
     slow: float = 0.0,
     name: str = "test-reconciler",
+    batch: int = 100,
     **overrides: Any,
 ) -> AsyncIterator[Reconciler]:
     """A reconciler as ``python -m reconciler`` builds it, on the service's database."""
@@ -90,7 +91,7 @@ async def reconciler_for(
                 )
             ),
         )
-        yield Reconciler(settlement, interval=0.05, lease=5, name=name)
+        yield Reconciler(settlement, interval=0.05, lease=5, name=name, batch=batch)
 
 
 async def drive(

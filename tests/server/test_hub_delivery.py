@@ -11,8 +11,10 @@ from websockets.asyncio.client import connect
 
 from server import protocol
 from server.streams import customer_stream
+from server.workflow import OrderStatus
 from tests.conftest import Service
-from tests.support.clients import auth, order_body, recv_json, token
+from tests.support.clients import auth, order_body, recv_events, recv_json, token
+from tests.support.writes import write_without_publishing
 
 POS = token("pos-d", role="pos", store_id="store-1")
 
@@ -30,8 +32,8 @@ async def move(service: Service, order_id: str, status: str) -> None:
     assert r.status_code == 200, r.text
 
 
-def sample(service: Service, name: str) -> float:
-    return service.metrics.registry.get_sample_value(name) or 0.0
+def sample(service: Service, name: str, **labels: str) -> float:
+    return service.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
 async def test_a_malformed_broker_message_is_dropped_and_delivery_goes_on(
@@ -65,3 +67,16 @@ async def test_a_copy_of_a_delivered_message_is_dropped_and_counted(service: Ser
         event = await recv_json(ws)
         assert (event["seq"], event["status"]) == (3, "READY")
         assert sample(service, "ws_duplicates_dropped_total") == before + 2
+
+
+async def test_each_repair_from_the_log_is_counted_under_its_reason(service: Service) -> None:
+    order_id = await place(service, "jmp")
+    async with connect(f"{service.ws_url}?token={token('jmp')}&since=0") as ws:
+        await recv_json(ws)  # hello, then the resume replays seq 1
+        assert [e["seq"] for e in await recv_events(ws, 1)] == [1]
+        await write_without_publishing(service, order_id, OrderStatus.PREPARING)
+        await move(service, order_id, "READY")  # seq 3 arrives live: 2 is read from the log
+        assert [e["seq"] for e in await recv_events(ws, 2)] == [2, 3]
+    backfills = "ws_backfills_total"
+    assert sample(service, backfills, reason="resume") == 1
+    assert sample(service, backfills, reason="seq_jump") == 1

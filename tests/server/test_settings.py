@@ -20,6 +20,10 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
         "postgresql+asyncpg://app@db.internal:5432/orders",
     ),
     "REDIS_URL": ("rediss://cache.internal:6380/2", "rediss://cache.internal:6380/2"),
+    "REDIS_CLUSTER_URL": (
+        "redis://10.0.0.1:7000,10.0.0.2:7000",
+        "redis://10.0.0.1:7000,10.0.0.2:7000",
+    ),
     "REDIS_CHANNEL_PREFIX": ("shop-a:", "shop-a:"),
     "JWT_SECRET": ("s3cret-s3cret-s3cret", "s3cret-s3cret-s3cret"),
     "JWT_ALGORITHMS": (" HS256 , HS512,, ", ("HS256", "HS512")),
@@ -53,6 +57,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "RELAY_INTERVAL": ("0.75", 0.75),
     "EVENT_RETENTION_DAYS": ("30", 30.0),
     "LONGPOLL_MAX_WAIT": ("10", 10.0),
+    "LONGPOLL_MAX_PER_USER": ("2", 2),
     "ORDER_EXPIRY_SECONDS": ("60", 60),
     "IDEMPOTENCY_TTL": ("3600", 3600.0),
     "STRIPE_API_KEY": ("sk_test_1", "sk_test_1"),
@@ -112,6 +117,7 @@ INTS = [
     "WS_MAX_CONNECTIONS_PER_USER",
     "ORDER_EXPIRY_SECONDS",
     "SNAPSHOT_MAX_ORDERS",
+    "LONGPOLL_MAX_PER_USER",
     "PHONEPE_SALT_INDEX",
     "PHONEPE_CLIENT_VERSION",
     "PUBLISH_QUEUE_SIZE",
@@ -313,6 +319,7 @@ def test_allowed_origins_is_a_comma_separated_list(raw: str, expected: tuple[str
         ("PORT", "-1"),
         ("MAX_BODY_BYTES", "0"),
         ("WS_MAX_CONNECTIONS_PER_USER", "0"),
+        ("LONGPOLL_MAX_PER_USER", "0"),
     ],
 )
 def test_an_out_of_range_number_names_its_variable(variable: str, raw: str) -> None:
@@ -431,3 +438,30 @@ def test_explicit_demo_tokens_and_relay_override_the_embedded_default(explicit: 
 
 def test_each_settings_object_gets_its_own_instance_id() -> None:
     assert Settings().instance_id != Settings().instance_id
+
+
+@pytest.mark.parametrize(
+    ("environ", "broker_url"),
+    [
+        ({}, None),
+        ({"REDIS_URL": "redis://r:6379/0"}, "redis://r:6379/0"),
+        ({"REDIS_CLUSTER_URL": "redis://a:7000,b:7000"}, "redis+cluster://a:7000,b:7000"),
+        ({"REDIS_CLUSTER_URL": "rediss://u:p@a:7000"}, "rediss+cluster://u:p@a:7000"),
+        ({"REDIS_CLUSTER_URL": "redis+cluster://a:7000"}, "redis+cluster://a:7000"),
+        # Pub/sub on the cluster; REDIS_URL still names a plain Redis (the gateways' limit).
+        (
+            {"REDIS_URL": "redis://r:6379/0", "REDIS_CLUSTER_URL": "redis://a:7000"},
+            "redis+cluster://a:7000",
+        ),
+    ],
+)
+def test_the_broker_url_prefers_the_cluster(environ: dict[str, str], broker_url: str) -> None:
+    settings = Settings.from_environ({**environ, "JWT_SECRET": "x"})
+    assert settings.broker_url == broker_url
+    assert settings.embedded is (broker_url is None)
+
+
+@pytest.mark.parametrize("raw", ["a:7000", "http://a:7000", "memory://"])
+def test_a_bad_redis_cluster_url_names_the_variable(raw: str) -> None:
+    with pytest.raises(ValueError, match=r"^REDIS_CLUSTER_URL: expected redis://"):
+        Settings.from_environ({"REDIS_CLUSTER_URL": raw})

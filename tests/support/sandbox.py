@@ -50,10 +50,14 @@ class Sandbox:
 
 
 @contextlib.asynccontextmanager
-async def running_sandbox(chaos: Chaos | None = None, seed: int = 7) -> AsyncIterator[Sandbox]:
+async def running_sandbox(
+    chaos: Chaos | None = None, seed: int = 7, api_key: str | None = None
+) -> AsyncIterator[Sandbox]:
     """Serve a fresh sandbox gateway on a free port."""
     app = create_app(
-        SandboxServerConfig(webhook_secret=SANDBOX_SECRET, chaos=chaos or Chaos(), seed=seed)
+        SandboxServerConfig(
+            webhook_secret=SANDBOX_SECRET, chaos=chaos or Chaos(), seed=seed, api_key=api_key
+        )
     )
     server: SandboxServer = app.state.sandbox
     async with (
