@@ -62,6 +62,9 @@ _PUBLISH_TIMEOUT = 2.0
 _MAX_PUBLISH_CONNECTIONS = 50
 #: After CLUSTERDOWN / TRYAGAIN on an SSUBSCRIBE, try again this much later.
 _RETRY_SUBSCRIBE_AFTER = 0.2
+#: How long publishes to a node that just failed to connect or answer fail without trying
+#: (until its pub/sub session is back, at most this long).
+_QUARANTINE = 5.0
 #: Slot map refreshes never come closer than this, however many triggers arrive.
 _MIN_REFRESH_GAP = 0.1
 
@@ -79,11 +82,11 @@ def channel_slot(channel: str) -> int:
 def same_shard(channel: str, base: str) -> str:
     """A channel starting with ``base`` in the same hash slot as ``channel`` (so on the same
     shard of a cluster): ``base{tag}`` with ``channel``'s hashed part as the tag. Falls back
-    to ``base`` when that part holds a ``}`` and cannot be a tag."""
+    to ``base`` when that part is empty or holds a ``}``, so cannot be a tag."""
     start = channel.find("{")
     end = channel.find("}", start + 1) if start > -1 else -1
     hashed = channel[start + 1 : end] if start > -1 and end > start + 1 else channel
-    return base if "}" in hashed else f"{base}{{{hashed}}}"
+    return base if not hashed or "}" in hashed else f"{base}{{{hashed}}}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -192,7 +195,7 @@ class _Node:
 class _Client:
     """A pooled client for publishing to (and asking) one node, and its FIFO of publishers."""
 
-    __slots__ = ("redis", "slots")
+    __slots__ = ("quarantined_until", "redis", "slots")
 
     def __init__(self, url: str) -> None:
         # Short timeouts and one retry on connection errors only, as RedisBroker does: a
@@ -205,6 +208,9 @@ class _Client:
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
         self.slots = asyncio.Semaphore(_MAX_PUBLISH_CONNECTIONS)
+        # After a connection error or timeout: until then publishes to this node fail at once,
+        # so a black-holed master costs one timeout, not one per batch (the relay has them).
+        self.quarantined_until = 0.0
 
 
 class ClusterBroker:
@@ -384,6 +390,10 @@ class ClusterBroker:
     ) -> list[tuple[str, str]]:
         """Pipeline ``group`` to one master; return the messages it redirected (MOVED)."""
         client = self._client(address)
+        now = asyncio.get_running_loop().time()
+        if now < client.quarantined_until:
+            self._want_refresh()
+            raise BrokerError(f"{address}: unreachable a moment ago; left to the relay")
         try:
             async with client.slots:
                 async with client.redis.pipeline(transaction=False) as pipe:
@@ -393,6 +403,8 @@ class ClusterBroker:
         except (RedisError, OSError) as exc:
             # The node may be dead and a replica about to take over: learn the new map soon.
             self._want_refresh()
+            if isinstance(exc, (RedisConnectionError, RedisTimeoutError, OSError)):
+                client.quarantined_until = asyncio.get_running_loop().time() + _QUARANTINE
             raise BrokerError(f"{address}: {exc or type(exc).__name__}") from exc
         redirected: list[tuple[str, str]] = []
         for message, result in zip(group, results, strict=True):
@@ -872,6 +884,9 @@ class ClusterBroker:
         """The shard's channels are subscribed again: tell their subscribers, and only them."""
         session.resync_left = None
         session.established = True
+        client = self._clients.get(node.address)
+        if client is not None:
+            client.quarantined_until = 0.0  # it answers again
         self._fanout.gap_channels(session.resync_all & node.channels, "reconnected")
         self._changed.set()
         logger.info(

@@ -8,16 +8,14 @@ slot falls in that shard's slots, and delivery is judged per shard (:meth:`deliv
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
 from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Protocol, runtime_checkable
 
-from channels.base import Broker, Message, SubscriptionLike
+from channels.base import Broker, Message
 
 logger = logging.getLogger(__name__)
 
@@ -39,12 +37,11 @@ class ShardedBroker(Protocol):
 
 
 class _Probe:
-    """One heartbeat channel: its subscription, its reader task and when a beat last came."""
+    """One heartbeat channel: the task that holds its subscription, and when a beat came."""
 
-    __slots__ = ("context", "last_received", "task")
+    __slots__ = ("last_received", "task")
 
     def __init__(self) -> None:
-        self.context: AbstractAsyncContextManager[SubscriptionLike] | None = None
         self.task: asyncio.Task[None] | None = None
         self.last_received: float | None = None
 
@@ -197,27 +194,29 @@ class Heartbeat:
         for name in list(self._probes):
             if name not in wanted:
                 await self._close(self._probes.pop(name))
+        for name in wanted & set(self._probes):
+            task = self._probes[name].task
+            if task is not None and task.done() and not task.cancelled():
+                # Its subscription ended with an error: log it and hold the probe again.
+                logger.error("heartbeat probe %s failed", name, exc_info=task.exception())
+                del self._probes[name]
         for name in wanted - set(self._probes):
             probe = self._probes[name] = _Probe()
-            context = self._broker.subscribe(name, maxsize=16)
-            subscription = await context.__aenter__()
-            probe.context = context
+            # A task each: a shard slow to confirm its probe must not hold up the others' beats.
             probe.task = asyncio.create_task(
-                self._receive(probe, subscription), name="heartbeat-receive"
+                self._receive(name, probe), name=f"heartbeat-receive-{name}"
             )
 
     async def _close(self, probe: _Probe) -> None:
         if probe.task is not None:
             probe.task.cancel()
             await asyncio.gather(probe.task, return_exceptions=True)
-        if probe.context is not None:
-            with contextlib.suppress(Exception):
-                await probe.context.__aexit__(None, None, None)
 
-    async def _receive(self, probe: _Probe, subscription: SubscriptionLike) -> None:
-        async for item in subscription:
-            if isinstance(item, Message):
-                probe.last_received = time.monotonic()
+    async def _receive(self, name: str, probe: _Probe) -> None:
+        async with self._broker.subscribe(name, maxsize=16) as subscription:
+            async for item in subscription:
+                if isinstance(item, Message):
+                    probe.last_received = time.monotonic()
 
     async def _publish(self, channel: str, beat: int) -> bool:
         try:

@@ -30,7 +30,11 @@ async def main(settings: Settings) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     db = Database(
-        settings.database_url, pool_size=2, sqlite_synchronous=settings.sqlite_synchronous
+        settings.database_url,
+        pool_size=2,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        command_timeout=settings.db_command_timeout,
+        connect_timeout=settings.db_connect_timeout,
     )
     broker = create_broker(settings.broker_url)
     await broker.connect()

@@ -30,6 +30,7 @@ from server.errors import (
     handle_api_error,
     handle_commit_outcome_unknown,
     handle_database_error,
+    handle_database_timeout,
     handle_http_exception,
     handle_unexpected,
 )
@@ -124,6 +125,8 @@ def create_app(
             settings.database_url,
             pool_size=settings.db_pool_size,
             sqlite_synchronous=settings.sqlite_synchronous,
+            command_timeout=settings.db_command_timeout,
+            connect_timeout=settings.db_connect_timeout,
             hooks=hooks,
         )
         own_broker = broker is None
@@ -259,6 +262,8 @@ def create_app(
             CommitOutcomeUnknown: handle_commit_outcome_unknown,
             DBAPIError: handle_database_error,
             SQLAlchemyTimeoutError: handle_database_error,
+            # asyncpg's DB_COMMAND_TIMEOUT surfaces as a bare TimeoutError.
+            TimeoutError: handle_database_timeout,
             Exception: handle_unexpected,
         },
         lifespan=lifespan,

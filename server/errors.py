@@ -157,6 +157,19 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
     )
 
 
+async def handle_database_timeout(request: Request, exc: Exception) -> Response:
+    # A statement got no answer within DB_COMMAND_TIMEOUT (a partition is silence, not a
+    # refusal). The COMMIT's own timeout is raised as CommitOutcomeUnknown instead, so this one
+    # came before it: the transaction was not committed.
+    logger.warning("database timed out on %s %s: %r", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database did not answer in time; nothing was changed, try again",
+        headers={"Retry-After": "1"},
+    )
+
+
 async def handle_commit_outcome_unknown(request: Request, exc: Exception) -> Response:
     # The connection died during COMMIT: the database may have committed just before. Saying
     # "nothing changed, try again" here would make a retry do the change twice.

@@ -42,6 +42,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     migrate_on_start: bool = True
     db_pool_size: int = 10
+    db_command_timeout: float = 5.0
+    db_connect_timeout: float = 5.0
     sqlite_synchronous: str = "FULL"
     max_body_bytes: int = 65_536
     ws_queue_size: int = 256
@@ -356,6 +358,8 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "port": (0, 65_535),
     "jwt_leeway": (0, 3_600),
     "db_pool_size": (1, None),
+    "db_command_timeout": (0.1, 3_600),
+    "db_connect_timeout": (0.1, 300),
     "max_body_bytes": (1, None),
     "ws_queue_size": (1, None),
     "ws_max_message_bytes": (1, None),

@@ -69,6 +69,7 @@ from server.models import (
 from server.payments import (
     LIVE,
     PAID,
+    UNSUCCESSFUL,
     Decision,
     Evidence,
     FailurePolicy,
@@ -706,7 +707,7 @@ class Settlement:
             # A hint: recorded once, then the status API says what is true.
             if not await self._record_receipt(receipt, payment_id, "hint"):
                 return "duplicate"
-            result = await self.check(payment_id, actor=actor)
+            result = await self.check(payment_id, actor=actor, confirm=True)
             return f"confirmed:{result.outcome}"
         applied = await self.apply(
             payment_id=payment_id,
@@ -721,7 +722,7 @@ class Settlement:
             return "duplicate"
         assert applied.decision is not None
         if applied.decision.verdict is Verdict.CONFIRM:
-            result = await self.check(payment_id, actor=actor)
+            result = await self.check(payment_id, actor=actor, confirm=True)
             return f"confirmed:{result.outcome}"
         return "refused" if applied.refused else applied.decision.verdict.value
 
@@ -795,6 +796,7 @@ class Settlement:
         wait_for_rate: bool = True,
         patience: float | None = None,
         claimed: bool = False,
+        confirm: bool = False,
     ) -> CheckResult:
         """Ask the gateway where ``payment_id`` stands and apply the answer, once at a time.
 
@@ -812,6 +814,7 @@ class Settlement:
                     reuse_within=reuse_within,
                     wait_for_rate=wait_for_rate,
                     claimed=claimed,
+                    confirm=confirm,
                 ),
                 name=f"check-{payment_id}",
             )
@@ -834,6 +837,7 @@ class Settlement:
         reuse_within: float,
         wait_for_rate: bool,
         claimed: bool,
+        confirm: bool,
     ) -> CheckResult:
         now = self.clock()
         async with self.db.transaction() as session:
@@ -843,7 +847,13 @@ class Settlement:
                 return CheckResult(None, asked=False, outcome="missing")
             status = P(row.status)
             skip = None
-            if status not in LIVE and status is not P.EXPIRED:
+            # Settled payments are not polled; a webhook claiming a late success of a FAILED or
+            # CANCELLED one (``confirm``) is checked with the status API all the same.
+            if (
+                status not in LIVE
+                and status is not P.EXPIRED
+                and not (confirm and status in UNSUCCESSFUL)
+            ):
                 skip = "settled"
             elif (
                 reuse_within > 0
@@ -872,8 +882,11 @@ class Settlement:
                 return CheckResult(payment_view(row), asked=False, outcome="leased")
         gateway = self.gateways.get(row.gateway)
         if gateway is None:
-            await self._release(payment_id)
-            return CheckResult(payment_view(row), asked=False, outcome="no_gateway")
+            # Not offered in this process (no credentials here): back off, do not spin on it.
+            view = await self._record_unavailable(
+                payment_id, row.gateway, f"gateway {row.gateway} is not configured here", None
+            )
+            return CheckResult(view, asked=False, outcome="no_gateway")
         if self.limiter is not None and not await self.limiter.acquire(
             row.gateway, wait=wait_for_rate
         ):

@@ -8,9 +8,9 @@ here) or reshard slots between masters.
 
 from __future__ import annotations
 
-import os
 import random
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
@@ -23,6 +23,8 @@ import pytest
 import redis
 from redis.crc import key_slot
 from redis.exceptions import RedisError
+
+from tests.support.ci import in_ci
 
 #: The cluster's failure detection; low so that a failover test takes seconds, not 15 s.
 NODE_TIMEOUT_MS = 1000
@@ -41,13 +43,9 @@ def cluster_port() -> int:
         return port
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
-
-
 def cluster_unavailable(reason: str) -> NoReturn:
     """Skip, or fail under any truthy CI, where a missing redis-server is a broken setup."""
-    if _in_ci():
+    if in_ci():
         pytest.fail(f"{reason} (CI is set, so this fails instead of skipping)")
     pytest.skip(reason)
 
@@ -75,7 +73,9 @@ class LocalCluster:
     slow steps (reshard, wait_ok) through ``asyncio.to_thread`` to keep its loop running.
     """
 
-    def __init__(self, masters: int = 3, replicas: int = 1) -> None:
+    def __init__(
+        self, masters: int = 3, replicas: int = 1, node_timeout_ms: int = NODE_TIMEOUT_MS
+    ) -> None:
         """Prepare the nodes on free ports; nothing runs until :meth:`start`."""
         server = shutil.which("redis-server")
         cli = shutil.which("redis-cli")
@@ -85,6 +85,7 @@ class LocalCluster:
         self._cli = cli
         self.nodes = [Node(cluster_port()) for _ in range(masters * (1 + replicas))]
         self._replicas = replicas
+        self._node_timeout_ms = node_timeout_ms
         self._dir = Path(tempfile.mkdtemp(prefix="redis-cluster-"))
 
     @property
@@ -118,11 +119,13 @@ class LocalCluster:
                 self._server,
                 *("--port", str(node.port), "--bind", "127.0.0.1"),
                 *("--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"),
-                *("--cluster-node-timeout", str(NODE_TIMEOUT_MS)),
+                *("--cluster-node-timeout", str(self._node_timeout_ms)),
                 # Pub/sub needs no data: a replica may take over however stale it is.
                 *("--cluster-replica-validity-factor", "0"),
                 # A shard down must not stop the others (docs/scaling.md recommends the same).
                 *("--cluster-require-full-coverage", "no"),
+                # Replicas sync at once instead of after the default 5 s batching delay.
+                *("--repl-diskless-sync-delay", "0"),
                 *("--save", "", "--appendonly", "no", "--dir", str(node_dir)),
             ],
             stdin=subprocess.DEVNULL,
@@ -160,22 +163,53 @@ class LocalCluster:
             self.kill(node)
         shutil.rmtree(self._dir, ignore_errors=True)
 
+    def pause(self, node: Node) -> None:
+        """SIGSTOP a node: its sockets stay open but nothing answers (a black hole)."""
+        assert node.process is not None
+        node.process.send_signal(signal.SIGSTOP)
+
+    def resume(self, node: Node) -> None:
+        """SIGCONT a paused node."""
+        assert node.process is not None
+        node.process.send_signal(signal.SIGCONT)
+
     def restart(self, node: Node) -> None:
         """Start a killed node again, on its port, with its saved cluster identity."""
         assert not node.alive
         self._start_node(node)
 
+    def _roles(self, node: Node) -> dict[str, str]:
+        """Address → "master" or the address of its master, as ``node`` sees the cluster."""
+        lines = str(self.command(node, "CLUSTER", "NODES")).splitlines()
+        rows = [line.split() for line in lines if line.strip()]
+        by_id = {row[0]: row[1].split("@")[0] for row in rows}
+        return {
+            row[1].split("@")[0]: by_id.get(row[3], "?") if "slave" in row[2] else "master"
+            for row in rows
+        }
+
+    def _replicas_known(self, alive: list[Node]) -> bool:
+        """Every master has an online replica, and every live node knows who replicates whom
+        (an election needs the other masters to know the replica)."""
+        views = [self._roles(node) for node in alive]
+        if any(view != views[0] for view in views):
+            return False
+        masters = [a for a, role in views[0].items() if role == "master"]
+        for master in masters:
+            info = str(self.command(self.node(master), "INFO", "replication"))
+            if "online" not in info or master not in views[0].values():
+                return False
+        return True
+
     def replicas_of(self, address: str) -> list[str]:
-        """The addresses of the replicas serving master ``address``'s slots."""
-        for entry in self.command(self.alive_nodes()[0], "CLUSTER", "SLOTS"):
-            if f"{entry[2][0]}:{entry[2][1]}" == address:
-                return [f"{replica[0]}:{replica[1]}" for replica in entry[3:]]
-        return []
+        """The addresses of the replicas of master ``address``."""
+        return [a for a, role in self._roles(self.alive_nodes()[0]).items() if role == address]
 
     def kill(self, node: Node) -> None:
         """SIGKILL one node (no clean shutdown) and reap it."""
         process, node.process = node.process, None
         if process is not None and process.poll() is None:
+            process.send_signal(signal.SIGCONT)  # a paused node must not linger
             process.kill()
             process.wait(10)
 
@@ -230,7 +264,7 @@ class LocalCluster:
                     maps = [self._slot_map(n) for n in alive]
                     owners = [{s: o for s, (o, _) in m.items()} for m in maps]
                     agreed = all(o == owners[0] and len(o) == 16384 for o in owners)
-                    if agreed and (not replicas or all(r >= 1 for _, r in maps[0].values())):
+                    if agreed and (not replicas or self._replicas_known(alive)):
                         return
             except (RedisError, OSError):
                 pass

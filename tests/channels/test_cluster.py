@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import subprocess
+import sys
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from redis.crc import key_slot
 
 from channels import BrokerError, Gap, Heartbeat, Message, create_broker
-from channels.cluster import ClusterBroker, ClusterUrl, channel_slot
+from channels.cluster import ClusterBroker, ClusterUrl, channel_slot, same_shard
 from channels.fanout import Subscription
 from tests.channels.cluster_helpers import LocalCluster, channel_on
 from tests.channels.conftest import make_cluster_broker
@@ -55,6 +59,19 @@ def test_cluster_urls_parse_without_echoing_secrets() -> None:
         with pytest.raises(ValueError) as caught:
             ClusterUrl.parse(bad)
         assert "s3cret" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "channel", ["p:customer:rita", "p:{tag}x", "p:{}x", "p:{a}b}", "p:}odd", "p:{x", ""]
+)
+def test_same_shard_names_a_channel_in_the_same_slot(channel: str) -> None:
+    probe = same_shard(channel, "p:_probe")
+    assert probe.startswith("p:_probe")
+    if probe != "p:_probe":
+        assert channel_slot(probe) == channel_slot(channel)
+    else:
+        # Only a channel whose hashed part is empty or holds "}" falls back.
+        assert channel == "" or "}" in channel
 
 
 def test_create_broker_picks_the_cluster_for_its_schemes() -> None:
@@ -165,3 +182,61 @@ async def test_resharding_moves_subscriptions_with_their_slot(
         assert await receive_message(moved_sub) == Message(moving, "after")
         await broker.publish(staying, "untouched")
         assert await next_is(staying_sub, Message(staying, "untouched")) == []
+
+
+async def test_a_black_holed_master_costs_one_timeout_not_one_per_publish(prefix: str) -> None:
+    # A node timeout longer than the test: the paused master is not failed over meanwhile.
+    cluster = LocalCluster(replicas=0, node_timeout_ms=30_000)
+    cluster.start()
+    try:
+        channels = per_shard(cluster, prefix)
+        victim, healthy, _ = list(channels)
+        async with (
+            connected(cluster.url) as broker,
+            broker.subscribe(channels[healthy]) as sub,
+        ):
+            cluster.pause(cluster.node(victim))
+            loop = asyncio.get_running_loop()
+            for attempt in range(3):
+                started = loop.time()
+                with pytest.raises(BrokerError):
+                    await broker.publish_many(
+                        [(channels[victim], "lost"), (channels[healthy], str(attempt))]
+                    )
+                took = loop.time() - started
+                # The healthy shard got its message whatever the other shard did.
+                assert await receive(sub) == Message(channels[healthy], str(attempt))
+                if attempt:
+                    assert took < 0.5, f"publish {attempt} waited {took:.2f}s on a dead node"
+            cluster.resume(cluster.node(victim))
+    finally:
+        cluster.stop()
+
+
+@pytest.mark.parametrize("ci", ["1", "true", "github-actions"])
+def test_under_ci_a_missing_redis_server_fails_the_cluster_tests(ci: str, tmp_path: Path) -> None:
+    # A PATH with python but no redis-server / redis-cli.
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "python").symlink_to(sys.executable)
+    env = {**os.environ, "CI": ci, "PATH": str(bin_dir)}
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/channels/test_cluster.py",
+            "-k",
+            "one_connection_per_shard",
+        ],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode != 0, result.stdout
+    assert "redis-server / redis-cli are not installed (CI is set" in result.stdout, result.stdout

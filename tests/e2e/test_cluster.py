@@ -32,6 +32,8 @@ FAST = {
     "BROKER_HEARTBEAT_INTERVAL": "0.2",
     "BROKER_HEARTBEAT_STALE_AFTER": "1",
     "HUB_POLL_INTERVAL": "0.25",
+    # No 30 s safety poll of every stream: a repair on a healthy shard must mean a bug.
+    "HUB_SAFETY_POLL_INTERVAL": "0",
     "LOG_LEVEL": "WARNING",
 }
 

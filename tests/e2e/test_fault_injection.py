@@ -449,11 +449,6 @@ async def test_a_connection_cut_during_commit_is_never_answered_nothing_was_chan
         await assert_nothing_lost_or_doubled(r)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by this test: nothing bounds a database round trip (no asyncpg command_timeout, "
-    "no connect timeout), so a request on a black-holed PostgreSQL waits as long as the partition",
-)
 async def test_a_write_on_a_black_holed_database_is_answered_within_10s(
     start_service: StartService, backend: Backend
 ) -> None:

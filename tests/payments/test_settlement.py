@@ -299,3 +299,22 @@ async def test_a_webhook_that_cannot_bind_its_body_is_a_hint_confirmed_by_the_st
     assert (await payment_row(paying, payment.id)).status == "FAILED"
     statuses = [e.to_status for e in await events_of(paying, order_id, "payment.status")]
     assert statuses == ["INITIATED", "FAILED"]
+
+
+async def test_a_signed_success_after_failed_is_believed_only_once_the_status_api_confirms(
+    start_service: StartService,
+) -> None:
+    async with running_sandbox(Chaos(drop=100)) as sandbox:
+        service = await start_service(**sandbox.settings())
+        order_id, payment = await started(service)
+        # Our books say FAILED (a signed webhook), the gateway's truth is succeeded.
+        assert (await post_webhook(service, webhook_body(payment, "declined"))).status_code == 200
+        await sandbox.act(payment.gateway_ref, "approve")
+        r = await post_webhook(service, webhook_body(payment, "succeeded"))
+        assert r.status_code == 200 and r.json()["outcome"] == "confirmed:completed", r.text
+    row = await payment_row(service, payment.id)
+    assert row.status == "COMPLETED"
+    order = (await order_json(service, order_id))["order"]
+    assert order["status"] == "CONFIRMED" and order["needs_review"] is True
+    statuses = [e.to_status for e in await events_of(service, order_id, "payment.status")]
+    assert statuses == ["INITIATED", "FAILED", "COMPLETED"]

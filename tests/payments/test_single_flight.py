@@ -68,9 +68,9 @@ async def test_four_callers_at_once_make_one_gateway_call_and_one_state_change(
         )
         webhook = await post_webhook(service, webhook_body(payment, "succeeded"))
         assert webhook.status_code == 200 and webhook.json()["outcome"] == "apply", webhook.text
-        shared = service.services.metrics.payment_checks_shared
-        async with asyncio.timeout(10):
-            while shared._value.get() < 2:
+        registry = service.services.metrics.registry
+        async with asyncio.timeout(10):  # until the read and the verify have joined the check
+            while (registry.get_sample_value("payment_checks_shared_total") or 0) < 2:
                 await asyncio.sleep(0.01)
         assert not read.done() and not verify.done()
         hooks.release.set()

@@ -332,3 +332,16 @@ async def test_a_start_the_gateway_refuses_fails_the_attempt_and_a_retry_is_allo
         async with service.db.read() as session:
             attempts = list((await session.execute(select(Payment))).scalars())
         assert sorted(p.status for p in attempts) == ["FAILED", "FAILED"]
+
+
+async def test_a_reconciler_without_the_payments_gateway_backs_off_instead_of_spinning(
+    paying: Service,
+) -> None:
+    _, payment = await started(paying)
+    await asyncio.sleep(0.2)  # due
+    async with reconciler_for(paying, sandbox=False) as blind:
+        assert await blind.run_once() == 1
+        assert await blind.run_once() == 0  # not claimed again at once
+    row = await payment_row(paying, payment.id)
+    assert row.status == "INITIATED" and row.check_failures == 1
+    assert row.last_error is not None and "not configured" in row.last_error

@@ -37,6 +37,8 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     ),
     "MIGRATE_ON_START": ("off", False),
     "DB_POOL_SIZE": ("5", 5),
+    "DB_COMMAND_TIMEOUT": ("2.5", 2.5),
+    "DB_CONNECT_TIMEOUT": ("1", 1.0),
     "SQLITE_SYNCHRONOUS": ("normal", "NORMAL"),
     "MAX_BODY_BYTES": ("1024", 1024),
     "WS_QUEUE_SIZE": ("8", 8),
@@ -124,6 +126,8 @@ INTS = [
 ]
 FLOATS = [
     "JWT_LEEWAY",
+    "DB_COMMAND_TIMEOUT",
+    "DB_CONNECT_TIMEOUT",
     "WS_AUTH_TIMEOUT",
     "WS_PING_INTERVAL",
     "WS_PING_TIMEOUT",
