@@ -26,7 +26,7 @@ from starlette.websockets import (
 
 from channels import Broker, Gap, Heartbeat, Message
 from channels.base import SubscriptionLike
-from server import protocol
+from server import money, protocol
 from server.auth import AuthError, Principal, TokenVerifier, bearer_token, origin_allowed
 from server.cursor import Action, StreamCursor
 from server.db import Database
@@ -316,13 +316,15 @@ class Hub:
             await self._hooks.after_snapshot_head(stream)
             orders = list(await open_orders(session, stream, limit=limit + 1))
             head_event_id = await event_id_at(session, stream, head.head_seq)
+            # The totals from the same database snapshot as the orders and the head.
+            summaries = await money.summaries(session, orders[:limit])
         truncated = len(orders) > limit
         del orders[limit:]
         return protocol.Snapshot(
             epoch=head.epoch,
             head_seq=head.head_seq,
             head_event_id=head_event_id,
-            orders=[protocol.order_snapshot(order) for order in orders],
+            orders=[protocol.order_snapshot(order, summaries[order.id]) for order in orders],
             truncated=truncated,
             next_cursor=protocol.order_list_cursor(orders[-1]) if truncated and orders else None,
         )

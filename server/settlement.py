@@ -52,7 +52,7 @@ from gateways.base import (
 )
 from gateways.base import PaymentStatus as Observed
 from reconciler.schedule import Schedule, wait_after_unavailable
-from server import protocol
+from server import money, protocol
 from server.auth import Role
 from server.db import Database
 from server.errors import ApiError, Conflict, NotFound, Unprocessable
@@ -582,6 +582,8 @@ class Settlement:
                     .where(webhook_receipts_table.c.id == receipt_id)
                     .values(outcome=verdict)
                 )
+            # As the rows stand at this commit (a late success's refund request included).
+            payment_summary = await money.summary_of(conn, order)
         self.metrics.write_seconds.observe(time.perf_counter() - started)
         self.metrics.payment_decisions.labels(verdict=verdict, source=actor.source).inc()
         logger.info(
@@ -598,7 +600,7 @@ class Settlement:
             await self.publisher.publish(deliveries, event_ids)
         return Applied(
             payment=view,
-            order=protocol.order_snapshot(order),
+            order=protocol.order_snapshot(order, payment_summary),
             decision=decision,
             changed=refused is None and decision.changes,
             refused=refused,

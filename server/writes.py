@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels import Broker, BrokerError
 from channels.cluster import same_shard
-from server import protocol
+from server import money, protocol
 from server.auth import Principal, Role
 from server.db import Database
 from server.errors import Conflict, Forbidden, NotFound
@@ -304,13 +304,18 @@ async def append_event(
     actor: Actor,
     note: str | None = None,
     extra: dict[str, Any] | None = None,
+    payment_summary: dict[str, Any] | None = None,
 ) -> tuple[protocol.EventRow, tuple[Delivery, ...]]:
     """Inside the caller's transaction: log an event and give it the next seq of each stream.
 
     ``extra`` adds fields to the event's data (a ``payment.status`` event carries its payment).
+    The order snapshot's ``payment_summary`` is read from the payment and refund rows in this
+    transaction (after the caller's changes to them), unless the caller knows it.
     """
     conn = await session.connection()
-    data: dict[str, Any] = {"order": protocol.order_snapshot(order)}
+    if payment_summary is None:
+        payment_summary = await money.summary_of(conn, order)
+    data: dict[str, Any] = {"order": protocol.order_snapshot(order, payment_summary)}
     if note is not None:
         data["note"] = note
     if extra:
@@ -375,12 +380,21 @@ async def create_order(
         conn = await session.connection()
         await conn.execute(_INSERT_ORDER, _shallow_fields(order))
         event, deliveries = await append_event(
-            session, order, kind=ORDER_STATUS, from_status=None, to_status=status.value, actor=actor
+            session,
+            order,
+            kind=ORDER_STATUS,
+            from_status=None,
+            to_status=status.value,
+            actor=actor,
+            # A new order has no payment or refund rows yet.
+            payment_summary=money.summary(
+                amount=order.amount, status=order.status, currency=currency, sums=money.Sums()
+            ),
         )
     metrics.write_seconds.observe(time.perf_counter() - started)
     metrics.events_written.labels(kind=ORDER_STATUS, source=actor.source).inc()
     await publisher.publish(deliveries, [event.id])
-    return Written(protocol.order_snapshot(order), event, deliveries)
+    return Written(event.data["order"], event, deliveries)
 
 
 async def change_order_status(
@@ -455,7 +469,7 @@ async def change_order_status(
     metrics.write_seconds.observe(time.perf_counter() - started)
     metrics.events_written.labels(kind=ORDER_STATUS, source=actor.source).inc()
     await publisher.publish(deliveries, [event.id])
-    return Written(protocol.order_snapshot(order), event, deliveries)
+    return Written(event.data["order"], event, deliveries)
 
 
 # The hot path's statements, built once: building a statement costs more than running it.

@@ -11,7 +11,7 @@ from sqlalchemy import and_, or_, select
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from server import protocol
+from server import money, protocol
 from server.api import schemas
 from server.api.common import body, principal, query
 from server.api.contract import operation
@@ -123,10 +123,9 @@ async def list_mine(request: Request) -> JSONResponse:
     statement = statement.order_by(Order.created_at.desc(), Order.id.desc()).limit(limit + 1)
     async with services(request).db.read() as session:
         orders = list((await session.execute(statement)).scalars())
+        page = await money.snapshots(session, orders[:limit])
     next_cursor = _encode_cursor(orders[limit - 1]) if len(orders) > limit else None
-    return JSONResponse(
-        {"orders": [protocol.order_snapshot(o) for o in orders[:limit]], "next_cursor": next_cursor}
-    )
+    return JSONResponse({"orders": page, "next_cursor": next_cursor})
 
 
 async def _visible_order(request: Request, caller: Principal) -> Order:
@@ -161,9 +160,11 @@ async def get_one(request: Request) -> JSONResponse:
     if status_updated:
         order = await _visible_order(request, caller)
         payments = await _payments_of(request, order.id)
+    async with services(request).db.read() as session:
+        (snapshot,) = await money.snapshots(session, [order])
     return JSONResponse(
         {
-            "order": protocol.order_snapshot(order),
+            "order": snapshot,
             "payments": [payment_snapshot(p) for p in payments],
             "payment_status": order.payment_status,
             "status_updated": status_updated,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from server import protocol
+from server import money
 from server.api import schemas
 from server.api.common import body, principal
 from server.api.contract import operation
@@ -96,11 +96,12 @@ async def verify(request: Request) -> JSONResponse:
     )
     async with svc.db.read() as session:
         fresh = await session.get(Order, order_id)
-    assert fresh is not None
+        assert fresh is not None
+        (snapshot,) = await money.snapshots(session, [fresh])
     return JSONResponse(
         {
             "payment": result.payment,
-            "order": protocol.order_snapshot(fresh),
+            "order": snapshot,
             "payment_status": (result.payment or {}).get("status", PaymentStatus.INITIATED.value),
             "status_updated": result.changed
             or (result.payment is not None and result.payment["status"] != target.status),

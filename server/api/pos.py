@@ -6,7 +6,7 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from server import protocol
+from server import money, protocol
 from server.api import schemas
 from server.api.common import body, principal, query
 from server.api.contract import operation
@@ -62,4 +62,4 @@ async def list_store(request: Request) -> JSONResponse:
     statement = statement.order_by(Order.created_at.desc(), Order.id.desc()).limit(params.limit)
     async with services(request).db.read() as session:
         orders = (await session.execute(statement)).scalars()
-        return JSONResponse({"orders": [protocol.order_snapshot(o) for o in orders]})
+        return JSONResponse({"orders": await money.snapshots(session, orders)})

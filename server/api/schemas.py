@@ -244,6 +244,17 @@ class Item(Struct):
     unit_price: int
 
 
+class PaymentSummary(Struct):
+    """An order's money, in minor units, derived from its payment and refund rows."""
+
+    paid: int
+    refunded: int
+    outstanding: int
+    currency: str
+    can_pay: bool
+    can_refund: bool
+
+
 class Order(Struct):
     """An order snapshot."""
 
@@ -261,6 +272,7 @@ class Order(Struct):
     updated_at: datetime
     expires_at: datetime | None
     version: int
+    payment_summary: PaymentSummary | None = None
 
 
 class Payment(Struct):
