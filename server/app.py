@@ -22,6 +22,7 @@ from starlette.websockets import WebSocket
 
 from channels import Broker, Heartbeat, create_broker
 from server.api import demo, events, ops, orders, pos, webhooks
+from server.api import money as money_api
 from server.api import payments as payments_api
 from server.auth import TokenVerifier
 from server.db import CommitOutcomeUnknown, Database, migrate
@@ -235,6 +236,11 @@ def create_app(
         Route("/webhooks/{gateway}", webhooks.receive, methods=["POST"]),
         Route("/api/pos/orders", pos.list_store, methods=["GET"]),
         Route("/api/pos/orders/{order_id}/status", pos.set_status, methods=["POST"]),
+        Route(
+            "/api/pos/orders/{order_id}/payments",
+            money_api.record_manual_payment,
+            methods=["POST"],
+        ),
         Route("/api/events", events.stream_events, methods=["GET"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),

@@ -145,6 +145,12 @@ class CheckResult:
     applied: Applied | None = None
 
 
+#: The ``gateway`` of a payment taken outside any gateway (cash, card terminal, transfer).
+MANUAL_GATEWAY = "manual"
+#: The methods a manual payment may name.
+MANUAL_METHODS = ("cash", "card_terminal", "bank_transfer", "other")
+
+
 def new_payment_id() -> str:
     """A random, unguessable payment id (also our reference at the gateway)."""
     return "pay_" + secrets.token_hex(12)
@@ -152,7 +158,7 @@ def new_payment_id() -> str:
 
 def payment_view(row: Any) -> dict[str, Any]:
     """The public JSON form of a payment attempt (an ORM object or a row mapping)."""
-    return {
+    view: dict[str, Any] = {
         "id": row.id,
         "order_id": row.order_id,
         "gateway": row.gateway,
@@ -166,6 +172,13 @@ def payment_view(row: Any) -> dict[str, Any]:
         "created_at": protocol.iso(row.created_at),
         "settled_at": protocol.iso(row.settled_at),
     }
+    if row.gateway == MANUAL_GATEWAY:
+        # Who took it, how, and the slip or transfer reference: the audit of a manual payment.
+        recorded = row.last_gateway_response or {}
+        view["method"] = recorded.get("method")
+        view["reference"] = recorded.get("reference")
+        view["recorded_by"] = recorded.get("recorded_by")
+    return view
 
 
 def _order_row(mapping: Any) -> protocol.OrderRow:
@@ -347,6 +360,144 @@ class Settlement:
             ) from None
         payment = await self._record_start(payment_id, started)
         return payment, started.redirect_url
+
+    async def record_manual(
+        self,
+        *,
+        order_id: str,
+        method: str,
+        amount: int,
+        reference: str | None,
+        actor: Actor,
+    ) -> Applied:
+        """Record a payment taken outside a gateway (cash, card terminal, …): COMPLETED at once.
+
+        404 for an order not of the caller's store (admins see all); 409 ``not_payable`` for a
+        CANCELLED or EXPIRED order; 422 for an amount above what is outstanding. The payment's
+        row names the method, the reference and who recorded it; its ``payment.status`` event
+        and the order's cascade (CONFIRMED once paid covers the amount) are in one transaction.
+        """
+        if not ORDER_ID.fullmatch(order_id):
+            raise NotFound("no such order")
+        now = self.clock()
+        deliveries: list[Delivery] = []
+        event_ids: list[int] = []
+        async with self.db.transaction() as session:
+            conn = await session.connection()
+            row = (await conn.execute(_LOCK_ORDER, {"order_id": order_id})).first()
+            if row is None:
+                raise NotFound("no such order")
+            order = _order_row(row._mapping)
+            principal = actor.principal
+            if principal is None or principal.role is Role.CUSTOMER:
+                raise NotFound("no such order")
+            if not visible_to(order, principal):
+                raise NotFound("no such order")
+            if order.status in (OrderStatus.CANCELLED.value, OrderStatus.EXPIRED.value):
+                raise Conflict(
+                    f"an order in {order.status} takes no payment",
+                    code="not_payable",
+                    status=order.status,
+                )
+            # Under the order lock: no other payment of this order can complete meanwhile.
+            sums = (await money.load_sums(conn, [order_id])).get(order_id, money.Sums())
+            outstanding = max(order.amount - sums.paid, 0)
+            if amount > outstanding:
+                raise Unprocessable(
+                    f"amount {amount} is more than the {outstanding} outstanding",
+                    field="amount",
+                    outstanding=outstanding,
+                )
+            payment_id = new_payment_id()
+            await conn.execute(
+                insert(payments_table),
+                {
+                    "id": payment_id,
+                    "order_id": order_id,
+                    "gateway": MANUAL_GATEWAY,
+                    "gateway_ref": payment_id,
+                    "amount": amount,
+                    "currency": order.currency,
+                    "status": P.COMPLETED.value,
+                    "attempts": 0,
+                    "created_at": now,
+                    "started_at": now,
+                    "settled_at": now,
+                    "next_check_at": None,
+                    "check_failures": 0,
+                    "gateway_transaction_id": reference,
+                    "last_gateway_response": {
+                        "manual": True,
+                        "method": method,
+                        "reference": reference,
+                        "recorded_by": actor.name,
+                    },
+                },
+            )
+            new_row = (await conn.execute(_PAYMENT_BY_ID, {"payment_id": payment_id})).one()
+            view = payment_view(new_row)
+            paid = sums.paid + amount
+            order_status = OrderStatus(order.status)
+            order = dataclasses.replace(
+                order,
+                payment_status=P.COMPLETED.value if paid >= order.amount else order.payment_status,
+                version=order.version + 1,
+                updated_at=now,
+            )
+            event, moved = await append_event(
+                session,
+                order,
+                kind=PAYMENT_STATUS,
+                from_status=None,
+                to_status=P.COMPLETED.value,
+                actor=actor,
+                note=f"{method} payment of {amount} recorded by {actor.name}"
+                + (f" (reference {reference})" if reference else ""),
+                extra={"payment": view},
+            )
+            deliveries.extend(moved)
+            event_ids.append(event.id)
+            target = order_after_payment(
+                order_status,
+                P.COMPLETED,
+                amount=order.amount,
+                paid=paid,
+                live_attempts=0,
+                on_failure=self.policy,
+            )
+            if target is not None and can_move(order_status, target, Mover.SYSTEM):
+                order = dataclasses.replace(
+                    order, status=target.value, version=order.version + 1, updated_at=now
+                )
+                event, moved = await append_event(
+                    session,
+                    order,
+                    kind=ORDER_STATUS,
+                    from_status=order_status.value,
+                    to_status=target.value,
+                    actor=actor,
+                    note=f"payment {payment_id} COMPLETED",
+                )
+                deliveries.extend(moved)
+                event_ids.append(event.id)
+            await conn.execute(_UPDATE_ORDER, _order_values(order))
+            payment_summary = await money.summary_of(conn, order)
+        self.metrics.events_written.labels(kind=PAYMENT_STATUS, source=actor.source).inc()
+        await self.publisher.publish(deliveries, event_ids)
+        logger.info(
+            "manual %s payment %s of %d for order %s recorded by %s",
+            method,
+            payment_id,
+            amount,
+            order_id,
+            actor.name,
+        )
+        return Applied(
+            payment=view,
+            order=protocol.order_snapshot(order, payment_summary),
+            decision=None,
+            changed=True,
+        )
 
     async def _record_start(self, payment_id: str, started: PaymentStart) -> dict[str, Any]:
         async with self.db.transaction() as session:

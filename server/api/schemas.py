@@ -24,6 +24,8 @@ MAX_ITEMS = 100
 MAX_QUANTITY = 10_000
 MAX_UNIT_PRICE = 10**9
 MAX_SEQ = 2**62
+#: The largest order amount there can be (every line at its maximum), in minor units.
+MAX_AMOUNT = MAX_ITEMS * MAX_QUANTITY * MAX_UNIT_PRICE
 
 # Non-blank, and no control characters (NUL above all: PostgreSQL refuses it in text). msgspec
 # searches the pattern, hence the anchors; they are ECMA-262 too, for the OpenAPI document.
@@ -77,6 +79,15 @@ Subject = Annotated[
         max_length=100,
         pattern=TEXT_PATTERN,
         description=f"{_TEXT}, at most 100 characters",
+    ),
+]
+Reference = Annotated[
+    str,
+    Meta(
+        min_length=1,
+        max_length=200,
+        pattern=TEXT_PATTERN,
+        description=f"{_TEXT}, at most 200 characters (a slip or transfer reference)",
     ),
 ]
 Quantity = Annotated[
@@ -290,6 +301,33 @@ class Payment(Struct):
     next_check_at: datetime | None
     created_at: datetime
     settled_at: datetime | None
+    # A manual payment (gateway "manual"): how it was taken and who recorded it.
+    method: str | None = None
+    reference: str | None = None
+    recorded_by: str | None = None
+
+
+class ManualPayment(Struct, forbid_unknown_fields=True):
+    """A payment taken outside a gateway, recorded by a POS terminal or an admin."""
+
+    method: Literal["cash", "card_terminal", "bank_transfer", "other"]
+    amount: Annotated[
+        int,
+        Meta(
+            ge=1,
+            le=MAX_AMOUNT,
+            description=f"an integer from 1 to {MAX_AMOUNT}, in minor units, at most what is"
+            " outstanding",
+        ),
+    ]
+    reference: Reference | None = None
+
+
+class ManualPaymentRecorded(Struct):
+    """The recorded payment and the order after it."""
+
+    payment: Payment
+    order: Order
 
 
 class AuditEntry(Struct):
