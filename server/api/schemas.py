@@ -163,6 +163,18 @@ class StartPayment(Struct, forbid_unknown_fields=True):
     gateway: Annotated[
         str, Meta(min_length=1, max_length=40, description="the name of a gateway offered here")
     ]
+    amount: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=MAX_AMOUNT,
+                description="part of the order to pay now, in minor units (split payments);"
+                " default: what is outstanding",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class DemoTokenRequest(Struct, forbid_unknown_fields=True):
