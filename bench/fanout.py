@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import multiprocessing
 import os
 import random
@@ -32,6 +33,7 @@ from typing import Any
 
 import orjson
 import redis
+from redis.crc import key_slot
 
 from bench import common, profile
 
@@ -190,7 +192,8 @@ def _receiver_main(
 
 
 def _publish_step(
-    client: redis.Redis,
+    clients: list[redis.Redis],
+    route: list[int],
     channels: list[str],
     seqs: list[int],
     rng: random.Random,
@@ -204,6 +207,7 @@ def _publish_step(
     total = int(rate * seconds)
     n = len(channels)
     sent = unrouted = batches = biggest = 0
+    per_client = [0] * len(clients)
     lag_max = 0.0
     t0 = time.monotonic()
     while sent < total:
@@ -215,15 +219,22 @@ def _publish_step(
         # How far behind schedule the oldest message of this batch is.
         lag_max = max(lag_max, (now - t0) - sent / rate)
         batch = min(due - sent, max_batch)
-        pipe = client.pipeline(transaction=False)
+        # One pipeline per Redis (on a cluster: per master, SPUBLISH to the slot's owner).
+        pipes = [client.pipeline(transaction=False) for client in clients]
         sent_at = time.time()
         for _ in range(batch):
             i = rng.randrange(n)
             seq = seqs[i] = seqs[i] + 1
-            pipe.publish(
-                channels[i], f'{seq} {{"type":"event","seq":{seq},"t":{sent_at:.6f},"s":{step}}}'
-            )
-        unrouted += sum(1 for receivers in pipe.execute() if receivers == 0)
+            data = f'{seq} {{"type":"event","seq":{seq},"t":{sent_at:.6f},"s":{step}}}'
+            if len(clients) == 1:
+                pipes[0].publish(channels[i], data)
+                per_client[0] += 1
+            else:
+                per_client[route[i]] += 1
+                pipes[route[i]].execute_command("SPUBLISH", channels[i], data)  # type: ignore[no-untyped-call]
+        for pipe in pipes:
+            if len(pipe):
+                unrouted += sum(1 for receivers in pipe.execute() if receivers == 0)
         sent += batch
         batches += 1
         biggest = max(biggest, batch)
@@ -236,16 +247,41 @@ def _publish_step(
         "batches": batches,
         "max_batch": biggest,
         "max_lag_ms": lag_max * 1000,
+        "per_redis": dict(
+            zip(
+                [c.connection_pool.connection_kwargs["port"] for c in clients],
+                per_client,
+                strict=True,
+            )
+        ),
     }
 
 
-def _publisher_main(conn: Connection, prefix: str, seed: int) -> None:
-    client = redis.Redis.from_url(common.REDIS_URL, socket_timeout=10)
+def _cluster_clients(seed_port: int) -> tuple[list[redis.Redis], list[int]]:
+    """A client per master of the cluster at ``seed_port``, and slot → client index."""
+    seed = redis.Redis(port=seed_port, socket_timeout=10)
+    owner = [0] * 16384
+    clients: list[redis.Redis] = []
+    for entry in seed.execute_command("CLUSTER", "SLOTS"):  # type: ignore[no-untyped-call]
+        clients.append(redis.Redis(host=entry[2][0].decode(), port=entry[2][1], socket_timeout=10))
+        for slot in range(int(entry[0]), int(entry[1]) + 1):
+            owner[slot] = len(clients) - 1
+    seed.close()
+    return clients, owner
+
+
+def _publisher_main(conn: Connection, prefix: str, seed: int, cluster_port: int) -> None:
+    if cluster_port:
+        clients, slot_owner = _cluster_clients(cluster_port)
+    else:
+        clients, slot_owner = [redis.Redis.from_url(common.REDIS_URL, socket_timeout=10)], []
     customers: list[str] = []
     channels: list[str] = []
+    route: list[int] = []
     seqs: list[int] = []
     rng = random.Random(seed)
-    client.ping()  # connect now, not inside the first timed batch
+    for client in clients:
+        client.ping()  # connect now, not inside the first timed batch
     try:
         while True:
             try:
@@ -256,11 +292,14 @@ def _publisher_main(conn: Connection, prefix: str, seed: int) -> None:
                 case ("targets", list() as targets):
                     customers = targets
                     channels = [f"{prefix}customer:{c}" for c in customers]
+                    if slot_owner:
+                        route = [slot_owner[key_slot(c.encode())] for c in channels]
                     seqs = [0] * len(customers)
                     conn.send(("targets", len(customers)))
                 case ("step", int() as step, float() as rate, float() as seconds, int() as batch):
                     result = _publish_step(
-                        client,
+                        clients,
+                        route,
                         channels,
                         seqs,
                         rng,
@@ -275,7 +314,8 @@ def _publisher_main(conn: Connection, prefix: str, seed: int) -> None:
                 case _:
                     return
     finally:
-        client.close()
+        for client in clients:
+            client.close()
 
 
 # -- orchestration -----------------------------------------------------------------------------
@@ -372,19 +412,26 @@ async def _bench(args: argparse.Namespace, server: common.ServerProcess) -> dict
             for i, part in enumerate(common.chunks(customers, args.receivers))
         ]
         workers.extend(receivers)
-        publisher = _spawn(ctx, "publisher", _publisher_main, prefix, args.seed)
+        cluster = args.cluster_nodes
+        publisher = _spawn(
+            ctx, "publisher", _publisher_main, prefix, args.seed, cluster[0][1] if cluster else 0
+        )
         workers.append(publisher)
 
         redis_pid = common.redis_pid()
-        meter = common.CpuMeter(
-            {
-                "server": lambda: [server.pid],
-                "receivers": lambda: [w.process.pid or 0 for w in receivers],
-                "publisher": lambda: [publisher.process.pid or 0],
-                "redis": lambda: [redis_pid] if redis_pid else [],
-                "postgres": lambda: common.pids_named("postgres"),
-            }
-        )
+        groups: dict[str, Callable[[], list[int]]] = {
+            "server": lambda: [server.pid],
+            "receivers": lambda: [w.process.pid or 0 for w in receivers],
+            "publisher": lambda: [publisher.process.pid or 0],
+            "redis": lambda: [redis_pid] if redis_pid else [],
+            "postgres": lambda: common.pids_named("postgres"),
+        }
+        if cluster:
+            # Every node of the cluster, and each on its own ("redis <role> <port>").
+            groups["redis"] = lambda: [pid for _, _, pid in cluster]
+            for role, port, pid in cluster:
+                groups[f"redis {role} {port}"] = functools.partial(list, [pid])
+        meter = common.CpuMeter(groups)
         meter.start()
         connect_started = time.monotonic()
         connected = [
@@ -581,6 +628,19 @@ def _report(args: argparse.Namespace, result: dict[str, Any]) -> None:
         )
     )
     for s in result["steps"]:
+        per_redis = s["published"].get("per_redis", {})
+        if len(per_redis) < 2:
+            continue
+        # CPU per message per shard: the master's CPU over the messages routed to it (and its
+        # replica's, which gets every SPUBLISH of the shard replicated).
+        parts = []
+        for port, count in per_redis.items():
+            rate = count / s["published"]["seconds"]
+            cpu = s["cpu_percent"].get(f"redis master {port}", 0.0)
+            parts.append(f"{port}: {rate:,.0f} msg/s, {cpu:.1f} % = {cpu * 1e4 / rate:.1f} µs/msg")
+        replicas = {k: v for k, v in s["cpu_percent"].items() if k.startswith("redis replica")}
+        print(f"{s['target_rate']:,}/s per master: {'; '.join(parts)}; replicas cpu% {replicas}")
+    for s in result["steps"]:
         if s["profile"]:
             print(f"\nstep {s['target_rate']}/s:\n{s['profile']}")
     passing = [s for s in result["steps"] if s["ok"] and not s["warmup"]]
@@ -651,10 +711,34 @@ def main() -> None:
         default=[],
         help="the steps (rates) to profile",
     )
+    parser.add_argument(
+        "--cluster",
+        action="store_true",
+        help="run on a local Redis Cluster (3 masters + 3 replicas, sharded pub/sub)",
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
 
-    common.run_bench(args, _bench, _report)
+    args.cluster_nodes = []
+    if not args.cluster:
+        common.run_bench(args, _bench, _report)
+        return
+    # The test harness's cluster: the same topology the tests run on.
+    from tests.channels.cluster_helpers import LocalCluster
+
+    local = LocalCluster()
+    local.start()
+    try:
+        masters = set(local.masters())
+        args.cluster_nodes = [
+            ("master" if node.address in masters else "replica", node.port, node.process.pid)
+            for node in local.nodes
+            if node.process is not None
+        ]
+        args.server_env.append(("REDIS_CLUSTER_URL", local.url))
+        common.run_bench(args, _bench, _report)
+    finally:
+        local.stop()
 
 
 if __name__ == "__main__":

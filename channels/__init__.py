@@ -2,7 +2,10 @@
 
 It knows nothing of orders. Delivery is at-most-once; a :class:`Gap` in a subscription says
 messages may have been missed, and the caller repairs from its own durable log. Gap reasons:
-``"reconnected"`` (the Redis pub/sub connection was re-established), ``"late subscribe"`` (Redis
+``"reconnected"`` (the Redis pub/sub connection was re-established — on a cluster, only for
+the channels of the shard whose connection it was), ``"moved"`` (a cluster slot moved to
+another master, by failover or resharding, and its channels were subscribed there), ``"late
+subscribe"`` (Redis
 confirmed the subscription only after ``subscribe()`` stopped waiting) and ``"overflow"`` (the
 subscription was full and dropped a message; ``overflowed`` is then True for good).
 
@@ -29,11 +32,12 @@ __all__ = [
     "create_broker",
 ]
 
-_SCHEMES = "memory://, redis:// or rediss://"
+_SCHEMES = "memory://, redis:// or rediss:// (redis+cluster:// or rediss+cluster:// for a cluster)"
 
 
 def create_broker(url: str | None, **options: Any) -> Broker:
-    """Build the broker for ``url``: unset or memory:// in-process, redis:// or rediss:// Redis."""
+    """Build the broker for ``url``: unset or memory:// in-process, redis:// or rediss:// one
+    Redis, redis+cluster:// or rediss+cluster:// a Redis Cluster (sharded pub/sub)."""
     if not url or url == "memory://":
         from channels.memory import MemoryBroker
 
@@ -46,4 +50,8 @@ def create_broker(url: str | None, **options: Any) -> Broker:
         from channels.redis import RedisBroker
 
         return RedisBroker(url, **options)
+    if scheme.lower() in ("redis+cluster", "rediss+cluster"):
+        from channels.cluster import ClusterBroker
+
+        return ClusterBroker(url, **options)
     raise ValueError(f"unsupported broker URL scheme {scheme!r}: expected {_SCHEMES}")

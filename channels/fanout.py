@@ -178,6 +178,16 @@ class Fanout:
             subscription.put_nowait(message)
         return len(subscribers)
 
+    def gap_channels(self, channels: Iterable[str], reason: str) -> None:
+        """Queue ``Gap(reason)`` in every subscription of any of ``channels`` (once each)."""
+        gap = Gap(reason)
+        by_channel = self._by_channel
+        affected: set[Subscription] = set()
+        for channel in channels:
+            affected.update(by_channel.get(channel, ()))
+        for subscription in affected:
+            subscription.put_gap(gap)
+
     def gap_all(self, reason: str) -> None:
         """Queue ``Gap(reason)`` in every registered subscription."""
         gap = Gap(reason)

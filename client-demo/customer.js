@@ -5,7 +5,7 @@
  * history from GET /api/orders with a cursor. Both feed one map of orders, newest version wins.
  */
 
-import { apiRequest, connect } from "./orderstatus.js";
+import { apiRequest, connect, newIdempotencyKey } from "./orderstatus.js";
 import { allowedNext, isTerminal, statusLabel, trackerSteps } from "./workflow.js";
 import {
   connectionStatusHandler,
@@ -40,9 +40,34 @@ import {
  * @property {string} source
  * @property {string|null} at
  * @property {string|null} [note]
+ * @property {string} [kind]
+ */
+/**
+ * @typedef {Object} PaymentView
+ * @property {string} id
+ * @property {string} status
+ * @property {string|null} redirect_url
  */
 
 const NAME_KEY = "orderstatus-demo:customer";
+const PAYMENT_EVENT = "payment.status";
+/** The gateway the demo pays with: the sandbox bundled with the server. */
+const GATEWAY = "sandbox";
+const PAY_WINDOW = "orderstatus-pay";
+const FAILED_PAYMENTS = new Set(["FAILED", "EXPIRED", "CANCELLED"]);
+/** @type {Record<string, string>} */
+const PAYMENT_LABELS = {
+  INITIATED: "Payment started",
+  PENDING: "Payment pending",
+  COMPLETED: "Payment received",
+  FAILED: "Payment failed",
+  EXPIRED: "Payment expired",
+  CANCELLED: "Payment cancelled",
+  PARTIALLY_REFUNDED: "Partly refunded",
+  REFUNDED: "Refunded",
+};
+/** @param {string} status */
+const paymentLabel = (status) => PAYMENT_LABELS[status] ?? status;
 const HISTORY_PAGE = 5;
 const NAME_RE = /^[A-Za-z0-9._-]{1,40}$/;
 
@@ -57,6 +82,8 @@ const state = {
   /** @type {string|null} */ nextCursor: null,
   /** @type {string|null} */ selectedId: null,
   /** @type {Map<string, Map<number, TimelineEntry>>} */ timelines: new Map(),
+  /** @type {Map<string, PaymentView>} the newest payment attempt we know of, per order */
+  payments: new Map(),
   /** seqs delivered live, in order (for the end-to-end tests and the curious) */
   /** @type {number[]} */ received: [],
   busy: false,
@@ -110,6 +137,7 @@ async function signOut() {
   localStorage.removeItem(NAME_KEY);
   Object.assign(state, { name: null, tokens: null, history: [], nextCursor: null, selectedId: null, received: [] });
   state.orders.clear();
+  state.payments.clear();
   state.timelines.clear();
   renderConnection($("conn"), { state: "idle" });
   $("who").hidden = true;
@@ -129,7 +157,11 @@ function onEvent(event) {
   addTimeline(event.order_id, event);
   if (!state.history.includes(event.order_id)) state.history.unshift(event.order_id);
   if (!state.selectedId) selectOrder(event.order_id);
-  if (event.order_id === state.selectedId && event.status) {
+  if (event.kind === PAYMENT_EVENT && event.status) {
+    const known = state.payments.get(event.order_id);
+    if (known) state.payments.set(event.order_id, { ...known, status: event.status });
+    if (event.order_id === state.selectedId) announce(`Order ${shortId(event.order_id)}: ${paymentLabel(event.status)}.`);
+  } else if (event.order_id === state.selectedId && event.status) {
     announce(`Order ${shortId(event.order_id)} is now ${statusLabel(event.status)}.`);
   }
   renderAll();
@@ -179,6 +211,7 @@ function addTimeline(orderId, entry) {
     source: entry.source,
     at: entry.at,
     note: entry.note ?? null,
+    kind: entry.kind ?? "order.status",
   });
 }
 
@@ -192,12 +225,79 @@ async function selectOrder(orderId) {
     const body = await apiRequest(location.origin, `/api/orders/${encodeURIComponent(orderId)}/events`, { token: await tokens.token() });
     for (const entry of body.events ?? []) addTimeline(orderId, entry);
     if (state.selectedId === orderId) renderTracker();
+    const known = state.orders.get(orderId);
+    if (known && known.payment_method === "online") await loadPayments(orderId);
   } catch (error) {
     console.warn("could not load the order's history", error);
   }
 }
 
+/**
+ * The order with its payment attempts; asking also lets the server check a long-pending
+ * payment with the gateway (the read-triggered check).
+ * @param {string} orderId
+ */
+async function loadPayments(orderId) {
+  const tokens = state.tokens;
+  if (!tokens) return;
+  try {
+    const body = await apiRequest(location.origin, `/api/orders/${encodeURIComponent(orderId)}`, { token: await tokens.token() });
+    mergeOrder(body.order);
+    const payments = /** @type {PaymentView[]} */ (body.payments ?? []);
+    const newest = payments[payments.length - 1];
+    if (newest) state.payments.set(orderId, newest);
+    if (state.selectedId === orderId) renderTracker();
+  } catch (error) {
+    console.warn("could not load the order's payments", error);
+  }
+}
+
 // -- REST actions ------------------------------------------------------------------------------
+
+/**
+ * A window for the gateway's payment page, opened while the click still counts as the user's
+ * (browsers block popups opened later, after an await); null if blocked.
+ */
+function openPaymentWindow() {
+  const win = window.open("", PAY_WINDOW);
+  if (win) win.document.title = "Redirecting to the payment page…";
+  return win;
+}
+
+/**
+ * Start a payment attempt for the order on the sandbox gateway and show its page.
+ * @param {string} orderId
+ * @param {Window|null} win a window opened during the click, or null to open one now
+ */
+async function startPayment(orderId, win) {
+  const tokens = state.tokens;
+  if (!tokens) return;
+  const payWindow = win ?? openPaymentWindow();
+  state.busy = true;
+  renderTracker();
+  try {
+    const body = await apiRequest(location.origin, `/api/orders/${encodeURIComponent(orderId)}/payments`, {
+      method: "POST",
+      token: await tokens.token(),
+      body: { gateway: GATEWAY },
+    });
+    const payment = /** @type {PaymentView} */ ({ ...body.payment, redirect_url: body.redirect_url ?? body.payment?.redirect_url ?? null });
+    state.payments.set(orderId, payment);
+    hideBanner();
+    if (payment.redirect_url) {
+      if (payWindow) payWindow.location.href = payment.redirect_url;
+      announce("The payment page is open. Approve or decline it there; this page follows along.");
+    } else {
+      payWindow?.close();
+    }
+  } catch (error) {
+    payWindow?.close();
+    showBanner({ title: `Could not start the payment for order ${shortId(orderId)}`, detail: describeError(error) });
+  } finally {
+    state.busy = false;
+    renderAll();
+  }
+}
 
 /** @param {boolean} more */
 async function loadHistory(more) {
@@ -244,9 +344,13 @@ async function placeOrder(event) {
   state.busy = true;
   submit.disabled = true;
   submit.textContent = "Placing order…";
+  const online = String(data.get("payment") || "cash") === "online";
+  const payWindow = online ? openPaymentWindow() : null;
   try {
     const body = await apiRequest(location.origin, "/api/orders", {
       method: "POST",
+      // One key for this click: a retry of a lost answer never places a second order.
+      idempotencyKey: newIdempotencyKey(),
       token: await tokens.token(),
       body: {
         store_id: String(data.get("store")),
@@ -263,7 +367,12 @@ async function placeOrder(event) {
     announce(`Order ${shortId(order.id)} placed: ${statusLabel(order.status)}.`);
     await selectOrder(order.id);
     $("tracker").scrollIntoView({ behavior: "smooth", block: "nearest" });
+    if (online) {
+      state.busy = false;
+      await startPayment(order.id, payWindow);
+    }
   } catch (error) {
+    payWindow?.close();
     errorEl.textContent = `Could not place the order. ${describeError(error)}`;
     errorEl.hidden = false;
   } finally {
@@ -282,6 +391,7 @@ async function cancelOrder(orderId) {
   try {
     const body = await apiRequest(location.origin, `/api/orders/${encodeURIComponent(orderId)}/cancel`, {
       method: "POST",
+      idempotencyKey: newIdempotencyKey(),
       token: await tokens.token(),
       body: { reason: "Cancelled by the customer" },
     });
@@ -359,6 +469,7 @@ function renderTracker() {
       ),
       h("li", { class: "lines__row lines__row--total" }, h("span", null, "Total"), h("span", { class: "num" }, formatMoney(order.amount, order.currency))),
     ),
+    renderPayment(order),
     canCancel
       ? h("div", { class: "actions" }, h("button", { id: "cancel-order", class: "btn btn--danger-ghost", type: "button", onclick: () => cancelOrder(order.id) }, "Cancel order"))
       : null,
@@ -372,13 +483,49 @@ function renderTracker() {
               "li",
               { class: "timeline__item", dataset: { status: entry.status ?? "", eventId: String(entry.event_id) } },
               h("span", { class: "timeline__dot", "aria-hidden": "true" }),
-              h("span", { class: "timeline__what" }, statusLabel(entry.status ?? "")),
+              h("span", { class: "timeline__what" }, entry.kind === PAYMENT_EVENT ? paymentLabel(entry.status ?? "") : statusLabel(entry.status ?? "")),
               h("span", { class: "timeline__meta" }, `${formatTime(entry.at)} · ${SOURCES[entry.source] ?? entry.source}${entry.note ? ` · “${entry.note}”` : ""}`),
             ),
           ),
         )
       : h("p", { class: "muted small" }, "Loading updates…"),
   );
+}
+
+/**
+ * What the customer can do about paying an online order that waits for its payment.
+ * @param {Order} order
+ */
+function renderPayment(order) {
+  if (order.payment_method !== "online" || order.status !== "PENDING_PAYMENT") return null;
+  const payment = state.payments.get(order.id);
+  const status = payment?.status ?? order.payment_status;
+  const failed = FAILED_PAYMENTS.has(status);
+  const live = status === "INITIATED" || status === "PENDING";
+  const payButton = h(
+    "button",
+    { id: "pay-order", class: "btn btn--primary", type: "button", disabled: state.busy || null, onclick: () => startPayment(order.id, null) },
+    failed ? "Try again" : "Pay now",
+  );
+  if (failed) {
+    return h(
+      "div",
+      { id: "payment-panel", class: "callout callout--bad", dataset: { payment: status } },
+      h("p", null, h("strong", null, "Payment failed — try again."), status === "FAILED" ? " The gateway declined the last attempt; nothing was charged." : ` The last attempt ended: ${paymentLabel(status).toLowerCase()}; nothing was charged.`),
+      h("div", { class: "actions" }, payButton),
+    );
+  }
+  if (live) {
+    return h(
+      "div",
+      { id: "payment-panel", class: "callout", dataset: { payment: status } },
+      h("p", null, "Waiting for the payment… this page updates the moment the gateway confirms it."),
+      payment?.redirect_url
+        ? h("p", null, h("a", { id: "payment-link", href: payment.redirect_url, target: PAY_WINDOW, rel: "opener" }, "Open the payment page"))
+        : null,
+    );
+  }
+  return h("div", { id: "payment-panel", class: "callout", dataset: { payment: status } }, h("p", null, "This order waits for its payment."), h("div", { class: "actions" }, payButton));
 }
 
 /**

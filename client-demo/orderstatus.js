@@ -186,20 +186,65 @@ export class ApiError extends Error {
   }
 }
 
+/** A fresh Idempotency-Key: one per user action (a click), reused by every retry of it. */
+export function newIdempotencyKey() {
+  const random = globalThis.crypto?.randomUUID?.();
+  return random ?? `${Date.now().toString(36)}-${Math.random().toString(36).slice(2)}-${Math.random().toString(36).slice(2)}`;
+}
+
+/** Answers after which a POST is sent again with the same key (it cannot have run twice). */
+const RETRY_CODES = new Set(["idempotency_in_progress", "database_unavailable"]);
+
 /**
  * Call the REST API; resolves to the JSON body, rejects with ApiError (HTTP error) or a
  * TypeError/AbortError (network, timeout).
+ *
+ * A `POST` under `/api` carries an `Idempotency-Key` (`idempotencyKey`, or a fresh one per
+ * call: one call is one user action). When its answer is lost — a network error or a
+ * timeout — or the server says the first attempt is still running (409
+ * `idempotency_in_progress`) or nothing was changed (503 `database_unavailable`), it is sent
+ * again with the same key, up to `retries` times: the server runs it at most once and replays
+ * the stored answer. A caller's own abort is never retried.
  * @param {string} baseUrl
  * @param {string} path
- * @param {{method?: string, token?: string|null, body?: unknown, timeoutMs?: number, signal?: AbortSignal, fetch?: typeof fetch}} [options]
+ * @param {{method?: string, token?: string|null, body?: unknown, timeoutMs?: number, signal?: AbortSignal, fetch?: typeof fetch, idempotencyKey?: string, retries?: number, retryDelayMs?: number}} [options]
  * @returns {Promise<any>}
  */
 export async function apiRequest(baseUrl, path, options = {}) {
+  const { method = "GET", signal } = options;
+  const keyed = method === "POST" && path.startsWith("/api/");
+  if (!keyed) return sendOnce(baseUrl, path, options, null);
+  const key = options.idempotencyKey ?? newIdempotencyKey();
+  const retries = options.retries ?? 3;
+  const delayMs = options.retryDelayMs ?? 250;
+  for (let attempt = 0; ; attempt += 1) {
+    try {
+      return await sendOnce(baseUrl, path, options, key);
+    } catch (error) {
+      const retryable =
+        error instanceof ApiError ? RETRY_CODES.has(error.code) : !signal?.aborted;
+      if (!retryable || attempt >= retries) throw error;
+      await new Promise((r) => setTimeout(r, delayMs * 2 ** attempt));
+      if (signal?.aborted) throw error;
+    }
+  }
+}
+
+/**
+ * One HTTP exchange of apiRequest.
+ * @param {string} baseUrl
+ * @param {string} path
+ * @param {{method?: string, token?: string|null, body?: unknown, timeoutMs?: number, signal?: AbortSignal, fetch?: typeof fetch}} options
+ * @param {string|null} idempotencyKey
+ * @returns {Promise<any>}
+ */
+async function sendOnce(baseUrl, path, options, idempotencyKey) {
   const { method = "GET", token = null, body, timeoutMs = 10000, signal, fetch: fetchImpl = globalThis.fetch } = options;
   /** @type {Record<string, string>} */
   const headers = { Accept: "application/json" };
   if (token) headers.Authorization = `Bearer ${token}`;
   if (body !== undefined) headers["Content-Type"] = "application/json";
+  if (idempotencyKey) headers["Idempotency-Key"] = idempotencyKey;
   const controller = new AbortController();
   const timer = setTimeout(() => controller.abort(new Error(`request timed out after ${timeoutMs} ms`)), timeoutMs);
   const onAbort = () => controller.abort(signal?.reason);

@@ -4,7 +4,7 @@
  * for the moves the workflow allows a terminal, and any refusal (409) shown plainly.
  */
 
-import { ApiError, apiRequest, connect } from "./orderstatus.js";
+import { ApiError, apiRequest, connect, newIdempotencyKey } from "./orderstatus.js";
 import { actionLabel, allowedNext, isTerminal, statusLabel } from "./workflow.js";
 import {
   connectionStatusHandler,
@@ -29,6 +29,19 @@ import {
 
 const SESSION_KEY = "orderstatus-demo:pos";
 const DONE_LIMIT = 12;
+
+/** @type {Record<string, string>} how an online order's payment reads on its card */
+const PAYMENT_CHIPS = {
+  UNPAID: "unpaid",
+  INITIATED: "paying…",
+  PENDING: "paying…",
+  COMPLETED: "paid",
+  FAILED: "payment failed",
+  EXPIRED: "payment expired",
+  CANCELLED: "payment cancelled",
+  PARTIALLY_REFUNDED: "partly refunded",
+  REFUNDED: "refunded",
+};
 
 const COLUMNS = [
   { id: "PENDING_PAYMENT", title: "Awaiting payment", statuses: ["PENDING_PAYMENT"] },
@@ -64,6 +77,8 @@ async function requestStatus(orderId, to) {
   try {
     const body = await apiRequest(location.origin, `/api/pos/orders/${encodeURIComponent(orderId)}/status`, {
       method: "POST",
+      // One key per click on a move button, reused by apiRequest's retries.
+      idempotencyKey: newIdempotencyKey(),
       token: await tokens.token(),
       body: { status: to },
     });
@@ -311,7 +326,7 @@ function renderCard(order) {
       "p",
       { class: "order-card__foot" },
       h("span", { class: "num" }, formatMoney(order.amount, order.currency)),
-      h("span", { class: "chip" }, order.payment_method === "cash" ? "Cash" : `Online · ${order.payment_status.toLowerCase()}`),
+      h("span", { class: "chip" }, order.payment_method === "cash" ? "Cash" : `Online · ${PAYMENT_CHIPS[order.payment_status] ?? order.payment_status.toLowerCase()}`),
       isTerminal(order.status) ? h("span", { class: "pill", dataset: { status: order.status } }, statusLabel(order.status)) : null,
     ),
     moves.length

@@ -1,4 +1,4 @@
-"""`python -m reconciler`: the background worker (today: the outbox relay), any number at once."""
+"""`python -m reconciler`: the outbox relay and the payment reconciler, any number at once."""
 
 from __future__ import annotations
 
@@ -9,25 +9,34 @@ import signal
 
 from channels import create_broker
 from reconciler.relay import Relay
+from reconciler.worker import Reconciler
 from server.db import Database
+from server.gatewaying import open_gateways
 from server.logs import configure
 from server.metrics import Metrics
+from server.payments import FailurePolicy
+from server.ratelimit import GatewayRateLimiter
 from server.settings import Settings
+from server.settlement import Settlement
 from server.writes import Publisher
 
 logger = logging.getLogger("reconciler")
 
 
 async def main(settings: Settings) -> None:
-    """Relay until SIGTERM/SIGINT."""
+    """Relay and reconcile until SIGTERM/SIGINT."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     db = Database(
-        settings.database_url, pool_size=2, sqlite_synchronous=settings.sqlite_synchronous
+        settings.database_url,
+        pool_size=2,
+        sqlite_synchronous=settings.sqlite_synchronous,
+        command_timeout=settings.db_command_timeout,
+        connect_timeout=settings.db_connect_timeout,
     )
-    broker = create_broker(settings.redis_url)
+    broker = create_broker(settings.broker_url)
     await broker.connect()
     metrics = Metrics()
     try:
@@ -39,7 +48,34 @@ async def main(settings: Settings) -> None:
             interval=settings.relay_interval,
             retention=settings.retention,
         )
-        await relay.run(stop)
+        async with (
+            open_gateways(settings) as offered,
+            GatewayRateLimiter(
+                {name: settings.rate_limit(name) for name in offered.gateways},
+                redis_url=settings.redis_url,
+                prefix=settings.redis_channel_prefix,
+                metrics=metrics,
+            ) as limiter,
+        ):
+            publisher = Publisher(db, broker, prefix=settings.redis_channel_prefix, metrics=metrics)
+            settlement = Settlement(
+                db,
+                publisher,
+                metrics,
+                gateways=offered.gateways,
+                schedules=offered.schedules,
+                policy=FailurePolicy(settings.payment_failure_policy),
+                limiter=limiter,
+            )
+            reconciler = Reconciler(
+                settlement,
+                interval=settings.reconciler_interval,
+                batch=settings.reconciler_batch,
+                concurrency=settings.reconciler_concurrency,
+                name=f"reconciler:{settings.instance_id}",
+            )
+            logger.info("reconciling payments of: %s", ", ".join(sorted(offered.gateways)) or "-")
+            await asyncio.gather(relay.run(stop), reconciler.run(stop))
     finally:
         await broker.disconnect()
         await db.dispose()
@@ -49,10 +85,10 @@ def run() -> None:
     """Entry point: a separate worker only makes sense with a shared broker (REDIS_URL)."""
     settings = Settings.from_environ(os.environ)
     configure(settings.log_level, settings.log_format)
-    if not settings.redis_url:
+    if not settings.broker_url:
         raise SystemExit(
-            "REDIS_URL: python -m reconciler needs a shared broker; "
-            "on the embedded default the relay runs inside python -m server"
+            "REDIS_URL or REDIS_CLUSTER_URL: python -m reconciler needs a shared broker; "
+            "on the embedded default the relay and reconciler run inside python -m server"
         )
     asyncio.run(main(settings))
 

@@ -147,7 +147,8 @@ class Relay:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if isinstance(exc, BrokerError) and not await self._publisher.probe():
+                streams = [stream for stream, _ in straggler.positions]
+                if isinstance(exc, BrokerError) and not await self._publisher.probe(*streams):
                     # The broker takes nothing: stop here, and count nothing against events.
                     logger.warning("relay could not publish event %s: %s", event_id, exc)
                     break

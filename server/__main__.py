@@ -1,4 +1,4 @@
-"""`python -m server`: run the web process (and, on the embedded default, the relay in-process)."""
+"""`python -m server`: the web process (on the embedded default also the relay and reconciler)."""
 
 from __future__ import annotations
 
@@ -34,9 +34,26 @@ def _relay_job(settings: Settings) -> BackgroundJob:
     return run
 
 
+def _reconciler_job(settings: Settings) -> BackgroundJob:
+    from reconciler.worker import Reconciler
+
+    async def run(services: Services, stop: asyncio.Event) -> None:
+        reconciler = Reconciler(
+            services.settlement,
+            interval=settings.reconciler_interval,
+            batch=settings.reconciler_batch,
+            concurrency=settings.reconciler_concurrency,
+        )
+        await reconciler.run(stop)
+
+    return run
+
+
 def build_config(settings: Settings) -> uvicorn.Config:
     """The uvicorn configuration for ``settings`` (ping, size limits, graceful shutdown)."""
     background = [_relay_job(settings)] if settings.relay_enabled else []
+    if settings.reconciler_enabled:
+        background.append(_reconciler_job(settings))
     return uvicorn.Config(
         create_app(settings, background=background),
         host=settings.host,

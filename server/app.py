@@ -21,7 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from channels import Broker, Heartbeat, create_broker
-from server.api import demo, events, ops, orders, pos
+from server.api import demo, events, ops, orders, pos, webhooks
+from server.api import money as money_api
+from server.api import payments as payments_api
 from server.auth import TokenVerifier
 from server.db import CommitOutcomeUnknown, Database, migrate
 from server.errors import (
@@ -29,16 +31,22 @@ from server.errors import (
     handle_api_error,
     handle_commit_outcome_unknown,
     handle_database_error,
+    handle_database_timeout,
     handle_http_exception,
     handle_unexpected,
 )
+from server.gatewaying import SANDBOX_MOUNT, in_process_sandbox, open_gateways
 from server.gctune import GcPolicy
 from server.hooks import NO_HOOKS, Hooks
 from server.hub import Hub
+from server.idempotency import IdempotencyMiddleware
 from server.logs import new_request_id, request_id
 from server.metrics import Metrics
+from server.payments import FailurePolicy
+from server.ratelimit import GatewayRateLimiter
 from server.services import Services
 from server.settings import Settings
+from server.settlement import Settlement
 from server.writes import Publisher
 
 logger = logging.getLogger(__name__)
@@ -107,6 +115,8 @@ def create_app(
     # Demo tokens get a per-process secret of their own, never the configured key.
     demo_secret = secrets.token_urlsafe(32) if settings.demo_tokens_enabled else None
     verifier = TokenVerifier.from_settings(settings, demo_secret=demo_secret)
+    # Built now so its routes can be mounted; its webhook sender starts with the lifespan.
+    sandbox = in_process_sandbox(settings)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[dict[str, Any]]:
@@ -116,10 +126,12 @@ def create_app(
             settings.database_url,
             pool_size=settings.db_pool_size,
             sqlite_synchronous=settings.sqlite_synchronous,
+            command_timeout=settings.db_command_timeout,
+            connect_timeout=settings.db_connect_timeout,
             hooks=hooks,
         )
         own_broker = broker is None
-        the_broker = broker or create_broker(settings.redis_url)
+        the_broker = broker or create_broker(settings.broker_url)
         async with contextlib.AsyncExitStack() as stack:
             stack.push_async_callback(db.dispose)
             if own_broker:
@@ -141,6 +153,24 @@ def create_app(
                     hooks=hooks,
                     queue_size=settings.publish_queue_size,
                 )
+            )
+            offered = await stack.enter_async_context(open_gateways(settings, sandbox))
+            settlement = Settlement(
+                db,
+                publisher,
+                metrics,
+                gateways=offered.gateways,
+                schedules=offered.schedules,
+                policy=FailurePolicy(settings.payment_failure_policy),
+                hooks=hooks,
+                limiter=await stack.enter_async_context(
+                    GatewayRateLimiter(
+                        {name: settings.rate_limit(name) for name in offered.gateways},
+                        redis_url=settings.redis_url,
+                        prefix=settings.redis_channel_prefix,
+                        metrics=metrics,
+                    )
+                ),
             )
             hub = Hub(
                 db=db,
@@ -171,16 +201,18 @@ def create_app(
                 verifier=verifier,
                 hub=hub,
                 metrics=metrics,
+                settlement=settlement,
             )
             stop = asyncio.Event()
             for job in background:
                 task = asyncio.create_task(job(services, stop))
                 stack.push_async_callback(_stop_job, task, stop, settings.graceful_shutdown_timeout)
             logger.info(
-                "orderstatus ready: database=%s broker=%s instance=%s",
+                "orderstatus ready: database=%s broker=%s instance=%s gateways=%s",
                 db.dialect,
-                "redis" if settings.redis_url else "memory",
+                (settings.broker_url or "memory").partition("://")[0].replace("+", "-"),
                 settings.instance_id,
+                ",".join(sorted(offered.gateways)) or "none",
             )
             if verifier.mints_demo_tokens:
                 logger.warning(
@@ -199,8 +231,16 @@ def create_app(
         Route("/api/orders/{order_id}", orders.get_one, methods=["GET"]),
         Route("/api/orders/{order_id}/events", orders.audit_trail, methods=["GET"]),
         Route("/api/orders/{order_id}/cancel", orders.cancel, methods=["POST"]),
+        Route("/api/orders/{order_id}/payments", payments_api.start, methods=["POST"]),
+        Route("/api/orders/{order_id}/payments/verify", payments_api.verify, methods=["POST"]),
+        Route("/webhooks/{gateway}", webhooks.receive, methods=["POST"]),
         Route("/api/pos/orders", pos.list_store, methods=["GET"]),
         Route("/api/pos/orders/{order_id}/status", pos.set_status, methods=["POST"]),
+        Route(
+            "/api/pos/orders/{order_id}/payments",
+            money_api.record_manual_payment,
+            methods=["POST"],
+        ),
         Route("/api/events", events.stream_events, methods=["GET"]),
         Route("/healthz", ops.healthz, methods=["GET"]),
         Route("/readyz", ops.readyz, methods=["GET"]),
@@ -210,18 +250,26 @@ def create_app(
     ]
     # Always routed (the static /demo mount would otherwise answer 405); 404 when disabled.
     routes.append(Route("/demo/token", demo.mint_token, methods=["POST"]))
+    if sandbox is not None:
+        routes.append(Mount(SANDBOX_MOUNT, app=sandbox.app, name="sandbox"))
     if DEMO_DIR.is_dir():
         routes.append(Mount("/demo", StaticFiles(directory=DEMO_DIR, html=True), name="demo"))
 
     return _App(
         routes=routes,
-        middleware=[Middleware(_RequestContext, metrics=metrics)],
+        # Idempotency inside the request context, so a replayed answer carries X-Request-ID.
+        middleware=[
+            Middleware(_RequestContext, metrics=metrics),
+            Middleware(IdempotencyMiddleware, hooks=hooks),
+        ],
         exception_handlers={
             ApiError: handle_api_error,
             HTTPException: handle_http_exception,
             CommitOutcomeUnknown: handle_commit_outcome_unknown,
             DBAPIError: handle_database_error,
             SQLAlchemyTimeoutError: handle_database_error,
+            # asyncpg's DB_COMMAND_TIMEOUT surfaces as a bare TimeoutError.
+            TimeoutError: handle_database_timeout,
             Exception: handle_unexpected,
         },
         lifespan=lifespan,

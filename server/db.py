@@ -52,6 +52,8 @@ class Database:
         pool_size: int = 10,
         echo: bool = False,
         sqlite_synchronous: str = "FULL",
+        command_timeout: float = 5.0,
+        connect_timeout: float = 5.0,
         hooks: Hooks = NO_HOOKS,
     ) -> None:
         self._hooks = hooks
@@ -73,6 +75,13 @@ class Database:
             # No pre-ping: it costs a round trip per checkout; a dead connection fails its
             # statement, SQLAlchemy discards it, and the caller's request fails or retries.
             options.update(pool_size=pool_size, max_overflow=pool_size, pool_recycle=1800)
+            # A partitioned database is silence, not a refusal: without a bound every request
+            # would wait for as long as the partition lasts. Past it asyncpg gives up (and the
+            # caller answers 503) — so no legitimate statement may take this long.
+            options["connect_args"] = {
+                "command_timeout": command_timeout,
+                "timeout": connect_timeout,
+            }
         self.engine: AsyncEngine = create_async_engine(url, **options)
         if self.dialect == "sqlite":
             _configure_sqlite(self.engine, synchronous=sqlite_synchronous)
@@ -126,6 +135,9 @@ class Database:
                 if _connection_lost(exc):
                     raise CommitOutcomeUnknown(str(exc.orig)) from exc
                 raise
+            except (TimeoutError, OSError) as exc:
+                # The COMMIT was sent and no answer came in time: it may have landed.
+                raise CommitOutcomeUnknown(f"no answer to COMMIT: {exc!r}") from exc
 
 
 #: SQLSTATEs that mean the connection itself went away (class 08; the server shutting down).

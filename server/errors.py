@@ -27,6 +27,7 @@ from typing import Any
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 logger = logging.getLogger(__name__)
 
@@ -121,7 +122,27 @@ async def handle_http_exception(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     # Keep the exception's headers: a 405 must say what is Allowed.
-    return error_response(exc.status_code, code, str(exc.detail), headers=exc.headers)
+    headers = dict(exc.headers or {})
+    status, detail = exc.status_code, str(exc.detail)
+    if status in (404, 405):
+        allowed = _allowed(request)
+        if allowed and request.method not in allowed.split(", "):
+            # A path some route takes, asked with another method, is a 405 — even where a
+            # mount below it answered instead (the static /demo has no file "token").
+            status, code, detail = 405, _HTTP_CODES[405], "Method Not Allowed"
+            headers["Allow"] = allowed
+    return error_response(status, code, detail, headers=headers)
+
+
+def _allowed(request: Request) -> str:
+    """Every method the routes of this path take. Starlette's router names only the first
+    route that matched the path (``/api/orders`` has one for GET and one for POST), and a mount
+    below the path (the static ``/demo``) would answer for ``/demo/token`` with its own."""
+    methods: set[str] = set()
+    for route in getattr(request.app, "routes", ()):
+        if isinstance(route, Route) and route.methods and route.path_regex.match(request.url.path):
+            methods |= route.methods
+    return ", ".join(sorted(methods))
 
 
 async def handle_database_error(request: Request, exc: Exception) -> Response:
@@ -132,6 +153,19 @@ async def handle_database_error(request: Request, exc: Exception) -> Response:
         503,
         "database_unavailable",
         "the database is unavailable; nothing was changed, try again",
+        headers={"Retry-After": "1"},
+    )
+
+
+async def handle_database_timeout(request: Request, exc: Exception) -> Response:
+    # A statement got no answer within DB_COMMAND_TIMEOUT (a partition is silence, not a
+    # refusal). The COMMIT's own timeout is raised as CommitOutcomeUnknown instead, so this one
+    # came before it: the transaction was not committed.
+    logger.warning("database timed out on %s %s: %r", request.method, request.url.path, exc)
+    return error_response(
+        503,
+        "database_unavailable",
+        "the database did not answer in time; nothing was changed, try again",
         headers={"Retry-After": "1"},
     )
 

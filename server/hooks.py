@@ -36,6 +36,12 @@ class Hooks:
     async def before_commit(self, session: AsyncSession) -> None:
         """A write transaction has done its work on ``session`` and is about to COMMIT."""
 
+    async def before_gateway_check(self, payment_id: str) -> None:
+        """A single-flight check holds ``payment_id``'s lease and is about to ask the gateway."""
+
+    async def after_idempotency_claim(self, key: str) -> None:
+        """A request has claimed Idempotency-Key ``key`` and its handler is about to run."""
+
 
 #: The shared do-nothing instance production code uses.
 NO_HOOKS = Hooks()

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Callable
 
 from starlette.websockets import (
     WebSocket,
@@ -25,7 +26,7 @@ from starlette.websockets import (
 
 from channels import Broker, Gap, Heartbeat, Message
 from channels.base import SubscriptionLike
-from server import protocol
+from server import money, protocol
 from server.auth import AuthError, Principal, TokenVerifier, bearer_token, origin_allowed
 from server.cursor import Action, StreamCursor
 from server.db import Database
@@ -48,6 +49,10 @@ from server.streams import (
 logger = logging.getLogger(__name__)
 
 _BACKFILL_PAGE = 500
+#: A pong reads its stream's head from the database at most this often (seconds)...
+_PING_REFRESH = 1.0
+#: ...and waits for that read at most this long before answering from memory.
+_PING_WAIT = 0.5
 _POLL_SLICE = 500
 # What one socket may send: a burst of 10 messages, then one a second (a client pings every
 # ~15 s); beyond that it is closed with 4400.
@@ -125,6 +130,9 @@ class Hub:
         # The newest seq this hub knows of per connected stream (from the events it relays, its
         # backfills and its polls): pings are answered from here, never from the database.
         self._heads: dict[str, int] = {}
+        # Pongs' head reads: one in flight per stream, at most one per _PING_REFRESH.
+        self._head_reads: dict[str, asyncio.Task[None]] = {}
+        self._head_read_at: dict[str, float] = {}
         self.opened_total = 0
 
     def channel(self, stream: str) -> str:
@@ -234,6 +242,7 @@ class Hub:
             _discard(self._by_stream, conn.stream, conn)
             if conn.stream not in self._by_stream:
                 self._heads.pop(conn.stream, None)
+                self._head_read_at.pop(conn.stream, None)
 
     def _note_head(self, stream: str, seq: int) -> None:
         if seq > self._heads.get(stream, 0):
@@ -242,6 +251,46 @@ class Hub:
     def known_head(self, stream: str) -> int:
         """The newest seq of ``stream`` this hub has seen (0 if none); no database read."""
         return self._heads.get(stream, 0)
+
+    async def _ping_head(self, stream: str) -> int:
+        """The head a pong reports: what this hub knows, refreshed from the database.
+
+        Memory alone never hears of a publish the broker lost, so a ping on a quiet stream
+        could not show the client it missed something (DESIGN §5). But pings must not cost a
+        read each: one read per stream per ``_PING_REFRESH`` seconds is shared by every socket
+        of the stream, and a pong waits for it at most ``_PING_WAIT`` (a database that is slow
+        or locked leaves the answer to memory).
+        """
+        now = time.monotonic()
+        read = self._head_reads.get(stream)
+        if read is None and now - self._head_read_at.get(stream, -_PING_REFRESH) >= _PING_REFRESH:
+            self._head_read_at[stream] = now
+            read = asyncio.create_task(self._read_head_for_ping(stream))
+            self._head_reads[stream] = read
+            read.add_done_callback(lambda _: self._head_reads.pop(stream, None))
+        if read is not None:
+            try:
+                async with asyncio.timeout(_PING_WAIT):
+                    await asyncio.shield(read)
+            except TimeoutError:
+                pass  # answered from memory; the read goes on and updates the head
+        return self.known_head(stream)
+
+    async def _read_head_for_ping(self, stream: str) -> None:
+        try:
+            async with self._db_slots, self._db.read() as session:
+                heads = await read_heads(session, [stream])
+        except Exception:
+            logger.warning("reading the head of %s for a pong failed", stream, exc_info=True)
+            return
+        head = heads.get(stream)
+        if head is not None and stream in self._by_stream:
+            self._note_head(stream, head.head_seq)
+
+    def _poke_behind(self, stream: str, head_seq: int, reason: str) -> None:
+        for conn in self._by_stream.get(stream, ()):
+            if conn.cursor is not None and conn.sub is not None and conn.cursor.behind(head_seq):
+                _poke(conn.sub, reason)
 
     # -- hello and replay ---------------------------------------------------------------------
 
@@ -267,13 +316,15 @@ class Hub:
             await self._hooks.after_snapshot_head(stream)
             orders = list(await open_orders(session, stream, limit=limit + 1))
             head_event_id = await event_id_at(session, stream, head.head_seq)
+            # The totals from the same database snapshot as the orders and the head.
+            summaries = await money.summaries(session, orders[:limit])
         truncated = len(orders) > limit
         del orders[limit:]
         return protocol.Snapshot(
             epoch=head.epoch,
             head_seq=head.head_seq,
             head_event_id=head_event_id,
-            orders=[protocol.order_snapshot(order) for order in orders],
+            orders=[protocol.order_snapshot(order, summaries[order.id]) for order in orders],
             truncated=truncated,
             next_cursor=protocol.order_list_cursor(orders[-1]) if truncated and orders else None,
         )
@@ -293,8 +344,10 @@ class Hub:
             self._place(conn, snap.epoch, snap.head_seq, snap.head_seq)
             return
         head = await self._head(conn.stream)
-        async with self._db_slots:
-            problem = await resume_problem(self._db, head, epoch, since, last_event_id)
+        problem = position_problem(head, epoch, since)
+        if problem is None and last_event_id is not None:
+            async with self._db_slots:  # one read: is the event at since still last_event_id?
+                problem = await resume_problem(self._db, head, epoch, since, last_event_id)
         if problem is not None:
             snap = await self.snapshot(conn.stream)
             logger.info(
@@ -456,11 +509,11 @@ class Hub:
                 raise _Close(CloseCode.BAD_MESSAGE, str(exc)) from None
             match parsed:
                 case protocol.Ping():
-                    # From memory: a flood of pings must not queue for the database slots
-                    # every hello needs.
                     assert conn.cursor is not None
-                    head_seq = max(self.known_head(conn.stream), conn.cursor.last)
+                    head_seq = max(await self._ping_head(conn.stream), conn.cursor.last)
                     await ws.send_text(protocol.pong(head_seq))
+                    # The pong told the client it is behind; now bring it what it missed.
+                    self._poke_behind(conn.stream, head_seq, "ping")
                 case protocol.Auth(token=token):
                     try:
                         fresh = self._verifier.verify(token)
@@ -498,17 +551,29 @@ class Hub:
             )
             if delivering and not safety_due:
                 continue
-            last_safety = now
+            # On a Redis Cluster one shard may be down while the others deliver: poll only
+            # the streams whose shard is not delivering (all of them on a safety poll).
+            only = None if safety_due else self._not_delivering
+            if safety_due:
+                last_safety = now
             try:
-                await self.poll_heads()
+                await self.poll_heads(only)
             except asyncio.CancelledError:
                 raise
             except Exception:
                 logger.exception("polling stream heads failed; retrying")
 
-    async def poll_heads(self) -> int:
-        """Poke every connection whose stream moved past its cursor; returns how many."""
-        streams = [stream for stream, conns in self._by_stream.items() if conns]
+    def _not_delivering(self, stream: str) -> bool:
+        return not self._heartbeat.delivering_for(self.channel(stream))
+
+    async def poll_heads(self, only: Callable[[str], bool] | None = None) -> int:
+        """Poke every connection whose stream moved past its cursor (of the streams ``only``
+        selects, default all); returns how many."""
+        streams = [
+            stream
+            for stream, conns in self._by_stream.items()
+            if conns and (only is None or only(stream))
+        ]
         if not streams:
             return 0
         self._metrics.hub_polls.inc()
@@ -519,7 +584,7 @@ class Hub:
                 heads = await read_heads(session, streams[start : start + _POLL_SLICE])
             for stream in streams[start : start + _POLL_SLICE]:
                 head = heads.get(stream)
-                if head is not None:
+                if head is not None and stream in self._by_stream:  # not one that left meanwhile
                     self._note_head(stream, head.head_seq)
                 for conn in list(self._by_stream.get(stream, ())):
                     if conn.cursor is None or conn.sub is None:

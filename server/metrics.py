@@ -108,6 +108,52 @@ class Metrics:
         self.gc_pause_max = Gauge(
             "python_gc_pause_max_seconds", "Longest garbage-collector pause seen", registry=r
         )
+        self.payment_checks = Counter(
+            "payment_checks_total",
+            "Status calls to a gateway, by gateway and outcome (a status, unavailable, rejected)",
+            ["gateway", "outcome"],
+            registry=r,
+        )
+        self.payment_checks_shared = Counter(
+            "payment_checks_shared_total",
+            "Checks that joined one already in flight for the same payment (single flight)",
+            registry=r,
+        )
+        self.payment_decisions = Counter(
+            "payment_decisions_total",
+            "Gateway observations applied, by verdict (apply, same, stale, ...) and source",
+            ["verdict", "source"],
+            registry=r,
+        )
+        self.payment_backoffs = Counter(
+            "payment_backoffs_total",
+            "Checks put off because the gateway could not answer, by gateway and reason",
+            ["gateway", "reason"],
+            registry=r,
+        )
+        self.rate_limit_waits = Counter(
+            "payment_rate_limit_waits_total",
+            "Times a check waited for (or gave up on) its gateway's shared rate limit",
+            ["gateway"],
+            registry=r,
+        )
+        self.payments_due = Gauge(
+            "payments_due", "Payments whose next check is due now (reconciler backlog)", registry=r
+        )
+        self.oldest_unsettled = Gauge(
+            "payments_oldest_unsettled_seconds",
+            "Age of the oldest payment still INITIATED or PENDING",
+            registry=r,
+        )
+        self.orders_expired = Counter(
+            "orders_expired_total", "Unpaid orders expired by the reconciler", registry=r
+        )
+        self.webhooks = Counter(
+            "webhooks_total",
+            "Webhooks received, by gateway and outcome (a verdict, duplicate, bad_signature, ...)",
+            ["gateway", "outcome"],
+            registry=r,
+        )
         self._gc_started = 0.0
         self._max_pause = 0.0
 

@@ -1,4 +1,4 @@
-"""SQLAlchemy 2 tables: orders, payments, events, streams, stream_events, webhook_receipts."""
+"""SQLAlchemy 2 tables: orders, payments, refunds, events, streams, stream_events, receipts."""
 
 from __future__ import annotations
 
@@ -10,9 +10,11 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     DateTime,
+    Float,
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     String,
     Table,
     UniqueConstraint,
@@ -98,11 +100,51 @@ class Payment(Base):
     last_gateway_response: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     settled_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    # Added by migration 0002 (payments that settle, issue 5).
+    currency: Mapped[str] = mapped_column(String(3), server_default=text("''"))
+    redirect_url: Mapped[str | None] = mapped_column(String(2000), nullable=True)
+    # When the gateway accepted the start; NULL: gateway_ref is still our own id, and the
+    # reconciler asks the gateway to start it again (idempotent by our reference).
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    # Consecutive "gateway could not answer" outcomes: the backoff's attempt number.
+    check_failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    # This payment's first check, in seconds after created_at (the schedule's jittered first).
+    first_check: Mapped[float] = mapped_column(Float, default=20.0, server_default=text("20"))
+    # A check in flight somewhere holds this lease; nobody else asks the gateway until then.
+    check_lease_until: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
 
     __table_args__ = (
         UniqueConstraint("gateway", "gateway_ref", name="uq_payments_gateway_ref"),
         Index("ix_payments_due", "status", "next_check_at"),
+        # One live attempt per order, also against a writer that forgot the order lock.
+        Index(
+            "uq_payments_one_live",
+            "order_id",
+            unique=True,
+            postgresql_where=text("status IN ('INITIATED', 'PENDING')"),
+            sqlite_where=text("status IN ('INITIATED', 'PENDING')"),
+        ),
     )
+
+
+class Refund(Base):
+    """A refund asked for (executed by the refunds work; today: late successes record one)."""
+
+    __tablename__ = "refunds"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    payment_id: Mapped[str] = mapped_column(ForeignKey("payments.id"), index=True)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(String(3))
+    status: Mapped[str] = mapped_column(String(40))
+    reason: Mapped[str] = mapped_column(String(200))
+    # "late_success:<payment id>" for the automatic one: asking twice records it once.
+    idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
+    gateway_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class Event(Base):
@@ -169,8 +211,33 @@ class WebhookReceipt(Base):
     __table_args__ = (UniqueConstraint("gateway", "gateway_event_id", name="uq_webhook_receipt"),)
 
 
+class IdempotencyKey(Base):
+    """One caller's Idempotency-Key: the request it was first used for and, once done, the
+    answer to replay (server/idempotency.py)."""
+
+    __tablename__ = "idempotency_keys"
+
+    # "<role>:<sub>" (POS: "pos:<sub>@<store>"): keys of different callers never collide.
+    caller: Mapped[str] = mapped_column(String(450), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    # sha256 of method, path, query and body bytes.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    # running (the first request is in its handler), done (answer stored), unknown (the
+    # handler's COMMIT may or may not have happened: never run again under this key).
+    state: Mapped[str] = mapped_column(String(10))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    content_type: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    body: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
+
+
 # The Core tables, for the write path's lean statements (no unit of work on the hot path).
 orders_table = cast(Table, Order.__table__)
+payments_table = cast(Table, Payment.__table__)
+refunds_table = cast(Table, Refund.__table__)
+webhook_receipts_table = cast(Table, WebhookReceipt.__table__)
 events_table = cast(Table, Event.__table__)
 streams_table = cast(Table, Stream.__table__)
 stream_events_table = cast(Table, StreamEvent.__table__)
+idempotency_keys_table = cast(Table, IdempotencyKey.__table__)

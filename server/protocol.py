@@ -62,9 +62,12 @@ class EventRow:
     created_at: datetime
 
 
-def order_snapshot(order: Order | OrderRow) -> dict[str, Any]:
-    """The public JSON form of an order."""
-    return {
+def order_snapshot(
+    order: Order | OrderRow, payment_summary: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """The public JSON form of an order, with its ``payment_summary`` (server/money.py) when
+    the caller read it from the rows."""
+    snapshot: dict[str, Any] = {
         "id": order.id,
         "customer_id": order.customer_id,
         "store_id": order.store_id,
@@ -80,6 +83,9 @@ def order_snapshot(order: Order | OrderRow) -> dict[str, Any]:
         "expires_at": iso(order.expires_at),
         "version": order.version,
     }
+    if payment_summary is not None:
+        snapshot["payment_summary"] = payment_summary
+    return snapshot
 
 
 def event_payload(stream: str, seq: int, event: Event | EventRow) -> dict[str, Any]:
@@ -100,6 +106,9 @@ def event_payload(stream: str, seq: int, event: Event | EventRow) -> dict[str, A
     note = event.data.get("note")
     if note is not None:
         payload["note"] = note
+    payment = event.data.get("payment")
+    if payment is not None:
+        payload["payment"] = payment
     return payload
 
 

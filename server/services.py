@@ -13,6 +13,7 @@ from server.db import Database
 from server.hub import Hub
 from server.metrics import Metrics
 from server.settings import Settings
+from server.settlement import Settlement
 from server.writes import Publisher
 
 
@@ -28,6 +29,8 @@ class Services:
     verifier: TokenVerifier
     hub: Hub
     metrics: Metrics
+    #: Payments: the gateways offered here, starting, applying and checking (single flight).
+    settlement: Settlement
 
 
 def services(conn: HTTPConnection) -> Services:

@@ -12,8 +12,11 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, TypeVar
 
+from limits import parse as parse_rate
+
 from gateways import GatewaysConfig, PhonePeConfig, SandboxConfig, StripeConfig
 from gateways.stripe import DEFAULT_API_BASE as STRIPE_API_BASE
+from reconciler.schedule import Schedule
 
 T = TypeVar("T")
 
@@ -27,6 +30,7 @@ class Settings:
 
     database_url: str = DEFAULT_DATABASE_URL
     redis_url: str | None = None
+    redis_cluster_url: str | None = None
     redis_channel_prefix: str = "orderstatus:"
     jwt_secret: str | None = None
     jwt_public_key: str | None = None
@@ -38,6 +42,8 @@ class Settings:
     allowed_origins: tuple[str, ...] = ()
     migrate_on_start: bool = True
     db_pool_size: int = 10
+    db_command_timeout: float = 5.0
+    db_connect_timeout: float = 5.0
     sqlite_synchronous: str = "FULL"
     max_body_bytes: int = 65_536
     ws_queue_size: int = 256
@@ -58,7 +64,10 @@ class Settings:
     relay_interval: float = 1.0
     event_retention_days: float = 0.0
     longpoll_max_wait: float = 30.0
+    longpoll_max_per_user: int = 4
     order_expiry_seconds: int = 1_800
+    # Idempotency-Key answers are kept this long (seconds); an older key counts as new.
+    idempotency_ttl: float = 86_400.0
     # Payment gateways: one without credentials is not offered (see gateways_config()).
     stripe_api_key: str | None = field(default=None, repr=False)
     stripe_webhook_secret: str | None = field(default=None, repr=False)
@@ -78,6 +87,28 @@ class Settings:
     graceful_shutdown_timeout: float = 10.0
     gc_freeze: bool = True
     gc_thaw_interval: float = 3600.0
+    # Payments (issue 5): every gateway variable of DESIGN §7, and the reconciler.
+    public_url: str | None = None
+    payment_return_url: str | None = None
+    payment_read_check_after: float = 30.0
+    payment_read_check_timeout: float = 2.0
+    payment_check_reuse: float = 5.0
+    payment_failure_policy: str = "retry"
+    gateway_timeout: float = 10.0
+    gateway_connect_timeout: float = 3.0
+    stripe_poll_schedule: str | None = None
+    stripe_rate_limit: str = "25/second"
+    phonepe_auth_base: str | None = None
+    phonepe_poll_schedule: str | None = None
+    phonepe_rate_limit: str = "10/second"
+    sandbox: bool | None = None
+    sandbox_api_key: str | None = None
+    sandbox_poll_schedule: str | None = None
+    sandbox_rate_limit: str = "50/second"
+    reconciler_in_process: bool | None = None
+    reconciler_interval: float = 1.0
+    reconciler_batch: int = 100
+    reconciler_concurrency: int = 16
     log_level: str = "INFO"
     log_format: str = "json"
     instance_id: str = field(default_factory=lambda: secrets.token_hex(4))
@@ -85,7 +116,16 @@ class Settings:
     @property
     def embedded(self) -> bool:
         """True on the single-process default: SQLite and the in-memory broker."""
-        return self.database_url.startswith("sqlite") and not self.redis_url
+        return self.database_url.startswith("sqlite") and not self.broker_url
+
+    @property
+    def broker_url(self) -> str | None:
+        """The URL ``channels.create_broker`` takes: REDIS_CLUSTER_URL (as redis+cluster://)
+        when set — it wins over REDIS_URL — else REDIS_URL; None: the in-memory broker."""
+        if self.redis_cluster_url:
+            scheme, _, rest = self.redis_cluster_url.partition("://")
+            return f"{scheme.removesuffix('+cluster')}+cluster://{rest}"
+        return self.redis_url
 
     @property
     def demo_tokens_enabled(self) -> bool:
@@ -107,6 +147,26 @@ class Settings:
     def relay_enabled(self) -> bool:
         """Whether the outbox relay runs inside the web process."""
         return self.embedded if self.relay_in_process is None else self.relay_in_process
+
+    @property
+    def sandbox_enabled(self) -> bool:
+        """The bundled sandbox gateway: on by default only on the embedded default."""
+        return self.embedded if self.sandbox is None else self.sandbox
+
+    @property
+    def reconciler_enabled(self) -> bool:
+        """Whether the payment reconciler runs inside the web process."""
+        return self.embedded if self.reconciler_in_process is None else self.reconciler_in_process
+
+    def poll_schedule(self, gateway: str) -> str | None:
+        """``<GATEWAY>_POLL_SCHEDULE``: the gateway's polling schedule in its one-line form."""
+        value: str | None = getattr(self, f"{gateway}_poll_schedule", None)
+        return value
+
+    def rate_limit(self, gateway: str) -> str:
+        """``<GATEWAY>_RATE_LIMIT``: status calls allowed, shared by every process."""
+        value: str = getattr(self, f"{gateway}_rate_limit", "")
+        return value
 
     def gateways_config(self) -> GatewaysConfig:
         """The gateways with credentials, as ``gateways.create_gateways`` takes them."""
@@ -130,17 +190,42 @@ class Settings:
                 callback_username=self.phonepe_callback_username,
                 callback_password=self.phonepe_callback_password,
                 api_base=self.phonepe_api_base,
+                auth_base=self.phonepe_auth_base,
             )
-        if self.sandbox_api_base or self.sandbox_webhook_secret:
-            if not (self.sandbox_api_base and self.sandbox_webhook_secret):
-                raise ValueError("SANDBOX_API_BASE and SANDBOX_WEBHOOK_SECRET: set both or neither")
+        # SANDBOX_WEBHOOK_SECRET alone is the in-process sandbox's secret (server/gatewaying.py).
+        if self.sandbox_api_base and self.sandbox is not False:
+            if not self.sandbox_webhook_secret:
+                raise ValueError("SANDBOX_WEBHOOK_SECRET: required with SANDBOX_API_BASE")
             sandbox = SandboxConfig(
-                api_base=self.sandbox_api_base, webhook_secret=self.sandbox_webhook_secret
+                api_base=self.sandbox_api_base,
+                webhook_secret=self.sandbox_webhook_secret,
+                api_key=self.sandbox_api_key,
             )
         return GatewaysConfig(stripe=stripe, phonepe=phonepe, sandbox=sandbox)
 
     def validate(self) -> Settings:
         """Check ranges and cross-field rules, naming the variable; return self so it chains."""
+        if self.payment_failure_policy not in {"retry", "cancel"}:
+            raise ValueError(
+                "PAYMENT_FAILURE_POLICY: expected retry or cancel, "
+                f"got {self.payment_failure_policy!r}"
+            )
+        for gateway in ("stripe", "phonepe", "sandbox"):
+            schedule = self.poll_schedule(gateway)
+            if schedule:
+                try:
+                    Schedule.parse(schedule)
+                except ValueError as exc:
+                    raise ValueError(f"{gateway.upper()}_POLL_SCHEDULE: {exc}") from None
+            rate = self.rate_limit(gateway)
+            if rate:
+                try:
+                    parse_rate(rate)
+                except ValueError:
+                    raise ValueError(
+                        f"{gateway.upper()}_RATE_LIMIT: expected a rate such as 100/second,"
+                        f" got {rate!r}"
+                    ) from None
         for name, (low, high) in _BOUNDS.items():
             value = getattr(self, name)
             if value < low or (high is not None and value > high):
@@ -226,6 +311,14 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _redis_cluster_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")):
+        raise ValueError(
+            f"expected redis://host:port[,host:port...], rediss:// or redis+cluster://, got {raw!r}"
+        )
+    return raw
+
+
 def _database_url(raw: str) -> str:
     if not raw.startswith(("sqlite+aiosqlite://", "postgresql+asyncpg://", "postgresql://")):
         raise ValueError(f"expected sqlite+aiosqlite:// or postgresql+asyncpg://, got {raw!r}")
@@ -265,6 +358,8 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "port": (0, 65_535),
     "jwt_leeway": (0, 3_600),
     "db_pool_size": (1, None),
+    "db_command_timeout": (0.1, 3_600),
+    "db_connect_timeout": (0.1, 300),
     "max_body_bytes": (1, None),
     "ws_queue_size": (1, None),
     "ws_max_message_bytes": (1, None),
@@ -281,16 +376,27 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "relay_interval": (0.01, None),
     "event_retention_days": (0, None),
     "longpoll_max_wait": (0, 300),
+    "longpoll_max_per_user": (1, None),
     "order_expiry_seconds": (1, None),
+    "idempotency_ttl": (1, None),
     "snapshot_max_orders": (0, 10_000),
     "phonepe_salt_index": (1, None),
     "phonepe_client_version": (1, None),
     "graceful_shutdown_timeout": (0, None),
     "gc_thaw_interval": (0, None),
+    "payment_read_check_after": (0, None),
+    "payment_read_check_timeout": (0.01, 60),
+    "payment_check_reuse": (0, None),
+    "gateway_timeout": (0.1, 300),
+    "gateway_connect_timeout": (0.1, 300),
+    "reconciler_interval": (0.01, None),
+    "reconciler_batch": (1, 10_000),
+    "reconciler_concurrency": (1, 1_000),
 }
 
 _PARSERS: dict[str, Callable[[str], Any]] = {
     "redis_url": _redis_url,
+    "redis_cluster_url": _redis_cluster_url,
     "database_url": _database_url,
     "log_format": _log_format,
     "sqlite_synchronous": _sqlite_synchronous,

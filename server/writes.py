@@ -25,7 +25,8 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels import Broker, BrokerError
-from server import protocol
+from channels.cluster import same_shard
+from server import money, protocol
 from server.auth import Principal, Role
 from server.db import Database
 from server.errors import Conflict, Forbidden, NotFound
@@ -194,10 +195,13 @@ class Publisher:
             [(self._prefix + d.stream, protocol.pack(d.seq, d.text)) for d in deliveries]
         )
 
-    async def probe(self) -> bool:
-        """Whether the broker takes a publish right now (an empty message on a private channel)."""
+    async def probe(self, *streams: str) -> bool:
+        """Whether the broker takes a publish right now (an empty message on a private channel;
+        given ``streams``, one on the shard of each, for a Redis Cluster may be down in part)."""
+        base = self._prefix + "_probe"
+        channels = {same_shard(self._prefix + stream, base) for stream in streams} or {base}
         try:
-            await self._broker.publish(self._prefix + "_probe", "")
+            await self._broker.publish_many([(channel, "") for channel in sorted(channels)])
         except BrokerError:
             return False
         return True
@@ -299,12 +303,23 @@ async def append_event(
     to_status: str,
     actor: Actor,
     note: str | None = None,
+    extra: dict[str, Any] | None = None,
+    payment_summary: dict[str, Any] | None = None,
 ) -> tuple[protocol.EventRow, tuple[Delivery, ...]]:
-    """Inside the caller's transaction: log an event and give it the next seq of each stream."""
+    """Inside the caller's transaction: log an event and give it the next seq of each stream.
+
+    ``extra`` adds fields to the event's data (a ``payment.status`` event carries its payment).
+    The order snapshot's ``payment_summary`` is read from the payment and refund rows in this
+    transaction (after the caller's changes to them), unless the caller knows it.
+    """
     conn = await session.connection()
-    data: dict[str, Any] = {"order": protocol.order_snapshot(order)}
+    if payment_summary is None:
+        payment_summary = await money.summary_of(conn, order)
+    data: dict[str, Any] = {"order": protocol.order_snapshot(order, payment_summary)}
     if note is not None:
         data["note"] = note
+    if extra:
+        data.update(extra)
     draft = protocol.EventRow(
         id=0,
         order_id=order.id,
@@ -365,12 +380,21 @@ async def create_order(
         conn = await session.connection()
         await conn.execute(_INSERT_ORDER, _shallow_fields(order))
         event, deliveries = await append_event(
-            session, order, kind=ORDER_STATUS, from_status=None, to_status=status.value, actor=actor
+            session,
+            order,
+            kind=ORDER_STATUS,
+            from_status=None,
+            to_status=status.value,
+            actor=actor,
+            # A new order has no payment or refund rows yet.
+            payment_summary=money.summary(
+                amount=order.amount, status=order.status, currency=currency, sums=money.Sums()
+            ),
         )
     metrics.write_seconds.observe(time.perf_counter() - started)
     metrics.events_written.labels(kind=ORDER_STATUS, source=actor.source).inc()
     await publisher.publish(deliveries, [event.id])
-    return Written(protocol.order_snapshot(order), event, deliveries)
+    return Written(event.data["order"], event, deliveries)
 
 
 async def change_order_status(
@@ -445,7 +469,7 @@ async def change_order_status(
     metrics.write_seconds.observe(time.perf_counter() - started)
     metrics.events_written.labels(kind=ORDER_STATUS, source=actor.source).inc()
     await publisher.publish(deliveries, [event.id])
-    return Written(protocol.order_snapshot(order), event, deliveries)
+    return Written(event.data["order"], event, deliveries)
 
 
 # The hot path's statements, built once: building a statement costs more than running it.

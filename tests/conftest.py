@@ -29,6 +29,7 @@ from server.metrics import Metrics
 from server.services import Services
 from server.settings import Settings
 from server.writes import Publisher
+from tests.channels.cluster_helpers import LocalCluster
 from tests.channels.helpers import RedisServer, free_port
 from tests.support.ci import IN_CI
 from tests.support.clients import SECRET
@@ -192,6 +193,29 @@ async def private_redis() -> AsyncIterator[RedisServer]:
         await server.kill()
 
 
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[LocalCluster]:
+    """A local Redis Cluster (3 masters + 3 replicas) shared by the session; tests only add
+    channels to it (with their own prefix). Missing redis-server: skip, or fail under CI."""
+    cluster = LocalCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def private_redis_cluster() -> Iterator[LocalCluster]:
+    """A Redis Cluster of this test's own, whose masters it may kill or reshard."""
+    cluster = LocalCluster()
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
 @dataclass
 class Service:
     """A running app under test: URLs, an HTTP client, and handles on its parts."""
@@ -203,6 +227,14 @@ class Service:
     metrics: Metrics
     db: Database
     publisher: Publisher
+    #: The app's own Services (its settlement, hub, ...), once its lifespan has started.
+    inside: list[Services] = field(default_factory=list)
+
+    @property
+    def services(self) -> Services:
+        """The running app's Services."""
+        assert self.inside, "the app's lifespan has not started its background jobs yet"
+        return self.inside[0]
 
     @property
     def ws_url(self) -> str:
@@ -231,7 +263,13 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
                 await broker.connect()
                 stack.push_async_callback(broker.disconnect)
             metrics = Metrics()
-            background: list[BackgroundJob] = []
+            inside: list[Services] = []
+
+            async def capture(services: Services, stop: asyncio.Event) -> None:
+                inside.append(services)
+                await stop.wait()
+
+            background: list[BackgroundJob] = [capture]
             if relay:
 
                 async def run_relay(services: Services, stop: asyncio.Event) -> None:
@@ -260,7 +298,7 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
             db = Database(settings.database_url, pool_size=4)
             stack.push_async_callback(db.dispose)
             publisher = Publisher(db, broker, prefix=settings.redis_channel_prefix, metrics=metrics)
-            return Service(running, http, settings, broker, metrics, db, publisher)
+            return Service(running, http, settings, broker, metrics, db, publisher, inside)
 
         yield start
 

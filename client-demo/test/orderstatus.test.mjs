@@ -13,7 +13,7 @@ import { dirname, join, resolve } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { CloseCode, MemoryStorage, OrderStatusClient, backoffDelay, decodeTokenClaims } from "../orderstatus.js";
+import { ApiError, CloseCode, MemoryStorage, OrderStatusClient, apiRequest, backoffDelay, decodeTokenClaims } from "../orderstatus.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 const PYTHON = process.env.PYTHON ?? join(ROOT, ".venv/bin/python");
@@ -658,6 +658,80 @@ describe("the client against the real server", { timeout: 300_000 }, () => {
     assert.match(client.status.error ?? "", /4403/);
     await sleep(300);
     assert.equal(client.status.state, "stopped", "no reconnect after 4403");
+  });
+});
+
+describe("POST retries with an Idempotency-Key", { timeout: 120_000 }, () => {
+  /**
+   * A fetch that lets the request reach the server, then loses its answer `lose` times
+   * (the network dropped it); records each request's key and each answer's replay header.
+   * @param {number} lose
+   */
+  function losingFetch(lose) {
+    const seen = /** @type {{key: string|null, replayed: string|null, lost: boolean}[]} */ ([]);
+    /** @type {typeof fetch} */
+    const impl = async (input, init) => {
+      const response = await fetch(input, init);
+      const headers = /** @type {Record<string, string>} */ (init?.headers ?? {});
+      const entry = { key: headers["Idempotency-Key"] ?? null, replayed: response.headers.get("idempotent-replayed"), lost: seen.filter((e) => e.lost).length < lose };
+      seen.push(entry);
+      if (entry.lost) {
+        await response.text();
+        throw new TypeError("fetch failed: the answer was lost");
+      }
+      return response;
+    };
+    return { impl, seen };
+  }
+
+  const newOrder = (/** @type {string} */ store) => ({ store_id: store, currency: "INR", payment_method: "cash", items: [{ sku: "dosa", name: "Masala dosa", quantity: 1, unit_price: 12000 }] });
+
+  test("a POST whose answer was lost is sent again with the same key and makes one order", { timeout: TEST_TIMEOUT }, async () => {
+    const who = await actors();
+    const token = await who.customerToken();
+    const { impl, seen } = losingFetch(2);
+    const body = await apiRequest(server.base, "/api/orders", { method: "POST", token, body: newOrder(who.store), fetch: impl, retryDelayMs: 10 });
+    assert.equal(seen.length, 3);
+    assert.ok(seen[0].key && seen[0].key.length <= 255);
+    assert.deepEqual(seen.map((e) => e.key), [seen[0].key, seen[0].key, seen[0].key]);
+    // The first attempt ran; the retries were answered from the stored answer.
+    assert.deepEqual(seen.map((e) => e.replayed), [null, "true", "true"]);
+    const mine = await api("/api/orders", { token });
+    assert.deepEqual(mine.orders.map((/** @type {any} */ o) => o.id), [body.order.id]);
+  });
+
+  test("two calls are two user actions: two keys, two orders", { timeout: TEST_TIMEOUT }, async () => {
+    const who = await actors();
+    const token = await who.customerToken();
+    const { impl, seen } = losingFetch(0);
+    for (let i = 0; i < 2; i += 1) await apiRequest(server.base, "/api/orders", { method: "POST", token, body: newOrder(who.store), fetch: impl });
+    assert.notEqual(seen[0].key, seen[1].key);
+    assert.equal((await api("/api/orders", { token })).orders.length, 2);
+  });
+
+  test("an error answer is not retried, and a GET carries no key", { timeout: TEST_TIMEOUT }, async () => {
+    const who = await actors();
+    const token = await who.customerToken();
+    const { impl, seen } = losingFetch(0);
+    await assert.rejects(
+      apiRequest(server.base, "/api/orders", { method: "POST", token, body: { ...newOrder(who.store), items: [] }, fetch: impl, retryDelayMs: 10 }),
+      (error) => error instanceof ApiError && error.status === 422,
+    );
+    assert.equal(seen.length, 1);
+    await apiRequest(server.base, "/api/orders", { token, fetch: impl });
+    assert.equal(seen[1].key, null);
+  });
+
+  test("after the retries are spent the network error reaches the caller", { timeout: TEST_TIMEOUT }, async () => {
+    const who = await actors();
+    const token = await who.customerToken();
+    const { impl, seen } = losingFetch(10);
+    await assert.rejects(
+      apiRequest(server.base, "/api/orders", { method: "POST", token, body: newOrder(who.store), fetch: impl, retries: 2, retryDelayMs: 10 }),
+      TypeError,
+    );
+    assert.equal(seen.length, 3);
+    assert.equal((await api("/api/orders", { token })).orders.length, 1);
   });
 });
 

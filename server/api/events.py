@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from collections import Counter
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse
+from starlette.responses import JSONResponse, Response
 
-from channels import Message
 from server import protocol
-from server.api.common import principal, query_int
+from server.api import schemas
+from server.api.common import principal, query
+from server.api.contract import operation
+from server.errors import error_response
 from server.services import Services, services
 from server.streams import StreamHead, ensure_stream, events_after, read_head, resume_problem
 
@@ -19,7 +23,9 @@ PAGE = 500
 
 
 async def _read(svc: Services, stream: str, since: int) -> tuple[StreamHead, list[dict[str, Any]]]:
-    async with svc.db.read() as session:
+    # One snapshot for both reads: read apart (READ COMMITTED on PostgreSQL), a write
+    # committed in between would return events above the head_seq we answer with.
+    async with svc.db.snapshot() as session, session.begin():
         head = await read_head(session, stream)
         if head is not None:
             rows = await events_after(session, stream, since, limit=PAGE)
@@ -31,40 +37,91 @@ async def _read(svc: Services, stream: str, since: int) -> tuple[StreamHead, lis
     return head, [protocol.event_payload(stream, seq, event) for seq, event in rows]
 
 
-async def stream_events(request: Request) -> JSONResponse:
-    """
-    summary: The caller's stream after SEQ (the REST fallback of /ws), long-polling up to WAIT s
-    tags: [events]
-    security: [{bearer: []}]
-    parameters:
-      - {name: since, in: query, schema: {type: integer, minimum: 0}}
-      - {name: epoch, in: query, schema: {type: string}}
-      - {name: wait, in: query, schema: {type: integer, minimum: 0, maximum: 30}}
-      - {name: last_event_id, in: query, schema: {type: integer, minimum: 1}}
-      - {name: snapshot, in: query, schema: {type: boolean}}
-    responses:
-      200:
-        description: "{stream, epoch, head_seq, events, more}; SEQ gone (or last_event_id is not
-          the event at SEQ): {reset: true, orders, head_event_id, truncated?, next_cursor?};
-          snapshot=true: the same snapshot with {snapshot: true}, to go live from"
-      400: {description: Bad since or wait}
-      401: {description: Unauthenticated}
-    """
+@operation(
+    "The caller's stream after SEQ (the REST fallback of /ws), long-polling up to WAIT s",
+    tag="events",
+    query=lambda settings: schemas.events_query(int(settings.longpoll_max_wait)),
+    responses={
+        200: (
+            "Events, a reset with a fresh snapshot, or the snapshot asked for",
+            schemas.EventsPage,
+        ),
+        429: "Too many long-polls for this user (LONGPOLL_MAX_PER_USER); Retry-After",
+    },
+)
+async def stream_events(request: Request) -> Response:
+    """The caller's stream after ``since`` (the REST fallback of /ws), long-polling ``wait`` s."""
     caller = principal(request)
     svc = services(request)
     svc.metrics.longpoll_requests.inc()
-    since = query_int(request, "since", 0, lo=0, hi=2**62)
-    wait = query_int(request, "wait", 0, lo=0, hi=int(svc.settings.longpoll_max_wait))
-    epoch = request.query_params.get("epoch") or None
-    last_event_id = query_int(request, "last_event_id", 0, lo=1, hi=2**62) or None
-    stream = caller.stream
-    if request.query_params.get("snapshot") in ("true", "1"):
-        return await _reset(svc, stream, key="snapshot")
+    params = query(request, schemas.events_query(int(svc.settings.longpoll_max_wait)))
+    if params.snapshot:
+        return await _reset(svc, caller.stream, key="snapshot")
+    if params.wait == 0:
+        return await _answer(svc, caller.stream, params, 0)
+    active = _longpolls(request)
+    user = f"{caller.role.value}:{caller.sub}"
+    if active[user] >= svc.settings.longpoll_max_per_user:
+        return error_response(
+            429,
+            "too_many_longpolls",
+            f"at most {svc.settings.longpoll_max_per_user} long-polls at once per user",
+            headers={"Retry-After": "1"},
+        )
+    active[user] += 1
+    try:
+        return await _answer(svc, caller.stream, params, params.wait)
+    finally:
+        active[user] -= 1
+        if not active[user]:
+            del active[user]
+
+
+def _longpolls(request: Request) -> Counter[str]:
+    """This app's long-polls in flight, per user."""
+    state = request.app.state
+    if not hasattr(state, "longpolls"):
+        state.longpolls = Counter()
+    active: Counter[str] = state.longpolls
+    return active
+
+
+async def _answer(
+    svc: Services, stream: str, params: schemas.EventsQuery, wait: int
+) -> JSONResponse:
+    since = params.since
+
+    async def gone(head: StreamHead) -> bool:
+        problem = await resume_problem(svc.db, head, params.epoch, since, params.last_event_id)
+        return problem is not None
+
     head, events = await _read(svc, stream, since)
-    if await resume_problem(svc.db, head, epoch, since, last_event_id) is not None:
+    if await gone(head):
         return await _reset(svc, stream)
     if not events and wait > 0:
-        head, events = await _wait_for_events(svc, stream, since, wait)
+        deadline = time.monotonic() + wait
+        channel = svc.publisher.channel(stream)
+        # Subscribe before re-reading, so an event committed in between wakes us.
+        async with svc.broker.subscribe(channel, maxsize=16) as sub:
+            while True:
+                head, events = await _read(svc, stream, since)
+                # The log may have been reset, restored or pruned past us while we waited.
+                if await gone(head):
+                    return await _reset(svc, stream)
+                remaining = deadline - time.monotonic()
+                if events or remaining <= 0:
+                    break
+                # While the broker is not delivering, re-read the database every poll interval.
+                step = (
+                    remaining
+                    if svc.heartbeat.delivering
+                    else min(remaining, svc.settings.hub_poll_interval)
+                )
+                # Any message wakes a re-read: even one at or below ``since`` (a reset log
+                # reusing seqs) must reach the position check above.
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(step):
+                        await sub.get()
     return JSONResponse(
         {
             "stream": stream,
@@ -80,35 +137,3 @@ async def _reset(svc: Services, stream: str, *, key: str = "reset") -> JSONRespo
     # The same snapshot /ws sends in its hello and reset messages.
     snapshot = await svc.hub.snapshot(stream)
     return JSONResponse({"stream": stream, **snapshot.fields(), "events": [], key: True})
-
-
-async def _wait_for_events(
-    svc: Services, stream: str, since: int, wait: int
-) -> tuple[StreamHead, list[dict[str, Any]]]:
-    deadline = time.monotonic() + wait
-    channel = svc.publisher.channel(stream)
-    # Subscribe before re-reading, so an event committed in between wakes us.
-    async with svc.broker.subscribe(channel, maxsize=16) as sub:
-        while True:
-            head, events = await _read(svc, stream, since)
-            remaining = deadline - time.monotonic()
-            if events or remaining <= 0:
-                return head, events
-            # While the broker is not delivering, re-read the database every poll interval.
-            step = (
-                remaining
-                if svc.heartbeat.delivering
-                else min(remaining, svc.settings.hub_poll_interval)
-            )
-            try:
-                async with asyncio.timeout(step):
-                    item = await sub.get()
-            except TimeoutError:
-                continue
-            if isinstance(item, Message):
-                try:
-                    seq, _ = protocol.unpack(item.data)
-                except ValueError:
-                    continue
-                if seq <= since:
-                    continue

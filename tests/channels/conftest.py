@@ -11,8 +11,10 @@ import redis
 import redis.asyncio as aioredis
 
 from channels import Broker
+from channels.cluster import ClusterBroker
 from channels.memory import MemoryBroker
 from channels.redis import RedisBroker
+from tests.channels.cluster_helpers import LocalCluster
 from tests.channels.helpers import REDIS_URL, unavailable
 
 
@@ -50,12 +52,21 @@ def make_redis_broker(
     )
 
 
-@pytest.fixture(params=["memory", "redis"])
+def make_cluster_broker(url: str, **options: float) -> ClusterBroker:
+    """A ClusterBroker with short delays, so failover tests run in seconds."""
+    defaults = {"reconnect_delay": 0.05, "max_reconnect_delay": 0.5, "subscribe_timeout": 2.0}
+    return ClusterBroker(url, **{**defaults, **options})
+
+
+@pytest.fixture(params=["memory", "redis", "cluster"])
 async def broker(request: pytest.FixtureRequest) -> AsyncIterator[Broker]:
     """A connected broker of each kind; disconnected afterwards."""
-    instance: MemoryBroker | RedisBroker
+    instance: MemoryBroker | RedisBroker | ClusterBroker
     if request.param == "memory":
         instance = MemoryBroker()
+    elif request.param == "cluster":
+        cluster: LocalCluster = request.getfixturevalue("redis_cluster")
+        instance = make_cluster_broker(cluster.url)
     else:
         instance = make_redis_broker(request.getfixturevalue("redis_url"))
     await instance.connect()

@@ -123,3 +123,20 @@ def test_fanout_delivers_to_the_channel_subscribers_and_gaps_everyone_once() -> 
     ]
     assert [b.get_nowait(), b.get_nowait()] == [Message("b", "x"), Gap("reconnected")]
     assert [c.get_nowait(), c.get_nowait()] == [Gap("reconnected"), None]
+
+
+async def test_a_gap_wakes_a_reader_that_is_waiting() -> None:
+    # A poll's poke or a reconnect arrives while the hub's write loop waits on an empty queue.
+    sub = Subscription(["a"])
+    getter = asyncio.create_task(sub.get())
+    await asyncio.sleep(0)
+    assert not getter.done()
+    sub.put_gap(Gap("poll"))
+    assert await asyncio.wait_for(getter, 5) == Gap("poll")
+
+
+def test_a_subscription_shows_its_channels_and_queue_in_its_repr() -> None:
+    sub = Subscription(["b", "a"], maxsize=2)
+    sub.put_nowait(Message("a", "1"))
+    text = repr(sub)
+    assert "channels=['a', 'b']" in text and "queued=1/2" in text and "overflowed=False" in text

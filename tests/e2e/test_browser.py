@@ -342,3 +342,93 @@ async def test_the_pos_board_shows_a_409_plainly_when_another_terminal_got_there
     await expect(card.get_by_role("button")).to_have_text(["Mark ready", "Cancel"])
     await screenshot(pos, "pos-409")
     errors.assert_none()
+
+
+# -- paying online in the sandbox ----------------------------------------------------------------
+
+
+async def customer_places_online_order(page: Page) -> tuple[str, Page]:
+    """Place an online order; the sandbox's payment page opens in a window of its own."""
+    await page.get_by_label("Store", exact=True).select_option(STORE)
+    await page.get_by_label("Filter coffee").fill("2")
+    await page.get_by_label("Online").check()
+    async with page.expect_popup() as popup_info:
+        await page.get_by_role("button", name="Place order").click()
+    payment_page = await popup_info.value
+    tracker = page.locator("#tracker")
+    await expect(tracker).to_have_attribute("data-status", "PENDING_PAYMENT")
+    order_id = await tracker.get_attribute("data-order-id")
+    assert order_id is not None and order_id.startswith("ord_")
+    await expect(payment_page.get_by_role("heading", name="Sandbox gateway")).to_be_visible()
+    return order_id, payment_page
+
+
+async def test_paying_online_in_the_sandbox_confirms_the_order_live_on_both_pages(
+    browser: Browser, server: Running
+) -> None:
+    errors = PageErrors()
+    customer = await open_page(browser, errors, "customer")
+    await customer_signs_in(customer, server.http, "dana")
+    await customer.evaluate("() => { window.__sameDocument = true; }")
+    pos = await open_page(browser, errors, "pos", width=1500)
+    await pos_signs_in(pos, server.http)
+
+    order_id, payment_page = await customer_places_online_order(customer)
+    card = pos.locator(f'.order-card[data-order-id="{order_id}"]')
+    await expect(card).to_have_attribute("data-status", "PENDING_PAYMENT")
+    await expect(
+        pos.locator('[data-column="PENDING_PAYMENT"]').locator(".order-card")
+    ).to_have_count(1)
+    await expect(customer.locator("#payment-panel")).to_contain_text("Waiting for the payment")
+    await screenshot(customer, "customer-awaiting-payment")
+
+    await payment_page.get_by_role("button", name="Approve").click()
+    await expect(payment_page.locator("#status")).to_have_text("succeeded")
+
+    # The webhook (or the reconciler) settles it; both pages follow without a reload.
+    await expect_customer_sees(customer, "CONFIRMED")
+    await expect(customer.locator("#payment-panel")).to_have_count(0)
+    await expect(card).to_have_attribute("data-status", "CONFIRMED")
+    await expect(pos.locator('[data-column="CONFIRMED"]').locator(".order-card")).to_have_count(1)
+    await expect(
+        pos.locator('[data-column="PENDING_PAYMENT"]').locator(".order-card")
+    ).to_have_count(0)
+    timeline = customer.locator("#timeline")
+    await expect(timeline).to_contain_text("Payment received")
+    assert await customer.evaluate("() => window.__sameDocument === true"), "the page reloaded"
+    await screenshot(customer, "customer-paid")
+    await screenshot(pos, "pos-paid")
+    errors.assert_none()
+
+
+async def test_a_declined_payment_says_so_and_a_retry_pays_the_order(
+    browser: Browser, server: Running
+) -> None:
+    errors = PageErrors()
+    customer = await open_page(browser, errors, "customer")
+    await customer_signs_in(customer, server.http, "erin")
+    order_id, payment_page = await customer_places_online_order(customer)
+
+    await payment_page.get_by_role("button", name="Decline").click()
+    await expect(payment_page.locator("#status")).to_have_text("declined")
+    panel = customer.locator("#payment-panel")
+    await expect(panel).to_have_attribute("data-payment", "FAILED")
+    await expect(panel).to_contain_text("Payment failed — try again.")
+    await expect(customer.locator("#tracker")).to_have_attribute("data-status", "PENDING_PAYMENT")
+    await screenshot(customer, "customer-payment-failed")
+
+    # The retry reuses the payment window, now on the new attempt's page.
+    first_attempt = payment_page.url
+    await panel.get_by_role("button", name="Try again").click()
+    await expect(payment_page).not_to_have_url(first_attempt)
+    await payment_page.get_by_role("button", name="Approve").click()
+    await expect(payment_page.locator("#status")).to_have_text("succeeded")
+    await expect_customer_sees(customer, "CONFIRMED")
+
+    async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+        token = await demo_token(http, "erin")
+        body = (
+            await http.get(f"/api/orders/{order_id}", headers={"Authorization": f"Bearer {token}"})
+        ).json()
+    assert [p["status"] for p in body["payments"]] == ["FAILED", "COMPLETED"]
+    errors.assert_none()

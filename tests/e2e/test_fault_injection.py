@@ -76,6 +76,8 @@ class Watcher:
     closes: Counter[int] = field(default_factory=Counter)
     connect_failures: int = 0
     problems: list[str] = field(default_factory=list)
+    bounce: asyncio.Event = field(default_factory=asyncio.Event)
+    hellos: int = 0
 
     @property
     def last(self) -> int:
@@ -87,6 +89,7 @@ class Watcher:
             if message["head_seq"] < self.last or (self.epoch and message["epoch"] != self.epoch):
                 self.problems.append(f"hello {message} at {self.last}")
             self.epoch = message["epoch"]
+            self.hellos += 1
             self.started.set()
         elif kind == "event":
             seq = int(message["seq"])
@@ -105,12 +108,13 @@ class Watcher:
                 url += f"&since={self.last}&epoch={self.epoch}"
             try:
                 async with connect(url, open_timeout=10, ping_interval=None) as ws:
-                    while not stop.is_set():
+                    while not stop.is_set() and not self.bounce.is_set():
                         try:
                             raw = await asyncio.wait_for(ws.recv(), 0.5)
                         except TimeoutError:
                             continue  # a quiet moment; look at ``stop`` and read on
                         self.on_message(orjson.loads(raw))
+                    self.bounce.clear()  # the client went away on its own; it comes back
             except ConnectionClosed as exc:
                 self.closes[exc.rcvd.code if exc.rcvd else 1006] += 1
             except (OSError, InvalidHandshake, TimeoutError):
@@ -252,6 +256,11 @@ class Rig:
                     return
                 await asyncio.sleep(0.05)
 
+    def bounce_all(self) -> None:
+        """Every client closes its socket and resumes with since, in the middle of a fault."""
+        for w in self.watchers:
+            w.bounce.set()
+
     def polls(self) -> float:
         return self.service.metrics.registry.get_sample_value("hub_polls_total") or 0.0
 
@@ -356,6 +365,7 @@ async def test_latency_drops_and_black_holes_lose_nothing_double_nothing_and_hea
             for _ in range(3):
                 await asyncio.sleep(0.5)
                 r.pg.drop_all()
+                r.bounce_all()
                 await asyncio.sleep(0.5)
                 r.redis.drop_all()
             await asyncio.sleep(1)
@@ -363,6 +373,7 @@ async def test_latency_drops_and_black_holes_lose_nothing_double_nothing_and_hea
             # still reaches the clients while Redis says nothing.
             r.redis.black_hole()
             await r.wait_not_delivering()
+            r.bounce_all()  # and they subscribe again while Redis says nothing
             await asyncio.sleep(2)
             await r.wait_until_caught_up(15)
             r.redis.heal()
@@ -370,6 +381,7 @@ async def test_latency_drops_and_black_holes_lose_nothing_double_nothing_and_hea
             # 4. PostgreSQL black-holed briefly: writes wait or get a 503, nothing else.
             await asyncio.sleep(1)
             r.pg.black_hole()
+            r.bounce_all()  # their hello waits for the database
             await asyncio.sleep(3)
             r.pg.heal()
             await r.wait_ready()
@@ -384,6 +396,8 @@ async def test_latency_drops_and_black_holes_lose_nothing_double_nothing_and_hea
         await r.wait_until_caught_up(10)
         assert r.polls() == polls
         assert r.pg.connections_total > 1 and r.redis.connections_total > 1
+        # Five bounces (two set close together may make one reconnect) after the first hello.
+        assert all(w.hellos >= 4 for w in r.watchers), [w.hellos for w in r.watchers]
 
 
 async def test_writes_answer_promptly_and_still_reach_clients_while_redis_is_black_holed(
@@ -433,6 +447,30 @@ async def test_a_connection_cut_during_commit_is_never_answered_nothing_was_chan
             assert not (code == "database_unavailable" and landed), verdicts
             assert status != 200 or landed, verdicts
         await assert_nothing_lost_or_doubled(r)
+
+
+async def test_a_write_on_a_black_holed_database_is_answered_within_10s(
+    start_service: StartService, backend: Backend
+) -> None:
+    """A partition is silence, not a refusal: the server must still answer (a documented 503)
+    in bounded time, not hold the request for as long as the partition lasts."""
+    async with rig(start_service, backend, relay=False) as r:
+        r.pg.black_hole()
+
+        async def heal_later() -> None:
+            await asyncio.sleep(20)
+            r.pg.heal()
+
+        healer = asyncio.create_task(heal_later())
+        try:
+            started = time.monotonic()
+            resp = await r.post("create", "/api/orders", order_body(STORE), token(CUSTOMERS[0]))
+            elapsed = time.monotonic() - started
+        finally:
+            r.pg.heal()
+            healer.cancel()
+        assert elapsed < 10, f"answered {resp.status_code} after {elapsed:.1f} s"
+        assert_no_undocumented_errors(r)
 
 
 # The proxy itself, so a test that passes is not a proxy that forwards nothing or never faults.

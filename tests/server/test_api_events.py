@@ -6,10 +6,12 @@ import asyncio
 from typing import Any
 
 import pytest
+from sqlalchemy import delete, update
 from websockets.asyncio.client import connect
 
 from channels import Message
-from tests.conftest import Service
+from server.models import Stream, StreamEvent
+from tests.conftest import Service, StartService
 from tests.support.asserts import assert_error
 from tests.support.clients import auth, order_body, recv_events, recv_json, token
 
@@ -264,3 +266,96 @@ async def test_a_bad_since_or_wait_is_400(service: Service, params: dict[str, st
 
 async def test_events_need_a_token(service: Service) -> None:
     assert_error(await service.http.get("/api/events"), 401, "unauthenticated")
+
+
+# -- consistency and bounds (issue 7, defect 11) -----------------------------------------------
+
+
+@pytest.mark.parametrize("backend", ["postgres"], indirect=True)
+async def test_head_seq_is_never_below_an_event_returned_with_it_under_concurrent_writes(
+    service: Service,
+) -> None:
+    # The head and the events are read in one snapshot: read apart (READ COMMITTED), a write
+    # committed between the two statements came back above the head_seq of the same answer.
+    stop = asyncio.Event()
+
+    async def writer() -> None:
+        while not stop.is_set():
+            await create(service)
+
+    writers = [asyncio.create_task(writer()) for _ in range(4)]
+    try:
+        head = 0
+        for _ in range(300):
+            body = await events(service, since=str(max(0, head - 1)))
+            seqs = [e["seq"] for e in body["events"]]
+            assert all(seq <= body["head_seq"] for seq in seqs), (body["head_seq"], seqs)
+            head = body["head_seq"]
+    finally:
+        stop.set()
+        await asyncio.gather(*writers)
+    assert head > 50, "the writers hardly wrote: the race was not exercised"
+
+
+async def _reset_log_of(service: Service, stream: str, head_seq: int, **values: object) -> None:
+    """Change the stream's row behind the server's back (a restore, a reset, a prune), with
+    the index positions above the new head gone."""
+    async with service.db.transaction() as session:
+        await session.execute(
+            update(Stream).where(Stream.name == stream).values(head_seq=head_seq, **values)
+        )
+        await session.execute(
+            delete(StreamEvent).where(StreamEvent.stream == stream, StreamEvent.seq > head_seq)
+        )
+
+
+@pytest.mark.parametrize("change", ["epoch", "pruned"])
+async def test_a_long_poll_whose_position_goes_away_while_it_waits_resets(
+    service: Service, change: str
+) -> None:
+    await create(service)
+    await create(service)
+    first = await events(service, since="0")
+    assert first["head_seq"] == 2
+    poll = asyncio.create_task(events(service, since="2", epoch=first["epoch"], wait="30"))
+    await _longpoll_started(service, 2)
+    await asyncio.sleep(0.2)  # let it subscribe (an earlier change is found by its re-read)
+    if change == "epoch":
+        # The log was reset (a restore): a new epoch whose seqs start again from 0.
+        await _reset_log_of(service, "customer:alice", epoch="a-new-epoch", head_seq=0)
+    else:
+        await _reset_log_of(service, "customer:alice", pruned_seq=3, head_seq=3)
+    # A write wakes the poll (its seq may even be at or below the client's position).
+    await create(service)
+    body = await asyncio.wait_for(poll, 20)
+    assert body.get("reset") is True, body
+    if change == "epoch":
+        assert body["epoch"] == "a-new-epoch"
+    assert body["events"] == []
+
+
+async def test_long_polls_over_the_per_user_cap_get_429_with_retry_after(
+    start_service: StartService,
+) -> None:
+    service = await start_service(longpoll_max_per_user=2)
+    await create(service)
+    polls = [asyncio.create_task(events(service, since="1", wait="30")) for _ in range(2)]
+    await _longpoll_started(service, 2)
+    await asyncio.sleep(0.2)
+    r = await service.http.get(
+        "/api/events", params={"since": "1", "wait": "30"}, headers=auth(ALICE)
+    )
+    assert_error(r, 429, "too_many_longpolls")
+    assert r.headers["retry-after"] == "1"
+    # The cap is per user, and a plain read (no wait) is not a long-poll.
+    assert (await events(service, since="1"))["head_seq"] == 1
+    other = asyncio.create_task(events(service, BOB, since="0", wait="30"))
+    # One event ends both of Alice's polls; a slot frees, and she may poll again.
+    await create(service)
+    assert all(
+        len(body["events"]) == 1 for body in await asyncio.wait_for(asyncio.gather(*polls), 20)
+    )
+    again = await asyncio.wait_for(events(service, since="2", wait="1"), 20)
+    assert again["events"] == []
+    await create(service, BOB)
+    assert len((await asyncio.wait_for(other, 20))["events"]) == 1

@@ -158,6 +158,11 @@ async def test_a_wrong_method_is_a_405_json_error(service: Service, method: str,
         ("GET", "/api/orders/ord_x/cancel", {"POST"}),
         ("GET", "/api/pos/orders/ord_x/status", {"POST"}),
         ("POST", "/api/events", {"GET", "HEAD"}),
+        # Two routes share the path: the Allow header names both.
+        ("DELETE", "/api/orders", {"GET", "HEAD", "POST"}),
+        # Beside the static /demo mount, which takes only GET and HEAD.
+        ("OPTIONS", "/demo/token", {"POST"}),
+        ("GET", "/demo/token", {"POST"}),
     ],
 )
 async def test_a_405_says_which_methods_are_allowed(
@@ -181,3 +186,40 @@ async def test_every_response_carries_a_request_id_and_echoes_a_given_one(servic
     assert echoed.headers["x-request-id"] == "trace-123"
     forged = await service.http.get("/healthz", headers={"X-Request-ID": "x" * 500})
     assert forged.headers["x-request-id"] != "x" * 500
+
+
+async def test_openapi_lists_the_error_statuses_each_operation_can_return(
+    service: Service,
+) -> None:
+    document = (await service.http.get("/openapi.json")).json()
+
+    def statuses(path: str, method: str) -> set[str]:
+        return set(document["paths"][path][method]["responses"])
+
+    # 409: a repeat of an Idempotency-Key while its first request runs.
+    assert statuses("/api/orders", "post") == {
+        "201",
+        "400",
+        "401",
+        "403",
+        "409",
+        "413",
+        "422",
+        "503",
+    }
+    assert statuses("/api/orders", "get") == {"200", "400", "401", "503"}
+    assert statuses("/api/pos/orders", "get") == {"200", "400", "401", "403", "422", "503"}
+    assert statuses("/api/events", "get") == {"200", "400", "401", "429", "503"}
+    assert "409" in statuses("/api/pos/orders/{order_id}/status", "post")
+    schemas = document["components"]["schemas"]
+    # The declarations' constraints are in the document (the fuzz run found them missing once).
+    sku = schemas["NewItem"]["properties"]["sku"]
+    assert sku["minLength"] == 1 and sku["pattern"]
+    cursor = next(
+        p for p in document["paths"]["/api/orders"]["get"]["parameters"] if p["name"] == "cursor"
+    )
+    assert cursor["schema"]["pattern"] == "^[0-9]{1,16}_ord_[0-9a-f]{24}$"
+    since = next(
+        p for p in document["paths"]["/api/events"]["get"]["parameters"] if p["name"] == "since"
+    )
+    assert since["schema"]["maximum"] == 2**62

@@ -513,7 +513,12 @@ async def test_the_owner_gets_the_order_with_its_payments(service: Service) -> N
     order = await create(service)
     r = await service.http.get(f"/api/orders/{order['id']}", headers=auth(ALICE))
     assert r.status_code == 200, r.text
-    assert r.json() == {"order": order, "payments": [], "status_updated": False}
+    assert r.json() == {
+        "order": order,
+        "payments": [],
+        "payment_status": order["payment_status"],
+        "status_updated": False,
+    }
 
 
 async def test_the_orders_store_can_get_it(service: Service) -> None:

@@ -60,7 +60,7 @@ from server.metrics import Metrics
 from server.models import Event, Stream, StreamEvent, utcnow
 from server.services import Services
 from server.streams import prune
-from tests.conftest import REDIS_URL, Backend, _redis_check, fresh_pg_database
+from tests.conftest import REDIS_URL, Backend, _pg_template, _redis_check, fresh_pg_database
 from tests.support.clients import auth, order_body, token
 from tests.support.servers import Running, serve_in_process
 
@@ -203,6 +203,7 @@ class Client:
     closes: list[int] = field(default_factory=list)
     resets: int = 0
     errors: list[str] = field(default_factory=list)
+    pongs: list[tuple[int, int]] = field(default_factory=list)  # (head_seq, last seen then)
 
     @property
     def last(self) -> int:
@@ -232,7 +233,9 @@ class Client:
             if message["stream"] != self.stream:
                 self.errors.append(f"event of {message['stream']} on {self.stream}")
             self.received.append((int(message["seq"]), int(message["event_id"])))
-        elif kind != "pong":
+        elif kind == "pong":
+            self.pongs.append((int(message["head_seq"]), self.last))
+        else:
             self.errors.append(f"unexpected message {message}")
 
 
@@ -389,6 +392,16 @@ class DeliveryMachine(RuleBasedStateMachine):
                     await client.task
         client.ws = client.task = None
 
+    async def _ping(self, client: Client) -> tuple[int, int]:
+        """Ping and wait for the pong; its head_seq, and the last seq delivered before it."""
+        assert client.ws is not None
+        count = len(client.pongs)
+        await client.ws.send('{"type": "ping"}')
+        async with asyncio.timeout(10):
+            while len(client.pongs) == count:
+                await asyncio.sleep(0.01)
+        return client.pongs[count]
+
     async def _wait_closed(self, client: Client, timeout: float) -> int:
         assert client.task is not None
         async with asyncio.timeout(timeout):
@@ -498,6 +511,9 @@ class DeliveryMachine(RuleBasedStateMachine):
         for client in self.clients.values():
             self._check_view(client, heads)
             assert client.last == heads[client.stream][0]
+            # A quiet, caught-up stream: the pong's head is the head, so a client that had
+            # missed the last event would see it from a ping.
+            assert await self._ping(client) == (client.last, client.last), client.name
 
     async def _reconnect_after_close(self, client: Client) -> None:
         if client.close_code is not None and client.close_code not in {1000, *RESUMABLE_CLOSES}:
@@ -635,6 +651,22 @@ class DeliveryMachine(RuleBasedStateMachine):
 
         _run_on(self.runner, run())
 
+    @precondition(lambda self: any(c.online for c in self.clients.values()))
+    @rule(pick=st.integers(min_value=0, max_value=1_000))
+    def ping(self, pick: int) -> None:
+        """A pong never claims a head the log does not have, nor one behind what was sent."""
+        online = [c for c in self.clients.values() if c.online]
+        client = online[pick % len(online)]
+
+        async def run() -> None:
+            pong, delivered = await self._ping(client)
+            head = (await self._refresh_log())[client.stream][0]
+            assert delivered <= pong <= head, (
+                f"{client.name}: pong {pong}, delivered {delivered} before it, log head {head}"
+            )
+
+        _run_on(self.runner, run())
+
     @rule()
     def settle(self) -> None:
         _run_on(self.runner, self._settle())
@@ -649,7 +681,15 @@ class DeliveryMachine(RuleBasedStateMachine):
         _run_on(self.runner, check())
 
 
+async def _postgres_and_redis_reachable() -> None:
+    await _redis_check()
+    await _pg_template()
+
+
 def _machine_for(backend_name: str) -> type[DeliveryMachine]:
+    if backend_name == "postgres":
+        # Skip (under CI: fail) here, before hypothesis and the machine's own loop start.
+        asyncio.run(_postgres_and_redis_reachable())
     return type(
         f"DeliveryMachine_{backend_name}", (DeliveryMachine,), {"backend_name": backend_name}
     )
@@ -714,6 +754,7 @@ def test_a_tour_of_every_rule_ends_with_every_view_equal_to_its_log(backend_name
             ("broker_faults", {"faults": ["hold", "drop", "duplicate"]}),
             ("burst", {"pairs": [("cu1", "s2"), ("cu2", "s1"), ("cu2", "s2")], "advance": True}),
             ("create_order", {"customer": "cu2", "store": "s2"}),
+            ("ping", {"pick": 2}),
             ("settle", {}),
             ("go_offline", {"pick": 0}),  # cu1
             write,
@@ -752,3 +793,28 @@ def test_a_live_client_behind_a_pruned_hole_gets_reset_or_a_close_never_silence(
     # Both of that order's streams lost the publish; their clients were told, with a reset.
     assert machine.clients["cu1"].resets == 1 and machine.clients["pos-s1"].resets == 1
     assert machine.clients["cu2"].resets == 0
+
+
+@pytest.mark.parametrize("backend_name", ["sqlite", "postgres"])
+def test_after_a_lost_publish_on_a_quiet_stream_a_ping_shows_the_client_what_it_missed(
+    backend_name: str,
+) -> None:
+    """The pong names the true head (one shared database read), then the hub backfills."""
+    machine = _machine_for(backend_name)()
+    try:
+        machine.create_order(customer="cu1", store="s1")
+        machine.broker_faults(faults=["drop", "drop"])  # both streams of the next event
+        machine.create_order(customer="cu1", store="s1")
+        client = machine.clients["cu1"]
+        pong, delivered = _run_on(machine.runner, machine._ping(client))
+        head = _run_on(machine.runner, machine._refresh_log())[client.stream][0]
+        assert (delivered, pong) == (1, head) and head == 2
+
+        async def caught_up() -> None:
+            async with asyncio.timeout(10):
+                while client.last < head:
+                    await asyncio.sleep(0.01)
+
+        _run_on(machine.runner, caught_up())  # the ping also brought the missed event
+    finally:
+        machine.teardown()

@@ -37,15 +37,16 @@ async def test_pruning_beside_concurrent_two_stream_writes_neither_deadlocks_nor
                 f"/api/pos/orders/{order_id}/status", json={"status": status}, headers=auth(POS)
             )
             assert r.status_code == 200, r.text
-    live = {customer: await place(service, customer) for customer in customers}
+    # Two live orders each: eight rounds of moves, each a fresh chance of a lock cycle.
+    live = {customer: [await place(service, customer) for _ in range(2)] for customer in customers}
     statuses: list[int] = []
     pruned = 0
 
-    async def terminal(mine: list[str], status: str) -> None:
+    async def terminal(mine: list[str], which: int, status: str) -> None:
         # Every move locks two stream rows: customer:<id>, then store:store-p.
         for customer in mine:
             r = await service.http.post(
-                f"/api/pos/orders/{live[customer]}/status",
+                f"/api/pos/orders/{live[customer][which]}/status",
                 json={"status": status},
                 headers=auth(POS),
             )
@@ -58,14 +59,17 @@ async def test_pruning_beside_concurrent_two_stream_writes_neither_deadlocks_nor
             pruned += count
 
     groups = [customers[i::6] for i in range(6)]
-    for status in FLOW:
+    rounds = [(which, status) for which in (0, 1) for status in FLOW]
+    for which, status in rounds:
         # Everything written so far becomes old; prune it while the next step is written.
         async with service.db.transaction() as session:
             await session.execute(update(Event).values(created_at=utcnow() - timedelta(days=40)))
         before = utcnow() - timedelta(days=30)
         async with asyncio.timeout(60):
-            await asyncio.gather(pruner(before), *(terminal(group, status) for group in groups))
-    assert statuses == [200] * len(customers) * len(FLOW), sorted(set(statuses))
+            await asyncio.gather(
+                pruner(before), *(terminal(group, which, status) for group in groups)
+            )
+    assert statuses == [200] * len(customers) * len(rounds), sorted(set(statuses))
     async with service.db.read() as session:
         old = await session.scalar(
             select(func.count()).select_from(Event).where(Event.created_at < before)
@@ -80,8 +84,9 @@ async def test_pruning_beside_concurrent_two_stream_writes_neither_deadlocks_nor
     for stream, seqs in by_stream.items():
         seqs.sort()
         assert seqs == list(range(heads[stream] + 1, heads[stream] + 1 + len(seqs))), stream
-    # All but the last round's moves were pruned: the history, the creates, three rounds.
-    assert pruned == heads["store:store-p"] == len(customers) * (len(FLOW) + 1 + 1 + 3)
+    # All but the last round's moves were pruned: the history, the creates, seven rounds.
+    pruned_per_customer = (1 + len(FLOW)) + 2 + (len(rounds) - 1)
+    assert pruned == heads["store:store-p"] == len(customers) * pruned_per_customer
 
 
 async def test_pruning_in_small_chunks_deletes_all_that_is_old_and_raises_pruned_seq(

@@ -20,6 +20,10 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
         "postgresql+asyncpg://app@db.internal:5432/orders",
     ),
     "REDIS_URL": ("rediss://cache.internal:6380/2", "rediss://cache.internal:6380/2"),
+    "REDIS_CLUSTER_URL": (
+        "redis://10.0.0.1:7000,10.0.0.2:7000",
+        "redis://10.0.0.1:7000,10.0.0.2:7000",
+    ),
     "REDIS_CHANNEL_PREFIX": ("shop-a:", "shop-a:"),
     "JWT_SECRET": ("s3cret-s3cret-s3cret", "s3cret-s3cret-s3cret"),
     "JWT_ALGORITHMS": (" HS256 , HS512,, ", ("HS256", "HS512")),
@@ -33,6 +37,8 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     ),
     "MIGRATE_ON_START": ("off", False),
     "DB_POOL_SIZE": ("5", 5),
+    "DB_COMMAND_TIMEOUT": ("2.5", 2.5),
+    "DB_CONNECT_TIMEOUT": ("1", 1.0),
     "SQLITE_SYNCHRONOUS": ("normal", "NORMAL"),
     "MAX_BODY_BYTES": ("1024", 1024),
     "WS_QUEUE_SIZE": ("8", 8),
@@ -53,7 +59,9 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "RELAY_INTERVAL": ("0.75", 0.75),
     "EVENT_RETENTION_DAYS": ("30", 30.0),
     "LONGPOLL_MAX_WAIT": ("10", 10.0),
+    "LONGPOLL_MAX_PER_USER": ("2", 2),
     "ORDER_EXPIRY_SECONDS": ("60", 60),
+    "IDEMPOTENCY_TTL": ("3600", 3600.0),
     "STRIPE_API_KEY": ("sk_test_1", "sk_test_1"),
     "STRIPE_WEBHOOK_SECRET": ("whsec_1", "whsec_1"),
     "STRIPE_API_BASE": ("http://127.0.0.1:9100", "http://127.0.0.1:9100"),
@@ -75,6 +83,30 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "LOG_LEVEL": ("DEBUG", "DEBUG"),
     "LOG_FORMAT": ("text", "text"),
     "INSTANCE_ID": ("web-7", "web-7"),
+    "PUBLIC_URL": ("https://orders.example.com", "https://orders.example.com"),
+    "PAYMENT_RETURN_URL": (
+        "https://shop.example.com/orders/{order_id}",
+        "https://shop.example.com/orders/{order_id}",
+    ),
+    "PAYMENT_READ_CHECK_AFTER": ("45", 45.0),
+    "PAYMENT_READ_CHECK_TIMEOUT": ("1.5", 1.5),
+    "PAYMENT_CHECK_REUSE": ("3", 3.0),
+    "PAYMENT_FAILURE_POLICY": ("cancel", "cancel"),
+    "GATEWAY_TIMEOUT": ("8", 8.0),
+    "GATEWAY_CONNECT_TIMEOUT": ("2", 2.0),
+    "STRIPE_POLL_SCHEDULE": ("first=5 10x60 timeout=600", "first=5 10x60 timeout=600"),
+    "STRIPE_RATE_LIMIT": ("80/second", "80/second"),
+    "PHONEPE_AUTH_BASE": ("https://auth.phonepe.test", "https://auth.phonepe.test"),
+    "PHONEPE_POLL_SCHEDULE": ("first=20-25 3x30 then=60", "first=20-25 3x30 then=60"),
+    "PHONEPE_RATE_LIMIT": ("5/second", "5/second"),
+    "SANDBOX": ("true", True),
+    "SANDBOX_API_KEY": ("sbx-key", "sbx-key"),
+    "SANDBOX_POLL_SCHEDULE": ("first=1 1x10 timeout=30", "first=1 1x10 timeout=30"),
+    "SANDBOX_RATE_LIMIT": ("100/second", "100/second"),
+    "RECONCILER_IN_PROCESS": ("true", True),
+    "RECONCILER_INTERVAL": ("0.5", 0.5),
+    "RECONCILER_BATCH": ("50", 50),
+    "RECONCILER_CONCURRENCY": ("8", 8),
 }
 
 BOOLS = ["DEMO_TOKENS", "MIGRATE_ON_START", "RELAY_IN_PROCESS", "WS_PER_MESSAGE_DEFLATE"]
@@ -87,12 +119,15 @@ INTS = [
     "WS_MAX_CONNECTIONS_PER_USER",
     "ORDER_EXPIRY_SECONDS",
     "SNAPSHOT_MAX_ORDERS",
+    "LONGPOLL_MAX_PER_USER",
     "PHONEPE_SALT_INDEX",
     "PHONEPE_CLIENT_VERSION",
     "PUBLISH_QUEUE_SIZE",
 ]
 FLOATS = [
     "JWT_LEEWAY",
+    "DB_COMMAND_TIMEOUT",
+    "DB_CONNECT_TIMEOUT",
     "WS_AUTH_TIMEOUT",
     "WS_PING_INTERVAL",
     "WS_PING_TIMEOUT",
@@ -105,6 +140,7 @@ FLOATS = [
     "EVENT_RETENTION_DAYS",
     "LONGPOLL_MAX_WAIT",
     "GRACEFUL_SHUTDOWN_TIMEOUT",
+    "IDEMPOTENCY_TTL",
 ]
 
 
@@ -287,6 +323,7 @@ def test_allowed_origins_is_a_comma_separated_list(raw: str, expected: tuple[str
         ("PORT", "-1"),
         ("MAX_BODY_BYTES", "0"),
         ("WS_MAX_CONNECTIONS_PER_USER", "0"),
+        ("LONGPOLL_MAX_PER_USER", "0"),
     ],
 )
 def test_an_out_of_range_number_names_its_variable(variable: str, raw: str) -> None:
@@ -405,3 +442,30 @@ def test_explicit_demo_tokens_and_relay_override_the_embedded_default(explicit: 
 
 def test_each_settings_object_gets_its_own_instance_id() -> None:
     assert Settings().instance_id != Settings().instance_id
+
+
+@pytest.mark.parametrize(
+    ("environ", "broker_url"),
+    [
+        ({}, None),
+        ({"REDIS_URL": "redis://r:6379/0"}, "redis://r:6379/0"),
+        ({"REDIS_CLUSTER_URL": "redis://a:7000,b:7000"}, "redis+cluster://a:7000,b:7000"),
+        ({"REDIS_CLUSTER_URL": "rediss://u:p@a:7000"}, "rediss+cluster://u:p@a:7000"),
+        ({"REDIS_CLUSTER_URL": "redis+cluster://a:7000"}, "redis+cluster://a:7000"),
+        # Pub/sub on the cluster; REDIS_URL still names a plain Redis (the gateways' limit).
+        (
+            {"REDIS_URL": "redis://r:6379/0", "REDIS_CLUSTER_URL": "redis://a:7000"},
+            "redis+cluster://a:7000",
+        ),
+    ],
+)
+def test_the_broker_url_prefers_the_cluster(environ: dict[str, str], broker_url: str) -> None:
+    settings = Settings.from_environ({**environ, "JWT_SECRET": "x"})
+    assert settings.broker_url == broker_url
+    assert settings.embedded is (broker_url is None)
+
+
+@pytest.mark.parametrize("raw", ["a:7000", "http://a:7000", "memory://"])
+def test_a_bad_redis_cluster_url_names_the_variable(raw: str) -> None:
+    with pytest.raises(ValueError, match=r"^REDIS_CLUSTER_URL: expected redis://"):
+        Settings.from_environ({"REDIS_CLUSTER_URL": raw})

@@ -84,3 +84,11 @@ async def test_a_cut_reset_and_a_rest_snapshot_say_truncated_too(
         assert await rest_pages(service, token("uma"), answer["next_cursor"]) == newest_first[2:]
     assert answers[2]["snapshot"] is True and answers[2]["events"] == []
     assert answers[2]["head_event_id"] == answers[0]["head_event_id"] is not None
+
+
+@pytest.mark.parametrize("value", ["yes", "1", "TRUE"])
+async def test_a_bad_snapshot_flag_is_400(service: Service, value: str) -> None:
+    r = await service.http.get(
+        "/api/events", params={"snapshot": value}, headers=auth(token("vic"))
+    )
+    assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_query"

@@ -1,0 +1,82 @@
+"""The hub's write loop against what a broker may really hand it: junk, and copies.
+
+Each case ends with a sentinel: one more status change, whose event must be the very next
+message, so "nothing else came" is decided by an arrival, not by a silence window.
+"""
+
+from __future__ import annotations
+
+import orjson
+from websockets.asyncio.client import connect
+
+from server import protocol
+from server.streams import customer_stream
+from server.workflow import OrderStatus
+from tests.conftest import Service
+from tests.support.clients import auth, order_body, recv_events, recv_json, token
+from tests.support.writes import write_without_publishing
+
+POS = token("pos-d", role="pos", store_id="store-1")
+
+
+async def place(service: Service, customer: str) -> str:
+    r = await service.http.post("/api/orders", json=order_body(), headers=auth(token(customer)))
+    assert r.status_code == 201, r.text
+    return str(r.json()["order"]["id"])
+
+
+async def move(service: Service, order_id: str, status: str) -> None:
+    r = await service.http.post(
+        f"/api/pos/orders/{order_id}/status", json={"status": status}, headers=auth(POS)
+    )
+    assert r.status_code == 200, r.text
+
+
+def sample(service: Service, name: str, **labels: str) -> float:
+    return service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+
+async def test_a_malformed_broker_message_is_dropped_and_delivery_goes_on(
+    service: Service,
+) -> None:
+    order_id = await place(service, "mal")
+    channel = service.publisher.channel(customer_stream("mal"))
+    async with connect(f"{service.ws_url}?token={token('mal')}") as ws:
+        hello = await recv_json(ws)
+        assert hello["type"] == "hello" and hello["head_seq"] == 1
+        for junk in ["no-seq-prefix", "two {}", ""]:
+            await service.broker.publish(channel, junk)
+        await move(service, order_id, "PREPARING")  # the sentinel
+        event = await recv_json(ws)
+        assert (event["type"], event["seq"], event["status"]) == ("event", 2, "PREPARING")
+
+
+async def test_a_copy_of_a_delivered_message_is_dropped_and_counted(service: Service) -> None:
+    order_id = await place(service, "dup")
+    channel = service.publisher.channel(customer_stream("dup"))
+    async with connect(f"{service.ws_url}?token={token('dup')}") as ws:
+        await recv_json(ws)  # hello at seq 1
+        await move(service, order_id, "PREPARING")
+        first = await recv_json(ws)
+        assert first["seq"] == 2
+        before = sample(service, "ws_duplicates_dropped_total")
+        # What a republish by the relay looks like: the same position, again.
+        for seq in (2, 1):
+            await service.broker.publish(channel, protocol.pack(seq, orjson.dumps(first).decode()))
+        await move(service, order_id, "READY")  # the sentinel
+        event = await recv_json(ws)
+        assert (event["seq"], event["status"]) == (3, "READY")
+        assert sample(service, "ws_duplicates_dropped_total") == before + 2
+
+
+async def test_each_repair_from_the_log_is_counted_under_its_reason(service: Service) -> None:
+    order_id = await place(service, "jmp")
+    async with connect(f"{service.ws_url}?token={token('jmp')}&since=0") as ws:
+        await recv_json(ws)  # hello, then the resume replays seq 1
+        assert [e["seq"] for e in await recv_events(ws, 1)] == [1]
+        await write_without_publishing(service, order_id, OrderStatus.PREPARING)
+        await move(service, order_id, "READY")  # seq 3 arrives live: 2 is read from the log
+        assert [e["seq"] for e in await recv_events(ws, 2)] == [2, 3]
+    backfills = "ws_backfills_total"
+    assert sample(service, backfills, reason="resume") == 1
+    assert sample(service, backfills, reason="seq_jump") == 1
