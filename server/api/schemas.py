@@ -335,6 +335,46 @@ class ManualPayment(Struct, forbid_unknown_fields=True):
     reference: Reference | None = None
 
 
+class RefundRequest(Struct, forbid_unknown_fields=True):
+    """A refund: how much (default all that may be refunded) and why."""
+
+    reason: Note
+    amount: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=MAX_AMOUNT,
+                description="in minor units, at most what was paid and not yet refunded;"
+                " default: all of it",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class Refund(Struct):
+    """A refund record."""
+
+    id: str
+    order_id: str
+    payment_id: str
+    amount: int
+    currency: str
+    status: str
+    reason: str
+    gateway_ref: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RefundsRequested(Struct):
+    """The refund records made, and the order after them."""
+
+    refunds: list[Refund]
+    order: Order
+
+
 class ManualPaymentRecorded(Struct):
     """The recorded payment and the order after it."""
 
