@@ -18,6 +18,7 @@ import dataclasses
 import logging
 import secrets
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -178,8 +179,44 @@ class Refunds:
                 order = _order_row(fresh._mapping)
         return Requested(views, protocol.order_snapshot(order, summary))
 
-    async def send(self, refund_id: str) -> None:
-        """Ask the payment's gateway to refund; apply its answer (unavailable: stays REQUESTED)."""
+    async def retry_due(self, *, older_than: float = 30.0, batch: int = 100) -> int:
+        """Reconciler pass: re-send REQUESTED gateway refunds (our id makes it idempotent) and
+        ask about PENDING ones, each untouched for ``older_than`` s; how many were tried.
+
+        The claim bumps ``updated_at`` (a lease: other reconcilers skip it for ``older_than``);
+        on PostgreSQL with SKIP LOCKED, so several reconcilers never take the same refund.
+        A spent rate limit or a gateway that cannot answer leaves the refund as it is.
+        """
+        now = utcnow()
+        async with self.db.transaction() as session:
+            statement = (
+                select(refunds_table.c.id)
+                .join(payments_table, payments_table.c.id == refunds_table.c.payment_id)
+                .where(
+                    refunds_table.c.status.in_(_IN_FLIGHT),
+                    refunds_table.c.updated_at <= now - timedelta(seconds=older_than),
+                    payments_table.c.gateway != MANUAL_GATEWAY,
+                )
+                .order_by(refunds_table.c.updated_at)
+                .limit(batch)
+            )
+            if self.db.is_postgres:
+                statement = statement.with_for_update(of=refunds_table, skip_locked=True)
+            ids = [str(i) for i in (await session.execute(statement)).scalars()]
+            if ids:
+                await session.execute(
+                    update(refunds_table).where(refunds_table.c.id.in_(ids)).values(updated_at=now)
+                )
+        for refund_id in ids:
+            try:
+                await self.send(refund_id, rate_limited=True)
+            except Exception:
+                logger.exception("refund %s: retry failed; it stays as it is", refund_id)
+        return len(ids)
+
+    async def send(self, refund_id: str, *, rate_limited: bool = False) -> None:
+        """Ask the payment's gateway to refund (REQUESTED) or how it stands (PENDING); apply
+        its answer. Unavailable, or out of rate budget: the refund stays as it is."""
         async with self.db.read() as session:
             refund = (
                 await session.execute(select(refunds_table).where(refunds_table.c.id == refund_id))
@@ -193,6 +230,15 @@ class Refunds:
         if gateway is None:
             logger.warning("refund %s: gateway %s is not offered here", refund_id, payment.gateway)
             return
+        if refund.status not in _IN_FLIGHT:
+            return
+        limiter = self.settlement.limiter
+        if (
+            rate_limited
+            and limiter is not None
+            and not await limiter.acquire(payment.gateway, wait=False)
+        ):
+            return
         request = RefundRequest(
             reference=refund_id,
             payment_ref=payment.gateway_ref,
@@ -201,7 +247,10 @@ class Refunds:
             reason=refund.reason,
         )
         try:
-            state = await gateway.refund(request)
+            if refund.status == RefundStatus.PENDING.value:
+                state = await gateway.fetch_refund(refund_id, refund_ref=refund.gateway_ref)
+            else:
+                state = await gateway.refund(request)
         except GatewayUnavailable as exc:
             # Never FAILED by a transport error: it stays REQUESTED for a later try.
             logger.warning("refund %s: gateway unavailable: %s", refund_id, exc)

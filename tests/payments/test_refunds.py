@@ -11,6 +11,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from reconciler.worker import Reconciler
 from server.models import Payment, Refund
 from tests.conftest import Service, StartService
 from tests.payments.helpers import online_order, payment_row, start_payment, wait_for_payment
@@ -169,3 +170,14 @@ async def test_a_refund_whose_gateway_is_down_stays_requested_never_failed(
     assert (await payment_row(paying, row.id)).status == "COMPLETED"
     # No second refund while this one is in flight.
     assert_error(await refund(paying, order_id), 409, "nothing_to_refund")
+    # The gateway is back (an instance that reaches it): the reconciler sends it again, by the
+    # same reference, and it settles once.
+    reconciler = Reconciler(paying.services.settlement, refund_retry_after=0)
+    await reconciler.run_once()
+    (settled,) = await refund_rows(paying, order_id)
+    assert settled.id == kept["id"] and settled.status == "SUCCEEDED"
+    assert (await payment_row(paying, row.id)).status == "REFUNDED"
+    assert (await rows_say(paying, order_id))["refunded"] == row.amount
+    await reconciler.run_once()
+    assert [r.status for r in await refund_rows(paying, order_id)] == ["SUCCEEDED"]
+    assert sandbox.server.stats["refunds"] == 1
