@@ -32,12 +32,13 @@ from typing import Any
 
 import orjson
 
-from bench import common, sandbox
+from bench import common, profile, sandbox
 from bench.e2e import _connect_all, _State
 from gateways import signing
 from gateways.sandbox_server import SIGNATURE_HEADER
 
 AMOUNT = 3000  # minor units: 2 × 1500
+PROFILE_RAW = common.RESULTS / "webhooks-py-spy.raw"
 
 
 def _order_body(store: str) -> bytes:
@@ -270,7 +271,10 @@ async def _run(
         await asyncio.sleep(1.0)  # the set-up's last events reach the sockets
         redis_pid = common.redis_pid()
         offset = 0
-        for rate, count in zip(rates, counts, strict=True):
+        for i, (rate, count) in enumerate(zip(rates, counts, strict=True)):
+            recording = None
+            if args.profile and i == len(rates) - 1:
+                recording = profile.record(server.pid, args.profile, PROFILE_RAW)
             meter = common.CpuMeter(
                 {
                     "server": lambda: [server.pid],
@@ -293,6 +297,7 @@ async def _run(
             step["server_preemptions"] = common.preemptions(server.pid) - preempted
             step["gc_in_step"] = common.gc_window(before, after)
             step["write_seconds"] = common.histogram_window(before, after, "write_seconds")
+            step["profile"] = profile.finish(recording, PROFILE_RAW)
             offset += count
             steps.append(step)
             _print_step(step, args.p99_target_ms)
@@ -399,6 +404,9 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> None:
             rows,
         )
     )
+    for s in r["steps"]:
+        if s["profile"]:
+            print(f"server profile during the {s['rate']:g}/s step:\n{s['profile']}")
     passed = [s["rate"] for s in r["steps"] if _met(s, args.p99_target_ms)]
     print(
         f"streams: {r['seq_gaps']} seq gaps, {r['stream_duplicates']} duplicates,"
@@ -429,6 +437,9 @@ def main() -> None:
         "--server-env", type=common.env_pair, action="append", default=[], help="NAME=VALUE"
     )
     parser.add_argument("--max-seconds", type=float, default=600.0, help="hard time limit")
+    parser.add_argument(
+        "--profile", type=float, default=0, help="py-spy the server in the last step, seconds"
+    )
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     common.run_bench(args, _bench, _report)

@@ -26,6 +26,7 @@ from sqlalchemy import func, select, update
 from server.metrics import Metrics
 from server.models import Order, Payment, payments_table, utcnow
 from server.payments import LIVE, PaymentStatus
+from server.refunds import Refunds
 from server.settlement import Settlement
 from server.workflow import OrderStatus
 from server.writes import Actor
@@ -49,6 +50,7 @@ class Reconciler:
         lease: float = 60.0,
         clock: Callable[[], datetime] = utcnow,
         name: str = "reconciler",
+        refund_retry_after: float = 30.0,
     ) -> None:
         self._settlement = settlement
         self._db = settlement.db
@@ -59,6 +61,8 @@ class Reconciler:
         self._lease = timedelta(seconds=lease)
         self._clock = clock
         self._actor = Actor.system("reconciler", name)
+        self._refunds = Refunds(settlement)
+        self._refund_retry_after = refund_retry_after
 
     @property
     def metrics(self) -> Metrics:
@@ -71,8 +75,10 @@ class Reconciler:
         if claimed:
             await asyncio.gather(*(self._check(payment_id) for payment_id in claimed))
         expired = await self.expire_orders()
+        # Refunds the gateway could not take, or has not settled, are asked about again.
+        refunds = await self._refunds.retry_due(older_than=self._refund_retry_after)
         await self.measure()
-        return len(claimed) + expired
+        return len(claimed) + expired + refunds
 
     async def claim(self) -> list[str]:
         """Take a lease on a batch of due payments that nobody else is checking."""

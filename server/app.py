@@ -233,6 +233,7 @@ def create_app(
         Route("/api/orders/{order_id}/cancel", orders.cancel, methods=["POST"]),
         Route("/api/orders/{order_id}/payments", payments_api.start, methods=["POST"]),
         Route("/api/orders/{order_id}/payments/verify", payments_api.verify, methods=["POST"]),
+        Route("/api/orders/{order_id}/refunds", money_api.request_refund, methods=["POST"]),
         Route("/webhooks/{gateway}", webhooks.receive, methods=["POST"]),
         Route("/api/pos/orders", pos.list_store, methods=["GET"]),
         Route("/api/pos/orders/{order_id}/status", pos.set_status, methods=["POST"]),

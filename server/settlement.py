@@ -240,11 +240,14 @@ class Settlement:
         actor: Actor,
         callback_url: str | None = None,
         return_url: str | None = None,
+        amount: int | None = None,
     ) -> tuple[dict[str, Any], str | None]:
         """Start (or resume) the order's payment attempt at ``gateway_name``: (payment, redirect).
 
+        ``amount``: part of the order (split payments); default, what is outstanding.
         404 for an order that is not the caller's; 409 if it is not payable or another attempt
-        is live (the error names it); 422 for a gateway that is not offered.
+        is live (the error names it); 422 for a gateway that is not offered, or an amount above
+        what is outstanding.
         """
         gateway = self.gateways.get(gateway_name)
         if gateway is None:
@@ -282,10 +285,23 @@ class Settlement:
             paid = sum(p.amount for p in payments if p.status in PAID)
             if paid >= order.amount:
                 raise Conflict("the order is already paid", code="already_paid")
+            outstanding = order.amount - paid
+            wanted = outstanding if amount is None else amount
+            if wanted > outstanding:
+                raise Unprocessable(
+                    f"amount {wanted} is more than the {outstanding} outstanding",
+                    field="amount",
+                    outstanding=outstanding,
+                )
             live = [p for p in payments if p.status in LIVE]
             if live:
                 current = live[0]
-                if current.started_at is not None or current.gateway != gateway_name:
+                # One live attempt per order: a second, for any amount, waits for it to settle.
+                if (
+                    current.started_at is not None
+                    or current.gateway != gateway_name
+                    or current.amount != wanted
+                ):
                     raise Conflict(
                         "another payment attempt of this order is in progress",
                         code="payment_in_progress",
@@ -297,7 +313,7 @@ class Settlement:
                 amount, currency = current.amount, current.currency
             else:
                 payment_id = new_payment_id()
-                amount, currency = order.amount - paid, order.currency
+                amount, currency = wanted, order.currency
                 first = schedule.first_check(self.jitter())
                 values = {
                     "id": payment_id,

@@ -1,4 +1,4 @@
-"""The money side of an order at the counter: manual payments (cash, card terminal, transfer)."""
+"""The money side of an order: manual payments (cash, card terminal, transfer) and refunds."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from server.api.common import body, principal
 from server.api.contract import operation
 from server.api.orders import ORDER_PATH
 from server.auth import Role
+from server.refunds import Refunds
 from server.services import services
 from server.writes import Actor
 
@@ -40,3 +41,33 @@ async def record_manual_payment(request: Request) -> JSONResponse:
         actor=Actor.of(caller),
     )
     return JSONResponse({"payment": applied.payment, "order": applied.order}, status_code=201)
+
+
+@operation(
+    "Refund (part of) what was paid for the order (its store, or an admin)",
+    tag="payments",
+    path=ORDER_PATH,
+    body=schemas.RefundRequest,
+    responses={
+        201: (
+            "The refund records, spread over the payments newest first",
+            schemas.RefundsRequested,
+        ),
+        403: "Not a POS or admin token",
+        404: "No such order in this store",
+        409: "Nothing left to refund (nothing_to_refund)",
+        422: "A bad field, or more than may be refunded (error.refundable)",
+    },
+)
+async def request_refund(request: Request) -> JSONResponse:
+    """Refund (part of) what was paid for the order (its store, or an admin)."""
+    caller = principal(request, Role.POS, Role.ADMIN)
+    wanted = await body(request, schemas.RefundRequest)
+    svc = services(request)
+    done = await Refunds(svc.settlement).request(
+        order_id=request.path_params["order_id"],
+        amount=wanted.amount,
+        reason=wanted.reason,
+        actor=Actor.of(caller),
+    )
+    return JSONResponse({"refunds": done.refunds, "order": done.order}, status_code=201)

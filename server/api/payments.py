@@ -28,7 +28,8 @@ from server.writes import ORDER_ID, Actor, visible_to
         403: "Not a customer token",
         404: "No such order (or not yours)",
         409: "Not payable, already paid, or another attempt is live (named)",
-        422: "Unknown field, or a gateway not offered here (error.offered lists them)",
+        422: "Unknown field, a gateway not offered here (error.offered lists them), or an"
+        " amount above what is outstanding (error.outstanding)",
         502: "The gateway refused the payment (it is FAILED; retry allowed)",
         503: "The gateway could not answer (the attempt is kept; retry), or the database",
     },
@@ -36,7 +37,8 @@ from server.writes import ORDER_ID, Actor, visible_to
 async def start(request: Request) -> JSONResponse:
     """Start a payment of the order at a gateway (its owner)."""
     caller = principal(request, Role.CUSTOMER)
-    gateway = (await body(request, schemas.StartPayment)).gateway
+    wanted = await body(request, schemas.StartPayment)
+    gateway = wanted.gateway
     svc = services(request)
     order_id = request.path_params["order_id"]
     base = (svc.settings.public_url or str(request.base_url)).rstrip("/")
@@ -49,6 +51,7 @@ async def start(request: Request) -> JSONResponse:
         actor=Actor.of(caller),
         callback_url=f"{base}/webhooks/{gateway}",
         return_url=return_url,
+        amount=wanted.amount,
     )
     return JSONResponse({"payment": payment, "redirect_url": redirect_url}, status_code=201)
 

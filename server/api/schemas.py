@@ -163,6 +163,18 @@ class StartPayment(Struct, forbid_unknown_fields=True):
     gateway: Annotated[
         str, Meta(min_length=1, max_length=40, description="the name of a gateway offered here")
     ]
+    amount: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=MAX_AMOUNT,
+                description="part of the order to pay now, in minor units (split payments);"
+                " default: what is outstanding",
+            ),
+        ]
+        | None
+    ) = None
 
 
 class DemoTokenRequest(Struct, forbid_unknown_fields=True):
@@ -321,6 +333,46 @@ class ManualPayment(Struct, forbid_unknown_fields=True):
         ),
     ]
     reference: Reference | None = None
+
+
+class RefundRequest(Struct, forbid_unknown_fields=True):
+    """A refund: how much (default all that may be refunded) and why."""
+
+    reason: Note
+    amount: (
+        Annotated[
+            int,
+            Meta(
+                ge=1,
+                le=MAX_AMOUNT,
+                description="in minor units, at most what was paid and not yet refunded;"
+                " default: all of it",
+            ),
+        ]
+        | None
+    ) = None
+
+
+class Refund(Struct):
+    """A refund record."""
+
+    id: str
+    order_id: str
+    payment_id: str
+    amount: int
+    currency: str
+    status: str
+    reason: str
+    gateway_ref: str | None
+    created_at: datetime
+    updated_at: datetime
+
+
+class RefundsRequested(Struct):
+    """The refund records made, and the order after them."""
+
+    refunds: list[Refund]
+    order: Order
 
 
 class ManualPaymentRecorded(Struct):

@@ -51,6 +51,16 @@ async def backend(pg_backend: Backend) -> Backend:
     return pg_backend
 
 
+@contextlib.asynccontextmanager
+async def bounded(seconds: float, what: str) -> AsyncIterator[None]:
+    """``asyncio.timeout`` whose failure says what did not happen in time."""
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError:
+        raise AssertionError(f"not within {seconds} s: {what}") from None
+
+
 @dataclass
 class Outcome:
     """One REST write and how it was answered."""
@@ -123,6 +133,54 @@ class Watcher:
 
 
 @dataclass
+class LongPoller:
+    """A client on the REST fallback: ``GET /api/events?since=&epoch=&wait=`` in a loop."""
+
+    name: str
+    token: str
+    stream: str
+    seqs: list[int] = field(default_factory=list)
+    event_ids: list[int] = field(default_factory=list)
+    epoch: str | None = None
+    answers: Counter[tuple[int, str | None]] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def last(self) -> int:
+        return self.seqs[-1] if self.seqs else 0
+
+    async def run(self, http: httpx.AsyncClient, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            params: dict[str, str | int] = {"since": self.last, "wait": 1}
+            if self.epoch is not None:
+                params["epoch"] = self.epoch
+            try:
+                r = await http.get(
+                    "/api/events", params=params, headers=auth(self.token), timeout=30
+                )
+            except httpx.TransportError as exc:
+                self.problems.append(f"no answer: {exc!r}")
+                await asyncio.sleep(0.2)
+                continue
+            body = r.json()
+            code = body.get("error", {}).get("code") if r.status_code != 200 else None
+            self.answers[(r.status_code, code)] += 1
+            if r.status_code == 503 and code in DOCUMENTED_503:
+                await asyncio.sleep(0.2)  # Retry-After, shortened
+                continue
+            if r.status_code != 200 or body.get("reset"):
+                self.problems.append(f"{r.status_code} {body}")
+                await asyncio.sleep(0.2)
+                continue
+            self.epoch = body["epoch"]
+            for event in body["events"]:
+                if event["seq"] != self.last + 1:
+                    self.problems.append(f"seq {event['seq']} after {self.last}")
+                self.seqs.append(int(event["seq"]))
+                self.event_ids.append(int(event["event_id"]))
+
+
+@dataclass
 class Rig:
     """The service behind two proxies, its clients, and the traffic they make."""
 
@@ -131,6 +189,7 @@ class Rig:
     redis: Proxy
     direct: Database
     watchers: list[Watcher]
+    pollers: list[LongPoller]
     outcomes: list[Outcome] = field(default_factory=list)
     acknowledged_orders: set[str] = field(default_factory=set)
     acknowledged_events: set[int] = field(default_factory=set)
@@ -200,10 +259,10 @@ class Rig:
         heads = await self.heads()
         try:
             async with asyncio.timeout(timeout):
-                while any(w.last < heads.get(w.stream, 0) for w in self.watchers):
+                while any(w.last < heads.get(w.stream, 0) for w in self.clients):
                     await asyncio.sleep(0.05)
         except TimeoutError:
-            behind = {w.name: (w.last, heads.get(w.stream)) for w in self.watchers}
+            behind = {w.name: (w.last, heads.get(w.stream)) for w in self.clients}
             raise AssertionError(f"clients behind after {timeout}s: {behind}") from None
 
     async def wait_ready(self, timeout: float = 20) -> None:
@@ -226,7 +285,7 @@ class Rig:
 
     async def wait_not_delivering(self, timeout: float = 15) -> None:
         """/readyz says the broker is not delivering (the heartbeat went stale)."""
-        async with asyncio.timeout(timeout):
+        async with bounded(timeout, "/readyz says the broker is not delivering"):
             while True:
                 r = await self.service.http.get("/readyz", timeout=5)
                 if r.status_code == 503 and r.json()["checks"]["broker"] != "ok":
@@ -242,7 +301,7 @@ class Rig:
 
     async def wait_marked(self, *, but: int, timeout: float = 10) -> None:
         """Every event but ``but`` of them is marked published."""
-        async with asyncio.timeout(timeout):
+        async with bounded(timeout, f"all events but {but} marked published"):
             while True:
                 async with self.direct.read() as session:
                     unmarked = (
@@ -255,6 +314,10 @@ class Rig:
                 if unmarked == but:
                     return
                 await asyncio.sleep(0.05)
+
+    @property
+    def clients(self) -> list[Watcher | LongPoller]:
+        return [*self.watchers, *self.pollers]
 
     def bounce_all(self) -> None:
         """Every client closes its socket and resumes with since, in the middle of a fault."""
@@ -285,18 +348,21 @@ async def rig(
         direct = Database(backend.database_url, pool_size=2)
         watchers = [Watcher(c, token(c), f"customer:{c}") for c in CUSTOMERS]
         watchers.append(Watcher("pos", POS, f"store:{STORE}"))
+        pollers = [LongPoller("longpoll", token(CUSTOMERS[0]), f"customer:{CUSTOMERS[0]}")]
         stop = asyncio.Event()
         tasks = [asyncio.create_task(w.run(service.ws_url, stop)) for w in watchers]
+        tasks += [asyncio.create_task(p.run(service.http, stop)) for p in pollers]
         try:
-            async with asyncio.timeout(10):
+            async with bounded(10, "every client's first hello"):
                 for w in watchers:
                     await w.started.wait()
-            yield Rig(service, pg, redis, direct, watchers)
+            yield Rig(service, pg, redis, direct, watchers, pollers)
         finally:
             stop.set()
             pg.heal()
             redis.heal()
-            await asyncio.wait_for(asyncio.gather(*tasks, return_exceptions=True), 20)
+            async with bounded(20, "the clients stop"):
+                await asyncio.gather(*tasks, return_exceptions=True)
             await direct.dispose()
 
 
@@ -313,7 +379,8 @@ async def traffic(r: Rig) -> AsyncIterator[None]:
     finally:
         stop.set()
         # A write stuck on a black-holed connection is released by the heal before this.
-        await asyncio.wait_for(asyncio.gather(*tasks), 60)
+        async with bounded(60, "the writers stop"):
+            await asyncio.gather(*tasks)
 
 
 async def assert_nothing_lost_or_doubled(r: Rig) -> None:
@@ -332,9 +399,10 @@ async def assert_nothing_lost_or_doubled(r: Rig) -> None:
             log.setdefault(stream, []).append((int(seq), int(event_id)))
         orders = set((await session.execute(select(Order.id))).scalars())
         events = set((await session.execute(select(Event.id))).scalars())
+    for c in r.clients:
+        assert not c.problems, f"{c.name}: {c.problems}"
+        assert list(zip(c.seqs, c.event_ids, strict=True)) == log[c.stream], c.name
     for w in r.watchers:
-        assert not w.problems, f"{w.name}: {w.problems}"
-        assert list(zip(w.seqs, w.event_ids, strict=True)) == log[w.stream], w.name
         assert set(w.closes) <= RESUMABLE_CLOSES, f"{w.name} closed with {w.closes}"
     # Durable before acknowledged: every 2xx is in the database.
     assert r.acknowledged_orders <= orders

@@ -8,7 +8,7 @@ import time
 import jwt
 import pytest
 
-from server.auth import DEMO_KID
+from server.auth import DEMO_KID, AuthError, Role, TokenVerifier, demo_claims
 from tests.conftest import StartService
 from tests.server.test_auth import PUBLIC_PEM, rs256
 from tests.support.asserts import assert_error
@@ -127,3 +127,15 @@ async def test_the_server_says_nothing_of_demo_tokens_when_they_are_off(
         await start_service(demo_tokens=None, jwt_secret=SECRET)
     assert "orderstatus ready" in caplog.text
     assert "DEMO_TOKENS" not in caplog.text
+
+
+def test_a_demo_signed_token_is_accepted_only_while_demo_tokens_are_on() -> None:
+    demo_secret = "per-process-demo-secret-0123456789"
+    on = TokenVerifier(key=SECRET, algorithms=("HS256",), demo_secret=demo_secret)
+    minted = on.mint_demo(demo_claims("demo-gil", Role.CUSTOMER, None, 60))
+    assert on.verify(minted).sub == "demo-gil"
+    off = TokenVerifier(key=SECRET, algorithms=("HS256",))
+    with pytest.raises(AuthError):
+        off.verify(minted)
+    with pytest.raises(ValueError, match="demo tokens are off"):
+        off.mint_demo(demo_claims("demo-gil", Role.CUSTOMER, None, 60))

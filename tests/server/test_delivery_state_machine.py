@@ -204,6 +204,7 @@ class Client:
     resets: int = 0
     errors: list[str] = field(default_factory=list)
     pongs: list[tuple[int, int]] = field(default_factory=list)  # (head_seq, last seen then)
+    next_ping_at: float = 0.0
 
     @property
     def last(self) -> int:
@@ -395,10 +396,16 @@ class DeliveryMachine(RuleBasedStateMachine):
     async def _ping(self, client: Client) -> tuple[int, int]:
         """Ping and wait for the pong; its head_seq, and the last seq delivered before it."""
         assert client.ws is not None
+        # Stay inside what one socket may send (a burst of 10, then one a second; beyond, the
+        # server closes 4400): at most one ping a second per client here.
+        loop = asyncio.get_running_loop()
+        await asyncio.sleep(max(0.0, client.next_ping_at - loop.time()))
+        client.next_ping_at = loop.time() + 1.0
         count = len(client.pongs)
         await client.ws.send('{"type": "ping"}')
         async with asyncio.timeout(10):
             while len(client.pongs) == count:
+                assert client.online, f"{client.name} closed {client.close_code} after a ping"
                 await asyncio.sleep(0.01)
         return client.pongs[count]
 
