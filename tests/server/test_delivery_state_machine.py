@@ -56,6 +56,7 @@ from channels.base import SubscriptionLike
 from reconciler.relay import Relay
 from server.app import create_app
 from server.db import Database
+from server.hub import CLIENT_MESSAGE_BURST, CLIENT_MESSAGES_PER_SECOND
 from server.metrics import Metrics
 from server.models import Event, Stream, StreamEvent, utcnow
 from server.services import Services
@@ -204,6 +205,28 @@ class Client:
     resets: int = 0
     errors: list[str] = field(default_factory=list)
     pongs: list[tuple[int, int]] = field(default_factory=list)  # (head_seq, last seen then)
+    # A mirror of the server's per-socket message allowance, so the test never sends more than
+    # the documented rate (over it the server closes with 4400, by design).
+    allowance: float = float(CLIENT_MESSAGE_BURST)
+    allowance_at: float = 0.0
+    allowance_ws: ClientConnection | None = None
+
+    def wait_for_allowance(self, now: float) -> float:
+        """Spend one message of this socket's allowance; seconds to wait before sending it."""
+        if self.allowance_ws is not self.ws:
+            self.allowance_ws, self.allowance, self.allowance_at = (
+                self.ws,
+                CLIENT_MESSAGE_BURST,
+                now,
+            )
+        self.allowance = min(
+            CLIENT_MESSAGE_BURST,
+            self.allowance + (now - self.allowance_at) * CLIENT_MESSAGES_PER_SECOND,
+        )
+        self.allowance_at = now
+        self.allowance -= 1.0
+        # Keep a little margin: the server's clock starts when it accepted the socket.
+        return max(0.0, (0.5 - self.allowance) / CLIENT_MESSAGES_PER_SECOND)
 
     @property
     def last(self) -> int:
@@ -396,9 +419,14 @@ class DeliveryMachine(RuleBasedStateMachine):
         """Ping and wait for the pong; its head_seq, and the last seq delivered before it."""
         assert client.ws is not None
         count = len(client.pongs)
+        await asyncio.sleep(client.wait_for_allowance(asyncio.get_running_loop().time()))
         await client.ws.send('{"type": "ping"}')
         async with asyncio.timeout(10):
             while len(client.pongs) == count:
+                if not client.online:
+                    raise AssertionError(
+                        f"{client.name} closed ({client.close_code}) before a pong"
+                    )
                 await asyncio.sleep(0.01)
         return client.pongs[count]
 
