@@ -56,8 +56,8 @@ _PING_WAIT = 0.5
 _POLL_SLICE = 500
 # What one socket may send: a burst of 10 messages, then one a second (a client pings every
 # ~15 s); beyond that it is closed with 4400.
-_CLIENT_MESSAGE_BURST = 10
-_CLIENT_MESSAGES_PER_SECOND = 1.0
+CLIENT_MESSAGE_BURST = 10
+CLIENT_MESSAGES_PER_SECOND = 1.0
 
 
 class _Close(Exception):
@@ -82,15 +82,15 @@ class Connection:
         self.cursor: StreamCursor | None = None
         self.sub: SubscriptionLike | None = None
         # A token bucket of client messages (pings, auth refreshes).
-        self.allowance = float(_CLIENT_MESSAGE_BURST)
+        self.allowance = float(CLIENT_MESSAGE_BURST)
         self.allowance_at = time.monotonic()
 
     def take_message_allowance(self) -> bool:
         """Spend one client message from the bucket; False when the client is over its rate."""
         now = time.monotonic()
         self.allowance = min(
-            float(_CLIENT_MESSAGE_BURST),
-            self.allowance + (now - self.allowance_at) * _CLIENT_MESSAGES_PER_SECOND,
+            float(CLIENT_MESSAGE_BURST),
+            self.allowance + (now - self.allowance_at) * CLIENT_MESSAGES_PER_SECOND,
         )
         self.allowance_at = now
         if self.allowance < 1.0:
