@@ -140,3 +140,17 @@ def test_a_subscription_shows_its_channels_and_queue_in_its_repr() -> None:
     sub.put_nowait(Message("a", "1"))
     text = repr(sub)
     assert "channels=['a', 'b']" in text and "queued=1/2" in text and "overflowed=False" in text
+
+
+def test_gap_channels_gaps_exactly_the_subscriptions_of_those_channels() -> None:
+    # What a cluster broker does when one shard drops or a slot moves: only its channels.
+    fanout = Fanout()
+    ab = Subscription(["a", "b"])
+    b = Subscription(["b"])
+    c = Subscription(["c"])
+    for sub in (ab, b, c):
+        fanout.add(sub)
+    fanout.gap_channels(["a", "b", "nobody"], "moved")
+    assert [ab.get_nowait(), ab.get_nowait()] == [Gap("moved"), None]
+    assert [b.get_nowait(), b.get_nowait()] == [Gap("moved"), None]
+    assert c.get_nowait() is None

@@ -7,12 +7,14 @@ message, so "nothing else came" is decided by an arrival, not by a silence windo
 from __future__ import annotations
 
 import orjson
+from sqlalchemy import delete
 from websockets.asyncio.client import connect
 
 from server import protocol
+from server.models import StreamEvent
 from server.streams import customer_stream
 from server.workflow import OrderStatus
-from tests.conftest import Service
+from tests.conftest import Service, StartService
 from tests.support.clients import auth, order_body, recv_events, recv_json, token
 from tests.support.writes import write_without_publishing
 
@@ -76,7 +78,29 @@ async def test_each_repair_from_the_log_is_counted_under_its_reason(service: Ser
         assert [e["seq"] for e in await recv_events(ws, 1)] == [1]
         await write_without_publishing(service, order_id, OrderStatus.PREPARING)
         await move(service, order_id, "READY")  # seq 3 arrives live: 2 is read from the log
-        assert [e["seq"] for e in await recv_events(ws, 2)] == [2, 3]
+        repaired, live = await recv_events(ws, 2)
+        assert (repaired["seq"], live["seq"]) == (2, 3)
+        assert repaired["stream"] == live["stream"] == "customer:jmp"
     backfills = "ws_backfills_total"
     assert sample(service, backfills, reason="resume") == 1
     assert sample(service, backfills, reason="seq_jump") == 1
+
+
+async def test_a_lost_tail_of_the_log_found_by_the_safety_poll_ends_in_a_reset(
+    start_service: StartService,
+) -> None:
+    service = await start_service(hub_poll_interval=0.05, hub_safety_poll_interval=0.2)
+    order_id = await place(service, "tail")
+    async with connect(f"{service.ws_url}?token={token('tail')}&since=1") as ws:
+        assert (await recv_json(ws))["head_seq"] == 1
+        # Seq 2 commits, its publish is lost, and its position is gone before anyone reads it:
+        # the head says 2, the log has nothing after 1.
+        await write_without_publishing(service, order_id, OrderStatus.PREPARING)
+        async with service.db.transaction() as session:
+            await session.execute(
+                delete(StreamEvent).where(
+                    StreamEvent.stream == "customer:tail", StreamEvent.seq == 2
+                )
+            )
+        reset = await recv_json(ws, timeout=10)
+        assert reset["type"] == "reset" and reset["head_seq"] == 2
