@@ -269,6 +269,24 @@ EQUIVALENT: dict[str, str] = {
     "reconciler.schedule.x_backoff__mutmut_19": (
         "equivalent: 2^62 or 2^63 times the base is above any cap (300 s by default) either way."
     ),
+    "server.hub.xǁHubǁ_backfill__mutmut_15": (
+        "equivalent: without a limit the first read takes the whole backlog at once; the "
+        "same events go out in the same order, and the next read finds nothing."
+    ),
+    "server.hub.xǁHubǁ_backfill__mutmut_19": (
+        "equivalent: `events_after`'s default limit is 500, the same as `_BACKFILL_PAGE`."
+    ),
+    "server.hub.xǁHubǁ_backfill__mutmut_71": (
+        "equivalent: a page of exactly 500 makes one more read, which finds nothing."
+    ),
+    "server.hub.xǁHubǁ_backfill__mutmut_34": (
+        "open: the head the hub remembers is noted under the wrong key, which only a pong "
+        "answered from memory (its database read slower than 0.5 s) after a backfill could "
+        "show; no test does that yet."
+    ),
+    "server.hub.xǁHubǁ_write_loop__mutmut_5": (
+        "open: as `_backfill__mutmut_34`, for the head noted from a live message."
+    ),
     "channels.fanout.xǁFanoutǁremove__mutmut_8": (
         "equivalent: `break` for `continue` on a channel with no entry, which cannot happen: "
         "every channel of a registered subscription has one until that subscription leaves."
