@@ -188,6 +188,10 @@ _ERRORS = (
     "lone surrogate), and a header value read from HTTP (Latin-1) never holds one."
 )
 _PHONEPE = "gateways.phonepe.xǁPhonePeGatewayǁ"
+_CLOSE_REASON = (
+    "equivalent: only the close frame's reason text changes; the close code (4408) is the "
+    "contract and is what the tests check."
+)
 _REASON = (
     "equivalent: only the wording of the decision's `reason` changes, which is for the log "
     "and the audit row; the verdict and the status it moves to are unchanged."
@@ -287,6 +291,9 @@ EQUIVALENT: dict[str, str] = {
     "server.hub.xǁHubǁ_write_loop__mutmut_5": (
         "open: as `_backfill__mutmut_34`, for the head noted from a live message."
     ),
+    "server.hub.xǁHubǁ_write_loop__mutmut_11": _CLOSE_REASON,
+    "server.hub.xǁHubǁ_write_loop__mutmut_12": _CLOSE_REASON,
+    "server.hub.xǁHubǁ_write_loop__mutmut_13": _CLOSE_REASON,
     "channels.fanout.xǁFanoutǁremove__mutmut_8": (
         "equivalent: `break` for `continue` on a channel with no entry, which cannot happen: "
         "every channel of a registered subscription has one until that subscription leaves."

@@ -104,3 +104,5 @@ async def test_a_lost_tail_of_the_log_found_by_the_safety_poll_ends_in_a_reset(
             )
         reset = await recv_json(ws, timeout=10)
         assert reset["type"] == "reset" and reset["head_seq"] == 2
+    assert sample(service, "ws_backfills_total", reason="poll") >= 1
+    assert sample(service, "ws_unfillable_gaps_total", cause="hole", outcome="reset") == 1
