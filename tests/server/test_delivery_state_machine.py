@@ -702,6 +702,9 @@ def _machine_for(backend_name: str) -> type[DeliveryMachine]:
     )
 
 
+# Known timing flakiness on a loaded 2-core machine (a rule's precondition read from live
+# sockets; a 4408 racing a ping): rerun until it is fixed — see docs/testing.md.
+@pytest.mark.flaky(reruns=2)
 @pytest.mark.slow
 @pytest.mark.timeout(600)
 @pytest.mark.parametrize("backend_name", ["sqlite", "postgres"])
@@ -739,6 +742,9 @@ def _tour(backend_name: str, steps: Sequence[tuple[str, dict[str, Any]]]) -> Del
     return machine
 
 
+# Known timing flakiness on a loaded 2-core machine (a rule's precondition read from live
+# sockets; a 4408 racing a ping): rerun until it is fixed — see docs/testing.md.
+@pytest.mark.flaky(reruns=2)
 @pytest.mark.parametrize("backend_name", ["sqlite", "postgres"])
 def test_a_tour_of_every_rule_ends_with_every_view_equal_to_its_log(backend_name: str) -> None:
     """Each path the random runs may or may not reach, on every CI run: a lost, doubled,
