@@ -36,7 +36,7 @@ import asyncpg
 import orjson
 
 from bench import common, profile, sandbox
-from server.db import migrate
+from orders.db import migrate
 
 SETTLED = {"succeeded": "COMPLETED", "declined": "FAILED"}
 ORDER_AFTER = {"COMPLETED": "CONFIRMED", "FAILED": "PENDING_PAYMENT"}

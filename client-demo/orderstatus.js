@@ -76,7 +76,7 @@
  * @property {string} [note]
  */
 
-/** Order statuses that never change again (server/workflow.py TERMINAL). */
+/** Order statuses that never change again (orders/workflow.py TERMINAL). */
 const TERMINAL = new Set(["DELIVERED", "CANCELLED", "EXPIRED"]);
 
 /**

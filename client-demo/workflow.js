@@ -1,6 +1,6 @@
 // @ts-check
 /**
- * The order workflow, mirrored from server/workflow.py (TRANSITIONS) so the pages only offer
+ * The order workflow, mirrored from orders/workflow.py (TRANSITIONS) so the pages only offer
  * moves the server will accept. The server stays the judge: a stale page still gets a 409.
  */
 

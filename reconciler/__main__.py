@@ -8,17 +8,17 @@ import os
 import signal
 
 from channels import create_broker
+from orders.db import Database
+from orders.metrics import Metrics
+from orders.payments import FailurePolicy
+from orders.settlement import Settlement
+from orders.writes import Publisher
 from reconciler.relay import Relay
 from reconciler.worker import Reconciler
-from server.db import Database
 from server.gatewaying import open_gateways
 from server.logs import configure
-from server.metrics import Metrics
-from server.payments import FailurePolicy
 from server.ratelimit import GatewayRateLimiter
 from server.settings import Settings
-from server.settlement import Settlement
-from server.writes import Publisher
 
 logger = logging.getLogger("reconciler")
 

@@ -29,12 +29,12 @@ from sqlalchemy import bindparam, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from channels import BrokerError
-from server import protocol
-from server.db import Database
-from server.metrics import Metrics
-from server.models import events_table, stream_events_table, utcnow
-from server.streams import prune
-from server.writes import Delivery, Publisher
+from orders import documents
+from orders.db import Database
+from orders.metrics import Metrics
+from orders.models import events_table, stream_events_table, utcnow
+from orders.streams import prune
+from orders.writes import Delivery, Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -47,12 +47,12 @@ _RELAY_LOCK_CLASS = 7_311_954
 class _Straggler:
     """An unpublished event and its positions in its streams."""
 
-    event: protocol.EventRow
+    event: documents.EventRow
     positions: tuple[tuple[str, int], ...]
 
     def deliveries(self) -> list[Delivery]:
         return [
-            Delivery(stream, seq, protocol.dumps(protocol.event_payload(stream, seq, self.event)))
+            Delivery(stream, seq, documents.dumps(documents.event_payload(stream, seq, self.event)))
             for stream, seq in self.positions
         ]
 
@@ -266,7 +266,7 @@ async def _load(conn: AsyncConnection, ids: list[int]) -> list[_Straggler]:
         .order_by(events_table.c.id)
     )
     events = [
-        protocol.EventRow(**{k: v for k, v in row._mapping.items() if k != "published_at"})
+        documents.EventRow(**{k: v for k, v in row._mapping.items() if k != "published_at"})
         for row in rows
     ]
     if not events:

@@ -23,13 +23,13 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 
-from server.metrics import Metrics
-from server.models import Order, Payment, payments_table, utcnow
-from server.payments import LIVE, PaymentStatus
-from server.refunds import Refunds
-from server.settlement import Settlement
-from server.workflow import OrderStatus
-from server.writes import Actor
+from orders.metrics import Metrics
+from orders.models import Order, Payment, payments_table, utcnow
+from orders.payments import LIVE, PaymentStatus
+from orders.refunds import Refunds
+from orders.settlement import Settlement
+from orders.workflow import OrderStatus
+from orders.writes import Actor
 
 logger = logging.getLogger(__name__)
 

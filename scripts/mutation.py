@@ -65,12 +65,12 @@ class Target:
 #: What is mutated, and which test files may kill its mutants. A new pure module (a state
 #: table, a parser, a schedule) or a new piece of the write and delivery path is added here.
 TARGETS: tuple[Target, ...] = (
-    Target("pure", "server/workflow.py", ("tests/server/test_workflow.py",)),
-    Target("pure", "server/cursor.py", ("tests/server/test_cursor.py",)),
-    Target("pure", "server/payments.py", ("tests/server/test_payments.py",)),
+    Target("pure", "orders/workflow.py", ("tests/server/test_workflow.py",)),
+    Target("pure", "orders/cursor.py", ("tests/server/test_cursor.py",)),
+    Target("pure", "orders/payments.py", ("tests/server/test_payments.py",)),
     Target(
         "pure",
-        "reconciler/schedule.py",
+        "orders/schedule.py",
         ("tests/reconciler/test_schedule.py", "tests/reconciler/test_schedule_edges.py"),
     ),
     # Webhook signatures, and each gateway's payment and refund state table.
@@ -122,7 +122,7 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "io",
-        "server/writes.py",
+        "orders/writes.py",
         (
             "tests/server/test_api_pos.py",
             "tests/server/test_api_orders.py",
@@ -133,7 +133,7 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "io",
-        "server/streams.py",
+        "orders/streams.py",
         (
             "tests/server/test_hub.py",
             "tests/server/test_hub_gaps.py",
@@ -250,27 +250,27 @@ EQUIVALENT: dict[str, str] = {
     _PHONEPE + "_verify_v2__mutmut_30": _CODEC,
     _PHONEPE + "_verify_v2__mutmut_31": _ERRORS,
     _PHONEPE + "_verify_v2__mutmut_32": _ERRORS,
-    "server.payments.x_decide_payment__mutmut_44": _LIVE_RANK.format("INITIATED, PENDING"),
-    "server.payments.x_decide_payment__mutmut_57": _REASON,
-    "server.payments.x_decide_payment__mutmut_58": _REASON,
-    "server.payments.x_decide_refund__mutmut_34": _REASON,
-    "server.payments.x_decide_refund__mutmut_35": _REASON,
-    "server.payments.x_decide_refund__mutmut_36": _REASON,
-    "server.payments.x_decide_refund__mutmut_43": _REASON,
-    "server.payments.x_decide_refund__mutmut_44": _REASON,
-    "server.payments.x_decide_refund__mutmut_45": _REASON,
-    "server.payments.x_decide_refund__mutmut_46": _LIVE_RANK.format("REQUESTED, PENDING"),
-    "server.payments.x_decide_refund__mutmut_59": _REASON,
-    "server.payments.x_decide_refund__mutmut_60": _REASON,
-    "reconciler.schedule.x__step__mutmut_3": _PARTITION + " (`3x30x5`).",
-    "reconciler.schedule.xǁScheduleǁparse__mutmut_5": _PARTITION
+    "orders.payments.x_decide_payment__mutmut_44": _LIVE_RANK.format("INITIATED, PENDING"),
+    "orders.payments.x_decide_payment__mutmut_57": _REASON,
+    "orders.payments.x_decide_payment__mutmut_58": _REASON,
+    "orders.payments.x_decide_refund__mutmut_34": _REASON,
+    "orders.payments.x_decide_refund__mutmut_35": _REASON,
+    "orders.payments.x_decide_refund__mutmut_36": _REASON,
+    "orders.payments.x_decide_refund__mutmut_43": _REASON,
+    "orders.payments.x_decide_refund__mutmut_44": _REASON,
+    "orders.payments.x_decide_refund__mutmut_45": _REASON,
+    "orders.payments.x_decide_refund__mutmut_46": _LIVE_RANK.format("REQUESTED, PENDING"),
+    "orders.payments.x_decide_refund__mutmut_59": _REASON,
+    "orders.payments.x_decide_refund__mutmut_60": _REASON,
+    "orders.schedule.x__step__mutmut_3": _PARTITION + " (`3x30x5`).",
+    "orders.schedule.xǁScheduleǁparse__mutmut_5": _PARTITION
     + ": a key with a second `=` is unknown either way.",
-    "reconciler.schedule.xǁScheduleǁparse__mutmut_48": _PARTITION + " (`tail=1x2,3,4`).",
-    "reconciler.schedule.xǁScheduleǁparse__mutmut_15": (
+    "orders.schedule.xǁScheduleǁparse__mutmut_48": _PARTITION + " (`tail=1x2,3,4`).",
+    "orders.schedule.xǁScheduleǁparse__mutmut_15": (
         "near-equivalent: `first=A-B` split at the last `-` differs only for a number written "
         "with a negative exponent (`first=1e-5-2`), which the code refuses and the mutant reads."
     ),
-    "reconciler.schedule.x_backoff__mutmut_19": (
+    "orders.schedule.x_backoff__mutmut_19": (
         "equivalent: 2^62 or 2^63 times the base is above any cap (300 s by default) either way."
     ),
     "server.hub.xǁHubǁ_backfill__mutmut_15": (

@@ -21,33 +21,35 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from channels import Broker, Heartbeat, create_broker
+from orders.db import CommitOutcomeUnknown, Database, migrate
+from orders.errors import DomainError
+from orders.hooks import NO_HOOKS, Hooks
+from orders.metrics import Metrics
+from orders.payments import FailurePolicy
+from orders.settlement import Settlement
+from orders.writes import Publisher
 from server.api import demo, events, ops, orders, pos, webhooks
 from server.api import money as money_api
 from server.api import payments as payments_api
 from server.auth import TokenVerifier
-from server.db import CommitOutcomeUnknown, Database, migrate
 from server.errors import (
     ApiError,
     handle_api_error,
     handle_commit_outcome_unknown,
     handle_database_error,
     handle_database_timeout,
+    handle_domain_error,
     handle_http_exception,
     handle_unexpected,
 )
 from server.gatewaying import SANDBOX_MOUNT, in_process_sandbox, open_gateways
 from server.gctune import GcPolicy
-from server.hooks import NO_HOOKS, Hooks
 from server.hub import Hub
 from server.idempotency import IdempotencyMiddleware
 from server.logs import new_request_id, request_id
-from server.metrics import Metrics
-from server.payments import FailurePolicy
 from server.ratelimit import GatewayRateLimiter
 from server.services import Services
 from server.settings import Settings
-from server.settlement import Settlement
-from server.writes import Publisher
 
 logger = logging.getLogger(__name__)
 
@@ -265,6 +267,7 @@ def create_app(
         ],
         exception_handlers={
             ApiError: handle_api_error,
+            DomainError: handle_domain_error,
             HTTPException: handle_http_exception,
             CommitOutcomeUnknown: handle_commit_outcome_unknown,
             DBAPIError: handle_database_error,

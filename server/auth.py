@@ -5,62 +5,21 @@ from __future__ import annotations
 import re
 import time
 from collections import OrderedDict
-from dataclasses import dataclass
-from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit
 
 import jwt
 
+from orders.actors import Principal as Principal
+from orders.actors import Role as Role
 from server.settings import Settings
-from server.workflow import Mover
 
 # Identifiers end up in stream names and SQL text columns; PostgreSQL refuses NUL in text.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 
 
-class Role(StrEnum):
-    """What a token holder is: a customer, a store terminal, or an operator."""
-
-    CUSTOMER = "customer"
-    POS = "pos"
-    ADMIN = "admin"
-
-
 class AuthError(Exception):
     """A token that must be refused; the message says why (never echoed with the token)."""
-
-
-@dataclass(frozen=True, slots=True)
-class Principal:
-    """Who is calling, taken from the token only."""
-
-    sub: str
-    role: Role
-    store_id: str | None
-    expires_at: float
-
-    @property
-    def stream(self) -> str:
-        """The one stream this principal may read: its customer or its store stream."""
-        if self.role is Role.POS:
-            assert self.store_id is not None
-            return f"store:{self.store_id}"
-        return f"customer:{self.sub}"
-
-    @property
-    def mover(self) -> Mover:
-        """The workflow role this principal acts as."""
-        if self.role is Role.POS:
-            return Mover.POS
-        if self.role is Role.ADMIN:
-            return Mover.SYSTEM
-        return Mover.CUSTOMER
-
-    @property
-    def actor(self) -> str:
-        """How this principal is named in the audit trail."""
-        return f"{self.role.value}:{self.sub}"
 
 
 #: The ``kid`` header that marks a demo token, signed with the per-process demo secret.

@@ -12,6 +12,16 @@ Exception tree::
     ├── PayloadTooLarge   413  payload_too_large
     └── Unprocessable     422  validation_error (names the field)
 
+The domain's refusals (``orders/errors.py``) are translated here, at the boundary::
+
+    DomainError             (its code)
+    ├── Invalid             422  validation_error, amount_too_large, ...
+    ├── Forbidden           403  forbidden
+    ├── NotFound            404  not_found
+    ├── Conflict            409  invalid_transition, payment_in_progress, already_paid, ...
+    ├── GatewayRefused      502  gateway_rejected
+    └── GatewayUnreachable  503  gateway_unavailable
+
 Database failures are answered here too: 503 ``database_unavailable`` (the transaction did not
 commit: nothing changed) and 503 ``commit_outcome_unknown`` (the connection was lost during the
 COMMIT itself: the change may or may not have been applied).
@@ -28,6 +38,8 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from orders import errors as domain
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +125,32 @@ def error_response(
 async def handle_api_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return error_response(exc.status, exc.code, exc.message, exc.extra)
+
+
+#: The HTTP status of each domain refusal (the most specific class wins: the table is walked
+#: along the exception's MRO).
+DOMAIN_STATUS: dict[type[domain.DomainError], int] = {
+    domain.DomainError: 400,
+    domain.Invalid: 422,
+    domain.Forbidden: 403,
+    domain.NotFound: 404,
+    domain.Conflict: 409,
+    domain.GatewayRefused: 502,
+    domain.GatewayUnreachable: 503,
+}
+
+
+def domain_status(exc: domain.DomainError) -> int:
+    """The HTTP status that answers ``exc``."""
+    for kind in type(exc).__mro__:
+        if kind in DOMAIN_STATUS:
+            return DOMAIN_STATUS[kind]
+    raise AssertionError("every DomainError has a status")  # pragma: no cover
+
+
+async def handle_domain_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, domain.DomainError)
+    return error_response(domain_status(exc), exc.code, exc.message, exc.extra)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}

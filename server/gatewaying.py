@@ -18,7 +18,7 @@ import httpx
 
 from gateways import Gateway, GatewaysConfig, SandboxConfig, create_gateways
 from gateways.sandbox_server import SandboxServer, SandboxServerConfig
-from reconciler.schedule import Schedule
+from orders.schedule import Schedule
 from server.settings import Settings
 
 SANDBOX_MOUNT = "/sandbox"

@@ -26,15 +26,12 @@ from starlette.websockets import (
 
 from channels import Broker, Gap, Heartbeat, Message
 from channels.base import SubscriptionLike
-from server import money, protocol
-from server.auth import AuthError, Principal, TokenVerifier, bearer_token, origin_allowed
-from server.cursor import Action, StreamCursor
-from server.db import Database
-from server.errors import CloseCode
-from server.hooks import NO_HOOKS, Hooks
-from server.metrics import Metrics
-from server.settings import Settings
-from server.streams import (
+from orders import money
+from orders.cursor import Action, StreamCursor
+from orders.db import Database
+from orders.hooks import NO_HOOKS, Hooks
+from orders.metrics import Metrics
+from orders.streams import (
     StreamHead,
     ensure_stream,
     event_id_at,
@@ -45,6 +42,10 @@ from server.streams import (
     read_heads,
     resume_problem,
 )
+from server import protocol
+from server.auth import AuthError, Principal, TokenVerifier, bearer_token, origin_allowed
+from server.errors import CloseCode
+from server.settings import Settings
 
 logger = logging.getLogger(__name__)
 

@@ -37,11 +37,11 @@ from sqlalchemy.exc import TimeoutError as SQLAlchemyTimeoutError
 from sqlalchemy.ext.asyncio import AsyncSession
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from orders.db import CommitOutcomeUnknown, Database
+from orders.hooks import NO_HOOKS, Hooks
+from orders.models import idempotency_keys_table as keys
+from orders.models import utcnow
 from server.auth import AuthError, Principal, Role, bearer_token
-from server.db import CommitOutcomeUnknown, Database
-from server.hooks import NO_HOOKS, Hooks
-from server.models import idempotency_keys_table as keys
-from server.models import utcnow
 
 logger = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import MemoryStorage, RedisStorage, Storage
 from limits.aio.strategies import MovingWindowRateLimiter
 
-from server.metrics import Metrics
+from orders.metrics import Metrics
 
 logger = logging.getLogger(__name__)
 

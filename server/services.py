@@ -8,13 +8,13 @@ from typing import cast
 from starlette.requests import HTTPConnection
 
 from channels import Broker, Heartbeat
+from orders.db import Database
+from orders.metrics import Metrics
+from orders.settlement import Settlement
+from orders.writes import Publisher
 from server.auth import TokenVerifier
-from server.db import Database
 from server.hub import Hub
-from server.metrics import Metrics
 from server.settings import Settings
-from server.settlement import Settlement
-from server.writes import Publisher
 
 
 @dataclass(frozen=True, slots=True)

@@ -16,7 +16,7 @@ from limits import parse as parse_rate
 
 from gateways import GatewaysConfig, PhonePeConfig, SandboxConfig, StripeConfig
 from gateways.stripe import DEFAULT_API_BASE as STRIPE_API_BASE
-from reconciler.schedule import Schedule
+from orders.schedule import Schedule
 
 T = TypeVar("T")
 

@@ -21,14 +21,14 @@ import pytest
 import redis.asyncio as aioredis
 
 from channels import Broker, create_broker
+from orders.db import Database, migrate
+from orders.hooks import NO_HOOKS, Hooks
+from orders.metrics import Metrics
+from orders.writes import Publisher
 from reconciler.relay import Relay
 from server.app import BackgroundJob, create_app
-from server.db import Database, migrate
-from server.hooks import NO_HOOKS, Hooks
-from server.metrics import Metrics
 from server.services import Services
 from server.settings import Settings
-from server.writes import Publisher
 from tests.channels.cluster_helpers import LocalCluster
 from tests.channels.helpers import RedisServer, free_port
 from tests.support.ci import IN_CI

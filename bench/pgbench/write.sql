@@ -1,4 +1,4 @@
--- One status change as the write path issues it (server/writes.py, as SQLAlchemy logs it):
+-- One status change as the write path issues it (orders/writes.py, as SQLAlchemy logs it):
 -- lock the order, update it, append the event, allocate a seq on both of its streams and index
 -- them in one statement, commit; then the publisher's published_at mark. chr(58) is a colon,
 -- which pgbench would read as a variable.

@@ -11,13 +11,13 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
+from orders.streams import StreamHead, ensure_stream, events_after, read_head, resume_problem
 from server import protocol
 from server.api import schemas
 from server.api.common import principal, query
 from server.api.contract import operation
 from server.errors import error_response
 from server.services import Services, services
-from server.streams import StreamHead, ensure_stream, events_after, read_head, resume_problem
 
 PAGE = 500
 

@@ -5,14 +5,14 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from orders.refunds import Refunds
+from orders.writes import Actor
 from server.api import schemas
 from server.api.common import body, principal
 from server.api.contract import operation
 from server.api.orders import ORDER_PATH
 from server.auth import Role
-from server.refunds import Refunds
 from server.services import services
-from server.writes import Actor
 
 
 @operation(

@@ -11,17 +11,11 @@ from sqlalchemy import and_, or_, select
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from server import money, protocol
-from server.api import schemas
-from server.api.common import body, principal, query
-from server.api.contract import operation
-from server.auth import Principal, Role
-from server.errors import NotFound, Unprocessable
-from server.models import Event, Order, Payment
-from server.services import services
-from server.settlement import payment_view
-from server.workflow import OrderStatus
-from server.writes import (
+from orders import money
+from orders.models import Event, Order, Payment
+from orders.settlement import payment_view
+from orders.workflow import OrderStatus
+from orders.writes import (
     ORDER_ID,
     Actor,
     change_order_status,
@@ -29,6 +23,13 @@ from server.writes import (
     require_store,
     visible_to,
 )
+from server import protocol
+from server.api import schemas
+from server.api.common import body, principal, query
+from server.api.contract import operation
+from server.auth import Principal, Role
+from server.errors import NotFound, Unprocessable
+from server.services import services
 
 ORDER_PATH = {"order_id": schemas.OrderId}
 #: Where a created order's id leads (OpenAPI links, followed by stateful API clients and fuzzers).

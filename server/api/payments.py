@@ -5,17 +5,17 @@ from __future__ import annotations
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from server import money
+from orders import money
+from orders.models import Order, Payment
+from orders.payments import LIVE, PaymentStatus
+from orders.writes import ORDER_ID, Actor, visible_to
 from server.api import schemas
 from server.api.common import body, principal
 from server.api.contract import operation
 from server.api.orders import ORDER_PATH
 from server.auth import Role
 from server.errors import Conflict, NotFound
-from server.models import Order, Payment
-from server.payments import LIVE, PaymentStatus
 from server.services import services
-from server.writes import ORDER_ID, Actor, visible_to
 
 
 @operation(

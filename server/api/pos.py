@@ -6,15 +6,16 @@ from sqlalchemy import select
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
-from server import money, protocol
+from orders import money
+from orders.models import Order
+from orders.writes import Actor, change_order_status
+from server import protocol
 from server.api import schemas
 from server.api.common import body, principal, query
 from server.api.contract import operation
 from server.api.orders import ORDER_PATH
 from server.auth import Role
-from server.models import Order
 from server.services import services
-from server.writes import Actor, change_order_status
 
 
 @operation(

@@ -18,7 +18,7 @@ from typing import Annotated, Literal, cast
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from server.workflow import OrderStatus, PaymentMethod
+from orders.workflow import OrderStatus, PaymentMethod
 
 MAX_ITEMS = 100
 MAX_QUANTITY = 10_000

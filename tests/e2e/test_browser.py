@@ -17,11 +17,11 @@ import pytest
 from playwright.async_api import Browser, Page, async_playwright, expect
 
 from channels import create_broker
+from orders.db import Database
+from orders.metrics import Metrics
+from orders.workflow import OrderStatus
+from orders.writes import Actor, Publisher, change_order_status
 from server.auth import Principal, Role
-from server.db import Database
-from server.metrics import Metrics
-from server.workflow import OrderStatus
-from server.writes import Actor, Publisher, change_order_status
 from tests.support.ci import IN_CI
 from tests.support.servers import Running, free_port, serve_subprocess
 

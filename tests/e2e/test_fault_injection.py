@@ -26,8 +26,8 @@ from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake
 
-from server.db import Database
-from server.models import Event, Order, Stream, StreamEvent
+from orders.db import Database
+from orders.models import Event, Order, Stream, StreamEvent
 from tests.conftest import Backend, Service, StartService
 from tests.support.clients import auth, order_body, token
 from tests.support.proxy import Proxy

@@ -12,10 +12,10 @@ import httpx
 from websockets.asyncio.client import connect
 
 from channels import Message, create_broker
-from server.db import Database
-from server.metrics import Metrics
-from server.workflow import OrderStatus
-from server.writes import Actor, Publisher, change_order_status
+from orders.db import Database
+from orders.metrics import Metrics
+from orders.workflow import OrderStatus
+from orders.writes import Actor, Publisher, change_order_status
 from tests.conftest import Backend
 from tests.support.clients import SECRET, auth, order_body, recv_json, token
 from tests.support.servers import ROOT, free_port, serve_subprocess, stop_process, wait_ready

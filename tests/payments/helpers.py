@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 
 from gateways.sandbox_server import SIGNATURE_HEADER
 from gateways.signing import sign
-from server.models import Event, Payment, Refund, WebhookReceipt
+from orders.models import Event, Payment, Refund, WebhookReceipt
 from tests.conftest import Service
 from tests.support.clients import auth, order_body, token
 from tests.support.sandbox import SANDBOX_SECRET

@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 
 from gateways.sandbox_server import Chaos
-from server.models import Order, Payment, StreamEvent
+from orders.models import Order, Payment, StreamEvent
 from tests.conftest import StartService
 from tests.payments.helpers import events_of
 from tests.reconciler.support import FAST_SCHEDULE, reconciler_for

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 from sqlalchemy import func, select
 
-from server.models import Event, Payment
+from orders.models import Event, Payment
 from tests.conftest import Service
 from tests.support.asserts import assert_error
 from tests.support.clients import auth, order_body, token

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy import insert, select, update
 
-from server.models import Event, Payment, Refund, utcnow
+from orders.models import Event, Payment, Refund, utcnow
 from tests.conftest import Service, StartService
 from tests.payments.helpers import online_order, start_payment, wait_for_payment
 from tests.support.clients import auth, order_body, token

@@ -11,8 +11,8 @@ import httpx
 import pytest
 from sqlalchemy import select
 
+from orders.models import Payment, Refund
 from reconciler.worker import Reconciler
-from server.models import Payment, Refund
 from tests.conftest import Service, StartService
 from tests.payments.helpers import online_order, payment_row, start_payment, wait_for_payment
 from tests.payments.test_money import rows_say

@@ -13,10 +13,10 @@ from sqlalchemy import select
 
 from gateways.sandbox_server import SIGNATURE_HEADER, Chaos
 from gateways.signing import sign
+from orders.metrics import Metrics
+from orders.models import Payment, WebhookReceipt
+from orders.settlement import Settlement
 from server.gatewaying import open_gateways
-from server.metrics import Metrics
-from server.models import Payment, WebhookReceipt
-from server.settlement import Settlement
 from tests.conftest import Service, StartService
 from tests.payments.helpers import (
     events_of,

@@ -6,8 +6,8 @@ from __future__ import annotations
 import asyncio
 
 from gateways.sandbox_server import Chaos
+from orders.hooks import Hooks
 from reconciler.worker import Reconciler
-from server.hooks import Hooks
 from tests.conftest import StartService
 from tests.payments.helpers import (
     events_of,

@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from gateways.signing import sign
-from server.models import Payment
+from orders.models import Payment
 from tests.conftest import Service, StartService
 from tests.payments.helpers import (
     online_order,

@@ -10,11 +10,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from gateways.base import Gateway, PaymentRequest, PaymentStart, PaymentState
+from orders.metrics import Metrics
+from orders.settlement import Settlement
 from reconciler.worker import Reconciler
 from server.gatewaying import open_gateways
-from server.metrics import Metrics
 from server.ratelimit import GatewayRateLimiter
-from server.settlement import Settlement
 from tests.conftest import Service
 
 #: PhonePe's schedule shape, compressed: seconds instead of minutes.

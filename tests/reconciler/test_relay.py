@@ -11,10 +11,10 @@ from websockets.asyncio.client import connect
 
 from channels import Message
 from channels.base import SubscriptionLike
+from orders.models import Event, StreamEvent, utcnow
+from orders.workflow import OrderStatus
 from reconciler.relay import Relay
 from server import protocol
-from server.models import Event, StreamEvent, utcnow
-from server.workflow import OrderStatus
 from tests.conftest import Service
 from tests.support.clients import auth, order_body, recv_events, recv_json, token, until_sentinel
 from tests.support.writes import write_without_publishing

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from channels import Message, create_broker
+from orders.workflow import OrderStatus
+from orders.writes import Actor, Publisher, change_order_status
 from reconciler.relay import Relay
-from server.workflow import OrderStatus
-from server.writes import Actor, Publisher, change_order_status
 from tests.channels.helpers import RedisServer
 from tests.conftest import Backend, StartService, fresh_pg_database
 from tests.reconciler.test_relay_poison import new_order, stragglers, unpublished_ids

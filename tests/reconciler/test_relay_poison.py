@@ -7,9 +7,9 @@ import asyncio
 from sqlalchemy import select, update
 
 from channels import Message
+from orders.models import Event
+from orders.workflow import OrderStatus
 from reconciler.relay import Relay
-from server.models import Event
-from server.workflow import OrderStatus
 from tests.conftest import Service
 from tests.support.clients import auth, order_body, token
 from tests.support.writes import write_without_publishing

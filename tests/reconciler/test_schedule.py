@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from reconciler.schedule import DEFAULT, Phase, Schedule, Step, backoff, wait_after_unavailable
+from orders.schedule import DEFAULT, Phase, Schedule, Step, backoff, wait_after_unavailable
 
 ONE_LINE = "first=20-25 3x30 6x60 10x60 30x60 then=60 timeout=1200 tail=900x3600,3600 horizon=86400"
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from reconciler.schedule import Phase, Schedule, Step
+from orders.schedule import Phase, Schedule, Step
 
 
 def test_a_first_check_at_once_is_allowed() -> None:

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import select
 
 from gateways.sandbox_server import Chaos
-from server.models import Order, Payment, Refund
+from orders.models import Order, Payment, Refund
 from tests.conftest import Service, StartService
 from tests.payments.helpers import (
     events_of,

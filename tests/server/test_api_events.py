@@ -10,7 +10,7 @@ from sqlalchemy import delete, update
 from websockets.asyncio.client import connect
 
 from channels import Message
-from server.models import Stream, StreamEvent
+from orders.models import Stream, StreamEvent
 from tests.conftest import Service, StartService
 from tests.support.asserts import assert_error
 from tests.support.clients import auth, order_body, recv_events, recv_json, token

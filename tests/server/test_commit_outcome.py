@@ -14,8 +14,8 @@ import pytest
 from sqlalchemy import func, select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.hooks import Hooks
-from server.models import Event
+from orders.hooks import Hooks
+from orders.models import Event
 from tests.conftest import PG_DSN, Backend, Service, StartService
 from tests.support.asserts import assert_error
 from tests.support.clients import auth, order_body, token

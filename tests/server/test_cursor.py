@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.cursor import Action, Decision, StreamCursor
+from orders.cursor import Action, Decision, StreamCursor
 
 
 def test_the_next_seq_is_delivered() -> None:

@@ -53,13 +53,13 @@ from websockets.exceptions import ConnectionClosed
 
 from channels import Broker, BrokerError, Gap, create_broker
 from channels.base import SubscriptionLike
+from orders.db import Database
+from orders.metrics import Metrics
+from orders.models import Event, Stream, StreamEvent, utcnow
+from orders.streams import prune
 from reconciler.relay import Relay
 from server.app import create_app
-from server.db import Database
-from server.metrics import Metrics
-from server.models import Event, Stream, StreamEvent, utcnow
 from server.services import Services
-from server.streams import prune
 from tests.conftest import REDIS_URL, Backend, _pg_template, _redis_check, fresh_pg_database
 from tests.support.clients import auth, order_body, token
 from tests.support.servers import Running, serve_in_process

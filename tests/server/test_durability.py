@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from server.db import Database
+from orders.db import Database
 from server.settings import Settings
 
 #: What ``PRAGMA synchronous`` reads back as.

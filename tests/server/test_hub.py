@@ -20,13 +20,13 @@ from websockets.asyncio.client import ClientConnection, connect
 
 from channels import Broker, Message, create_broker
 from channels.base import SubscriptionLike
+from orders.db import Database
+from orders.hooks import Hooks
+from orders.models import Event, Order, StreamEvent
+from orders.workflow import OrderStatus, PaymentMethod
+from orders.writes import Actor, create_order
 from server import protocol
 from server.auth import Principal, Role
-from server.db import Database
-from server.hooks import Hooks
-from server.models import Event, Order, StreamEvent
-from server.workflow import OrderStatus, PaymentMethod
-from server.writes import Actor, create_order
 from tests.conftest import Backend, Service, StartService
 from tests.support.clients import (
     auth,

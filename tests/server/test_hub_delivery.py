@@ -10,10 +10,10 @@ import orjson
 from sqlalchemy import delete
 from websockets.asyncio.client import connect
 
+from orders.models import StreamEvent
+from orders.streams import customer_stream
+from orders.workflow import OrderStatus
 from server import protocol
-from server.models import StreamEvent
-from server.streams import customer_stream
-from server.workflow import OrderStatus
 from tests.conftest import Service, StartService
 from tests.support.clients import auth, order_body, recv_events, recv_json, token
 from tests.support.writes import write_without_publishing

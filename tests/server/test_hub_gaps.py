@@ -10,8 +10,8 @@ from sqlalchemy import delete, text, update
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from server.models import Stream, StreamEvent
-from server.workflow import OrderStatus
+from orders.models import Stream, StreamEvent
+from orders.workflow import OrderStatus
 from tests.conftest import Backend, Service, StartService
 from tests.support.clients import auth, expect_close, order_body, recv_events, recv_json, token
 from tests.support.writes import write_without_publishing

@@ -11,9 +11,9 @@ import orjson
 import pytest
 from sqlalchemy import func, select, update
 
-from server.hooks import Hooks
+from orders.hooks import Hooks
+from orders.models import IdempotencyKey, Order, utcnow
 from server.idempotency import caller_id, request_hash, valid_key
-from server.models import IdempotencyKey, Order, utcnow
 from tests.conftest import Service, StartService
 from tests.support.asserts import assert_error, counts
 from tests.support.clients import auth, order_body, token

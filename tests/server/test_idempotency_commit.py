@@ -11,7 +11,7 @@ import pytest
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.models import Order
+from orders.models import Order
 from tests.conftest import Backend, Service, StartService
 from tests.server.test_commit_outcome import KillBeforeCommit
 from tests.support.asserts import assert_error

@@ -9,8 +9,8 @@ import pytest
 from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 
+from orders.models import Event
 from reconciler.relay import Relay
-from server.models import Event
 from tests.channels.helpers import RedisServer
 from tests.conftest import Backend, Service, StartService
 from tests.support.clients import auth, order_body, recv_events, recv_json, token, until_sentinel

@@ -1,7 +1,7 @@
 """PURE, exhaustive: every (current, observed, evidence) cell of the payment and refund machines.
 
 The expected tables are written out by hand from DESIGN.md §1.5–1.6 and §4, not derived from
-``server.payments``, so a rule changes in both places on purpose.
+``orders.payments``, so a rule changes in both places on purpose.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 from gateways.base import PaymentStatus as Observed
 from gateways.base import RefundStatus as ObservedRefund
-from server.payments import (
+from orders.payments import (
     LIVE,
     PAID,
     UNSUCCESSFUL,
@@ -30,7 +30,7 @@ from server.payments import (
     order_after_payment,
     refunded_status,
 )
-from server.workflow import OrderStatus
+from orders.workflow import OrderStatus
 
 CURRENT = [
     "INITIATED",

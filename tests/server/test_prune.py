@@ -7,8 +7,8 @@ from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
 
-from server.models import Event, Stream, StreamEvent, utcnow
-from server.streams import prune
+from orders.models import Event, Stream, StreamEvent, utcnow
+from orders.streams import prune
 from tests.conftest import Service, StartService
 from tests.support.clients import auth, order_body, token
 

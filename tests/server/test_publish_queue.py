@@ -6,8 +6,8 @@ import asyncio
 from collections.abc import Sequence
 
 from channels import Message
+from orders.hooks import Hooks
 from server import protocol
-from server.hooks import Hooks
 from tests.conftest import StartService
 from tests.support.clients import auth, order_body, token
 

@@ -8,7 +8,7 @@ import pytest
 from sqlalchemy import delete, update
 from websockets.asyncio.client import connect
 
-from server.models import Stream, StreamEvent
+from orders.models import Stream, StreamEvent
 from tests.conftest import Service
 from tests.support.clients import auth, expect_close, order_body, recv_events, recv_json, token
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy import update
 
-from server.models import Order
+from orders.models import Order
 from tests.conftest import Service
 from tests.support.asserts import assert_error, counts
 from tests.support.clients import auth, order_body, token

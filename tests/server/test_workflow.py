@@ -1,7 +1,7 @@
 """PURE, exhaustive: every (status, mover, target) cell of the order workflow.
 
 The expected table is written out here by hand from DESIGN.md §4, not derived from
-``server.workflow.TRANSITIONS``, so a change to the table must be made in both places on purpose.
+``orders.workflow.TRANSITIONS``, so a change to the table must be made in both places on purpose.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from server.workflow import (
+from orders.workflow import (
     RANK,
     TERMINAL,
     Mover,

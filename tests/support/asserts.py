@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import httpx
 from sqlalchemy import func, select
 
-from server.models import Event, Order
+from orders.models import Event, Order
 
 if TYPE_CHECKING:
     from tests.conftest import Service

@@ -16,9 +16,9 @@ from pathlib import Path
 
 import uvicorn
 
+from orders.hooks import Hooks
 from server.__main__ import build_config
 from server.app import create_app
-from server.hooks import Hooks
 from server.logs import configure
 from server.settings import Settings
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from channels import create_broker
-from server.workflow import OrderStatus
-from server.writes import Actor, Publisher, change_order_status
+from orders.workflow import OrderStatus
+from orders.writes import Actor, Publisher, change_order_status
 
 if TYPE_CHECKING:
     from tests.conftest import Service

@@ -23,7 +23,7 @@ from typing import Generic, TypeVar
 
 from gateways.base import PaymentStatus as Observed
 from gateways.base import RefundStatus as ObservedRefund
-from server.workflow import OrderStatus
+from orders.workflow import OrderStatus
 
 
 class PaymentStatus(StrEnum):

@@ -10,7 +10,7 @@ from sqlalchemy import pool
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from server.models import Base
+from orders.models import Base
 
 config = context.config
 target_metadata = Base.metadata

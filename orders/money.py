@@ -24,9 +24,9 @@ from typing import Any
 from sqlalchemy import func, literal, select, union_all
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from server import protocol
-from server.models import payments_table, refunds_table
-from server.payments import LIVE, PAID, RefundStatus
+from orders import documents
+from orders.models import payments_table, refunds_table
+from orders.payments import LIVE, PAID, RefundStatus
 
 #: Order statuses on which nothing is owed any more.
 _CLOSED = frozenset({"CANCELLED", "EXPIRED"})
@@ -121,4 +121,4 @@ async def snapshots(executor: Executor, orders: Iterable[Any]) -> list[dict[str,
     """The order snapshots of ``orders``, each with its ``payment_summary`` from the rows."""
     listed = list(orders)
     found = await summaries(executor, listed)
-    return [protocol.order_snapshot(order, found[order.id]) for order in listed]
+    return [documents.order_snapshot(order, found[order.id]) for order in listed]

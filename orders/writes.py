@@ -26,15 +26,15 @@ from sqlalchemy.ext.asyncio import AsyncSession
 
 from channels import Broker, BrokerError
 from channels.cluster import same_shard
-from server import money, protocol
-from server.auth import Principal, Role
-from server.db import Database
-from server.errors import Conflict, Forbidden, NotFound
-from server.hooks import NO_HOOKS, Hooks
-from server.metrics import Metrics
-from server.models import Order, events_table, orders_table, utcnow
-from server.streams import append_to_streams, streams_of
-from server.workflow import (
+from orders import documents, money
+from orders.actors import Principal, Role
+from orders.db import Database
+from orders.errors import Conflict, Forbidden, NotFound
+from orders.hooks import NO_HOOKS, Hooks
+from orders.metrics import Metrics
+from orders.models import Order, events_table, orders_table, utcnow
+from orders.streams import append_to_streams, streams_of
+from orders.workflow import (
     Mover,
     OrderStatus,
     PaymentMethod,
@@ -84,7 +84,7 @@ class Written:
     """The outcome of a committed change: the order, the event and its deliveries."""
 
     order: dict[str, Any]
-    event: protocol.EventRow
+    event: documents.EventRow
     deliveries: tuple[Delivery, ...]
 
 
@@ -100,7 +100,7 @@ def new_order_id() -> str:
     return "ord_" + secrets.token_hex(12)
 
 
-def visible_to(order: Order | protocol.OrderRow, principal: Principal) -> bool:
+def visible_to(order: Order | documents.OrderRow, principal: Principal) -> bool:
     """Whether ``principal`` may see ``order``: its owner, its store, or an admin."""
     if principal.role is Role.ADMIN:
         return True
@@ -192,7 +192,7 @@ class Publisher:
     async def send(self, deliveries: Sequence[Delivery]) -> None:
         """Hand every delivery to the broker in one go; BrokerError if it cannot take them."""
         await self._broker.publish_many(
-            [(self._prefix + d.stream, protocol.pack(d.seq, d.text)) for d in deliveries]
+            [(self._prefix + d.stream, documents.pack(d.seq, d.text)) for d in deliveries]
         )
 
     async def probe(self, *streams: str) -> bool:
@@ -296,7 +296,7 @@ class Publisher:
 
 async def append_event(
     session: AsyncSession,
-    order: protocol.OrderRow,
+    order: documents.OrderRow,
     *,
     kind: str,
     from_status: str | None,
@@ -305,7 +305,7 @@ async def append_event(
     note: str | None = None,
     extra: dict[str, Any] | None = None,
     payment_summary: dict[str, Any] | None = None,
-) -> tuple[protocol.EventRow, tuple[Delivery, ...]]:
+) -> tuple[documents.EventRow, tuple[Delivery, ...]]:
     """Inside the caller's transaction: log an event and give it the next seq of each stream.
 
     ``extra`` adds fields to the event's data (a ``payment.status`` event carries its payment).
@@ -315,12 +315,12 @@ async def append_event(
     conn = await session.connection()
     if payment_summary is None:
         payment_summary = await money.summary_of(conn, order)
-    data: dict[str, Any] = {"order": protocol.order_snapshot(order, payment_summary)}
+    data: dict[str, Any] = {"order": documents.order_snapshot(order, payment_summary)}
     if note is not None:
         data["note"] = note
     if extra:
         data.update(extra)
-    draft = protocol.EventRow(
+    draft = documents.EventRow(
         id=0,
         order_id=order.id,
         kind=kind,
@@ -337,7 +337,7 @@ async def append_event(
     event = dataclasses.replace(draft, id=int(event_id))
     seqs = await append_to_streams(session, streams_of(order), event.id)
     deliveries = tuple(
-        Delivery(stream, seq, protocol.dumps(protocol.event_payload(stream, seq, event)))
+        Delivery(stream, seq, documents.dumps(documents.event_payload(stream, seq, event)))
         for stream, seq in seqs
     )
     return event, deliveries
@@ -359,7 +359,7 @@ async def create_order(
     """Create an order in its initial status and log that as its first event."""
     now = utcnow()
     status = initial_status(payment_method)
-    order = protocol.OrderRow(
+    order = documents.OrderRow(
         id=new_order_id(),
         customer_id=customer_id,
         store_id=store_id,
@@ -416,7 +416,7 @@ async def change_order_status(
         row = (await conn.execute(_LOCK_ORDER, {"order_id": order_id})).first()
         if row is None:
             raise NotFound("no such order")
-        current_order = protocol.OrderRow(**row._mapping)
+        current_order = documents.OrderRow(**row._mapping)
         if actor.principal and not visible_to(current_order, actor.principal):
             raise NotFound("no such order")
         current = parse_status(current_order.status)
@@ -487,7 +487,7 @@ _INSERT_ORDER = insert(orders_table)
 _INSERT_EVENT = insert(events_table).returning(events_table.c.id)
 
 
-def _shallow_fields(row: protocol.OrderRow | protocol.EventRow) -> dict[str, Any]:
+def _shallow_fields(row: documents.OrderRow | documents.EventRow) -> dict[str, Any]:
     # dataclasses.asdict deep-copies nested JSON; the statement only needs references.
     return {f.name: getattr(row, f.name) for f in dataclasses.fields(row)}
 

@@ -26,12 +26,12 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from gateways.base import GatewayRejected, GatewayUnavailable, RefundRequest, RefundState
 from gateways.base import RefundStatus as Observed
-from server import money, protocol
-from server.auth import Role
-from server.errors import Conflict, NotFound, Unprocessable
-from server.models import orders_table, payments_table, refunds_table, utcnow
-from server.payments import PAID, RefundStatus, refunded_status
-from server.settlement import (
+from orders import documents, money
+from orders.actors import Role
+from orders.errors import Conflict, Invalid, NotFound
+from orders.models import orders_table, payments_table, refunds_table, utcnow
+from orders.payments import PAID, RefundStatus, refunded_status
+from orders.settlement import (
     _LOCK_ORDER,
     _UPDATE_ORDER,
     MANUAL_GATEWAY,
@@ -40,7 +40,7 @@ from server.settlement import (
     _order_values,
     payment_view,
 )
-from server.writes import ORDER_ID, Actor, Delivery, append_event, visible_to
+from orders.writes import ORDER_ID, Actor, Delivery, append_event, visible_to
 
 logger = logging.getLogger(__name__)
 
@@ -66,8 +66,8 @@ def refund_view(row: Any) -> dict[str, Any]:
         "status": row.status,
         "reason": row.reason,
         "gateway_ref": row.gateway_ref,
-        "created_at": protocol.iso(row.created_at),
-        "updated_at": protocol.iso(row.updated_at),
+        "created_at": documents.iso(row.created_at),
+        "updated_at": documents.iso(row.updated_at),
     }
 
 
@@ -130,7 +130,7 @@ class Refunds:
                 raise Conflict("nothing of this order is left to refund", code="nothing_to_refund")
             wanted = refundable if amount is None else amount
             if wanted > refundable:
-                raise Unprocessable(
+                raise Invalid(
                     f"amount {wanted} is more than the {refundable} that may be refunded",
                     field="amount",
                     refundable=refundable,
@@ -177,7 +177,7 @@ class Refunds:
                 fresh = (await session.execute(select_order(order_id))).one()
                 summary = await money.summary_of(session, fresh)
                 order = _order_row(fresh._mapping)
-        return Requested(views, protocol.order_snapshot(order, summary))
+        return Requested(views, documents.order_snapshot(order, summary))
 
     async def retry_due(self, *, older_than: float = 30.0, batch: int = 100) -> int:
         """Reconciler pass: re-send REQUESTED gateway refunds (our id makes it idempotent) and
@@ -305,13 +305,13 @@ class Refunds:
         self,
         session: AsyncSession,
         conn: AsyncConnection,
-        order: protocol.OrderRow,
+        order: documents.OrderRow,
         refund_id: str,
         from_status: str | None,
         actor: Actor,
         deliveries: list[Delivery],
         event_ids: list[int],
-    ) -> protocol.OrderRow:
+    ) -> documents.OrderRow:
         """The refund's event, and its payment's status from the SUCCEEDED refund rows."""
         refund = (await _refunds(conn, [refund_id]))[0]
         now = utcnow()

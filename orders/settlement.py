@@ -51,14 +51,13 @@ from gateways.base import (
     WebhookEvent,
 )
 from gateways.base import PaymentStatus as Observed
-from reconciler.schedule import Schedule, wait_after_unavailable
-from server import money, protocol
-from server.auth import Role
-from server.db import Database
-from server.errors import ApiError, Conflict, NotFound, Unprocessable
-from server.hooks import NO_HOOKS, Hooks
-from server.metrics import Metrics
-from server.models import (
+from orders import documents, money
+from orders.actors import Role
+from orders.db import Database
+from orders.errors import Conflict, GatewayRefused, GatewayUnreachable, Invalid, NotFound
+from orders.hooks import NO_HOOKS, Hooks
+from orders.metrics import Metrics
+from orders.models import (
     events_table,
     orders_table,
     payments_table,
@@ -66,7 +65,7 @@ from server.models import (
     utcnow,
     webhook_receipts_table,
 )
-from server.payments import (
+from orders.payments import (
     LIVE,
     PAID,
     UNSUCCESSFUL,
@@ -80,8 +79,9 @@ from server.payments import (
     late_success_needs_refund,
     order_after_payment,
 )
-from server.workflow import Mover, OrderStatus, PaymentMethod, can_move
-from server.writes import (
+from orders.schedule import Schedule, wait_after_unavailable
+from orders.workflow import Mover, OrderStatus, PaymentMethod, can_move
+from orders.writes import (
     ORDER_ID,
     ORDER_STATUS,
     Actor,
@@ -98,18 +98,6 @@ PAYMENT_STATUS = "payment.status"
 PAYMENT_OBSERVATION = "payment.observation"
 
 P = PaymentStatus
-
-
-class GatewayFailed(ApiError):
-    """The gateway refused to start the payment (it is FAILED; the customer may retry)."""
-
-    status, code = 502, "gateway_rejected"
-
-
-class GatewayDown(ApiError):
-    """The gateway could not answer; the attempt is kept and the reconciler retries it."""
-
-    status, code = 503, "gateway_unavailable"
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,10 +155,10 @@ def payment_view(row: Any) -> dict[str, Any]:
         "status": row.status,
         "redirect_url": row.redirect_url,
         "attempts": row.attempts,
-        "last_checked_at": protocol.iso(row.last_checked_at),
-        "next_check_at": protocol.iso(row.next_check_at),
-        "created_at": protocol.iso(row.created_at),
-        "settled_at": protocol.iso(row.settled_at),
+        "last_checked_at": documents.iso(row.last_checked_at),
+        "next_check_at": documents.iso(row.next_check_at),
+        "created_at": documents.iso(row.created_at),
+        "settled_at": documents.iso(row.settled_at),
     }
     if row.gateway == MANUAL_GATEWAY:
         # Who took it, how, and the slip or transfer reference: the audit of a manual payment.
@@ -181,9 +169,9 @@ def payment_view(row: Any) -> dict[str, Any]:
     return view
 
 
-def _order_row(mapping: Any) -> protocol.OrderRow:
-    return protocol.OrderRow(
-        **{f.name: mapping[f.name] for f in dataclasses.fields(protocol.OrderRow)}
+def _order_row(mapping: Any) -> documents.OrderRow:
+    return documents.OrderRow(
+        **{f.name: mapping[f.name] for f in dataclasses.fields(documents.OrderRow)}
     )
 
 
@@ -251,7 +239,7 @@ class Settlement:
         """
         gateway = self.gateways.get(gateway_name)
         if gateway is None:
-            raise Unprocessable(
+            raise Invalid(
                 f"gateway {gateway_name!r} is not offered here",
                 field="gateway",
                 offered=sorted(self.gateways),
@@ -288,7 +276,7 @@ class Settlement:
             outstanding = order.amount - paid
             wanted = outstanding if amount is None else amount
             if wanted > outstanding:
-                raise Unprocessable(
+                raise Invalid(
                     f"amount {wanted} is more than the {outstanding} outstanding",
                     field="amount",
                     outstanding=outstanding,
@@ -363,14 +351,14 @@ class Settlement:
             started = await gateway.start_payment(request)
         except GatewayUnavailable as exc:
             await self._record_unavailable(payment_id, gateway_name, str(exc), exc.retry_after)
-            raise GatewayDown(
+            raise GatewayUnreachable(
                 "the gateway could not start the payment now; try again",
                 payment_id=payment_id,
                 retry_after=exc.retry_after,
             ) from None
         except GatewayRejected as exc:
             applied = await self._reject_start(payment_id, gateway_name, exc)
-            raise GatewayFailed(
+            raise GatewayRefused(
                 f"the gateway refused the payment: {exc}",
                 payment=applied.payment if applied else None,
             ) from None
@@ -419,7 +407,7 @@ class Settlement:
             sums = (await money.load_sums(conn, [order_id])).get(order_id, money.Sums())
             outstanding = max(order.amount - sums.paid, 0)
             if amount > outstanding:
-                raise Unprocessable(
+                raise Invalid(
                     f"amount {amount} is more than the {outstanding} outstanding",
                     field="amount",
                     outstanding=outstanding,
@@ -510,7 +498,7 @@ class Settlement:
         )
         return Applied(
             payment=view,
-            order=protocol.order_snapshot(order, payment_summary),
+            order=documents.order_snapshot(order, payment_summary),
             decision=None,
             changed=True,
         )
@@ -767,7 +755,7 @@ class Settlement:
             await self.publisher.publish(deliveries, event_ids)
         return Applied(
             payment=view,
-            order=protocol.order_snapshot(order, payment_summary),
+            order=documents.order_snapshot(order, payment_summary),
             decision=decision,
             changed=refused is None and decision.changes,
             refused=refused,
@@ -1198,7 +1186,7 @@ _UPDATE_ORDER = (
 )
 
 
-def _order_values(order: protocol.OrderRow) -> dict[str, Any]:
+def _order_values(order: documents.OrderRow) -> dict[str, Any]:
     return {
         "order_id": order.id,
         "status": order.status,

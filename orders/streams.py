@@ -11,10 +11,10 @@ from sqlalchemy import TextClause, delete, func, select, text, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
 
-from server.db import Database
-from server.models import Event, Order, Stream, StreamEvent
-from server.protocol import OrderRow
-from server.workflow import TERMINAL
+from orders.db import Database
+from orders.documents import OrderRow
+from orders.models import Event, Order, Stream, StreamEvent
+from orders.workflow import TERMINAL
 
 
 def customer_stream(customer_id: str) -> str:

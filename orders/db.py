@@ -27,7 +27,7 @@ from sqlalchemy.ext.asyncio import (
     create_async_engine,
 )
 
-from server.hooks import NO_HOOKS, Hooks
+from orders.hooks import NO_HOOKS, Hooks
 
 logger = logging.getLogger(__name__)
 
