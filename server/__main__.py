@@ -11,7 +11,7 @@ import uvicorn
 from server.app import BackgroundJob, create_app
 from server.logs import configure, uvicorn_log_config
 from server.services import Services
-from server.settings import Settings
+from server.settings import WS_IMPLEMENTATIONS, Settings
 
 logger = logging.getLogger("server")
 
@@ -58,7 +58,7 @@ def build_config(settings: Settings) -> uvicorn.Config:
         create_app(settings, background=background),
         host=settings.host,
         port=settings.port,
-        ws=settings.ws_impl,
+        ws=WS_IMPLEMENTATIONS[settings.ws_impl],
         ws_ping_interval=settings.ws_ping_interval,
         ws_ping_timeout=settings.ws_ping_timeout,
         ws_max_size=settings.ws_max_message_bytes,

@@ -21,6 +21,14 @@ from orders.schedule import Schedule
 T = TypeVar("T")
 
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///./.data/orderstatus.db"
+#: WS_IMPL's values and what uvicorn is given for each (its ``ws=``: a name or an import string).
+WS_IMPLEMENTATIONS = {
+    "lean": "server.wsproto_lean:LeanWebSocketProtocol",
+    "auto": "auto",
+    "websockets": "websockets",
+    "websockets-sansio": "websockets-sansio",
+    "wsproto": "wsproto",
+}
 _JWT_ALGORITHMS = {"HS256", "HS384", "HS512", "RS256", "RS384", "RS512", "ES256", "ES384", "ES512"}
 
 
@@ -52,7 +60,7 @@ class Settings:
     ws_auth_timeout: float = 5.0
     ws_ping_interval: float = 20.0
     ws_ping_timeout: float = 20.0
-    ws_impl: str = "websockets-sansio"
+    ws_impl: str = "lean"
     ws_per_message_deflate: bool = False
     hub_poll_interval: float = 1.0
     hub_safety_poll_interval: float = 30.0
@@ -250,9 +258,9 @@ class Settings:
                 f"SQLITE_SYNCHRONOUS: expected FULL or NORMAL, got {self.sqlite_synchronous!r}"
             )
         self.gateways_config()  # half-configured gateways name their variables
-        if self.ws_impl not in {"websockets", "websockets-sansio", "wsproto"}:
+        if self.ws_impl not in WS_IMPLEMENTATIONS:
             raise ValueError(
-                f"WS_IMPL: expected websockets, websockets-sansio or wsproto, got {self.ws_impl!r}"
+                f"WS_IMPL: expected {', '.join(WS_IMPLEMENTATIONS)}, got {self.ws_impl!r}"
             )
         return self
 

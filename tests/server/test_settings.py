@@ -297,7 +297,7 @@ def test_a_bad_log_format_names_the_variable(raw: str) -> None:
 
 def test_a_bad_ws_implementation_names_the_variable() -> None:
     with pytest.raises(
-        ValueError, match=r"^WS_IMPL: expected websockets, websockets-sansio or wsproto"
+        ValueError, match=r"^WS_IMPL: expected lean, auto, websockets, websockets-sansio, wsproto, got 'aiohttp'"
     ):
         Settings.from_environ({"WS_IMPL": "aiohttp"})
 

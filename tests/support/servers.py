@@ -18,6 +18,8 @@ import httpx
 import uvicorn
 from starlette.applications import Starlette
 
+from server.settings import WS_IMPLEMENTATIONS, Settings
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -48,7 +50,8 @@ async def serve_in_process(app: Starlette, **config: object) -> AsyncIterator[Ru
     options: dict[str, object] = {
         "lifespan": "on",
         "log_level": "warning",
-        "ws": "websockets-sansio",
+        # WS_IMPL in the test run's environment picks another implementation, as for a server.
+        "ws": WS_IMPLEMENTATIONS[os.environ.get("WS_IMPL", Settings().ws_impl)],
         "ws_ping_interval": 20.0,
         "timeout_graceful_shutdown": 5,
     }
