@@ -5,10 +5,11 @@
 Runs the server (PostgreSQL + Redis, as the other benchmarks) under tracemalloc, connects
 ``--customers`` idle customers, and compares a snapshot taken before with one taken after:
 Python-heap bytes per connection by allocating line, and gc-tracked objects per connection by
-type. RSS per connection is printed too, but tracemalloc's own bookkeeping inflates it: take
-RSS figures from ``bench.fanout`` instead. The server process runs this module with
-``--serve``: it starts tracemalloc, then ``python -m server``; SIGUSR1 makes it write a
-snapshot and an object census to ``BENCH_MEMPROFILE_DIR``.
+type. RSS per connection is printed too, but tracemalloc's own bookkeeping inflates it: for RSS
+run with ``--rss-only`` (tracemalloc off; the object census still runs), or take it from
+``bench.fanout``. ``WS_IMPL`` in the environment picks the server's WebSocket implementation.
+The server process runs this module with ``--serve``: it starts tracemalloc, then
+``python -m server``; SIGUSR1 makes it write a snapshot and an object census to ``BENCH_MEMPROFILE_DIR``.
 """
 
 from __future__ import annotations
@@ -31,7 +32,9 @@ from bench import common
 
 def _serve() -> None:
     """The server side: tracemalloc on, a SIGUSR1 handler, then the real server."""
-    tracemalloc.start(int(os.environ.get("BENCH_TRACEMALLOC_FRAMES", "1")))
+    frames = int(os.environ.get("BENCH_TRACEMALLOC_FRAMES", "1"))
+    if frames > 0:
+        tracemalloc.start(frames)
     out = Path(os.environ["BENCH_MEMPROFILE_DIR"])
     taken = 0
 
@@ -42,7 +45,8 @@ def _serve() -> None:
         frozen = gc.get_freeze_count()
         gc.unfreeze()
         gc.collect()
-        tracemalloc.take_snapshot().dump(str(out / f"snap{taken}.bin"))
+        if tracemalloc.is_tracing():
+            tracemalloc.take_snapshot().dump(str(out / f"snap{taken}.bin"))
         census = Counter(f"{type(o).__module__}.{type(o).__qualname__}" for o in gc.get_objects())
         census["(frozen by the server before the census)"] = frozen
         if frozen:
@@ -72,7 +76,11 @@ async def _bench(args: argparse.Namespace, server: common.ServerProcess) -> dict
     for old in out.iterdir():
         old.unlink()
     database_url = await common.recreate_database(args.database)
-    server.env = common.server_env(database_url, BENCH_MEMPROFILE_DIR=str(out))
+    server.env = common.server_env(
+        database_url,
+        BENCH_MEMPROFILE_DIR=str(out),
+        BENCH_TRACEMALLOC_FRAMES="0" if args.rss_only else "1",
+    )
     server.start()
     await server.wait_ready()
     # A few connections first, so one-off costs (pools, caches, code paths) are in the baseline.
@@ -94,10 +102,13 @@ async def _bench(args: argparse.Namespace, server: common.ServerProcess) -> dict
     await _take(server, out, 1)
     n = len(clients)
 
-    before = tracemalloc.Snapshot.load(str(out / "snap0.bin"))
-    after = tracemalloc.Snapshot.load(str(out / "snap1.bin"))
-    by_line = after.compare_to(before, "lineno")
-    by_file = after.compare_to(before, "filename")
+    by_line: list[tracemalloc.StatisticDiff] = []
+    by_file: list[tracemalloc.StatisticDiff] = []
+    if not args.rss_only:
+        before = tracemalloc.Snapshot.load(str(out / "snap0.bin"))
+        after = tracemalloc.Snapshot.load(str(out / "snap1.bin"))
+        by_line = after.compare_to(before, "lineno")
+        by_file = after.compare_to(before, "filename")
     heap = sum(s.size_diff for s in by_line)
     types0: dict[str, int] = json.loads((out / "types0.json").read_text())
     types1: dict[str, int] = json.loads((out / "types1.json").read_text())
@@ -153,6 +164,11 @@ def main() -> None:
     parser.add_argument("--loadgen-cpu", default="1")
     parser.add_argument("--database", default="orderstatus_bench")
     parser.add_argument("--json", help="also write the results here")
+    parser.add_argument(
+        "--rss-only",
+        action="store_true",
+        help="tracemalloc off: true RSS per connection and the object census, no heap by line",
+    )
     args = parser.parse_args()
     if args.serve or os.environ.get("BENCH_MEMPROFILE_DIR"):
         _serve()
@@ -162,16 +178,18 @@ def main() -> None:
     common.pin(args.loadgen_cpu)
     server = common.ServerProcess(env={}, cpu=args.server_cpu, module="bench.memprofile")
     version = common.code_version()
-    print(f"code under test: {version}", flush=True)
+    print(f"code under test: {version}, WS_IMPL={os.environ.get('WS_IMPL', 'default')}", flush=True)
     try:
         result = common.run(_bench(args, server))
     finally:
         server.stop()
     result["code"] = version
+    result["ws_impl"] = os.environ.get("WS_IMPL", "default")
     n = result["connections"]
     print(
         f"{n:,} idle connections: {result['rss_per_connection_bytes'] / 1024:.1f} KiB RSS each"
-        f" (inflated by tracemalloc), {result['heap_per_connection_bytes'] / 1024:.1f} KiB of"
+        f"{'' if args.rss_only else ' (inflated by tracemalloc)'},"
+        f" {result['heap_per_connection_bytes'] / 1024:.1f} KiB of"
         f" Python heap each, {result['gc_objects_per_connection']:.0f} gc-tracked objects each"
         f" ({result['gc_objects_total']:,} in the process; the server had frozen"
         f" {result['frozen_per_connection']:.0f} per connection by the time of the census)"

@@ -33,7 +33,14 @@ from typing import Any, cast
 from urllib.parse import unquote
 
 from uvicorn.config import Config
-from uvicorn.protocols.utils import ClientDisconnected, get_local_addr, get_remote_addr, is_ssl
+from uvicorn.protocols.utils import (
+    ClientDisconnected,
+    get_client_addr,
+    get_local_addr,
+    get_path_with_query_string,
+    get_remote_addr,
+    is_ssl,
+)
 from uvicorn.server import ServerState
 from websockets.datastructures import Headers
 from websockets.exceptions import InvalidState
@@ -615,10 +622,13 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         if scope is None:
             return
         self._scope = None
-        client = scope["client"]
-        path = scope["path"]
-        peer = f"{client[0]}:{client[1]}" if client else ""
-        logger.info('%s - "WebSocket %s" %s', peer, path, outcome)
+        # uvicorn's own line: the query string too (server/logs.py redacts tokens in it).
+        logger.info(
+            '%s - "WebSocket %s" %s',
+            get_client_addr(scope),  # type: ignore[arg-type]
+            get_path_with_query_string(scope),  # type: ignore[arg-type]
+            outcome,
+        )
 
     # -- outgoing ------------------------------------------------------------------------
 
