@@ -9,7 +9,8 @@ type. RSS per connection is printed too, but tracemalloc's own bookkeeping infla
 run with ``--rss-only`` (tracemalloc off; the object census still runs), or take it from
 ``bench.fanout``. ``WS_IMPL`` in the environment picks the server's WebSocket implementation.
 The server process runs this module with ``--serve``: it starts tracemalloc, then
-``python -m server``; SIGUSR1 makes it write a snapshot and an object census to ``BENCH_MEMPROFILE_DIR``.
+``python -m server``; SIGUSR1 makes it write a snapshot and an object census to
+``BENCH_MEMPROFILE_DIR``.
 """
 
 from __future__ import annotations
