@@ -48,6 +48,7 @@ from websockets.extensions.base import ServerExtensionFactory
 from websockets.extensions.permessage_deflate import ServerPerMessageDeflateFactory
 from websockets.frames import Frame, Opcode
 from websockets.http11 import Request, Response
+from websockets.protocol import Protocol
 from websockets.server import ServerProtocol
 
 Message = dict[str, Any]
@@ -160,6 +161,7 @@ class _Shared:
         "extensions",
         "wheel",
         "log_access",
+        "server",
     )
 
     def __init__(
@@ -195,6 +197,7 @@ class _Shared:
         spans = [CLOSE_TIMEOUT, *(s for s in (self.ping_interval, self.ping_timeout) if s)]
         self.wheel = _Wheel(self.loop, max(0.005, min(1.0, min(spans) / 4)))
         self.log_access = logger.isEnabledFor(logging.INFO)
+        self.server: tuple[str, int | None] | None = None
 
 
 _shared_by_server: weakref.WeakKeyDictionary[ServerState, _Shared] = weakref.WeakKeyDictionary()
@@ -354,8 +357,20 @@ class LeanWebSocketProtocol(asyncio.Protocol):
             self._close_transport()
             return
         self._response = response
+        if not ws.reader.buffer:
+            # ServerProtocol.parse() holds the handshake Request (and its Headers) in its
+            # generator frame for the socket's life; go on with the frame parser it delegates
+            # to. (Safe while it waits for a first byte; a client that sent frames before
+            # the 101 keeps the original.)
+            ws.parser = Protocol.parse(ws)
+            next(ws.parser)
         shared = self._shared
         transport = self._transport
+        server = get_local_addr(transport)
+        if server == shared.server:
+            server = shared.server  # one tuple for every socket of the listener
+        else:
+            shared.server = server
         raw_path, _, query = request.path.partition("?")
         headers: list[tuple[bytes, bytes]] = []
         subprotocols: list[str] = []
@@ -382,7 +397,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
             "asgi": shared.asgi,
             "http_version": "1.1",
             "scheme": "wss" if is_ssl(transport) else "ws",
-            "server": get_local_addr(transport),
+            "server": server,
             "client": get_remote_addr(transport),
             "root_path": root,
             "path": root + unquote(raw_path),
