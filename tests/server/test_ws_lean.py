@@ -204,6 +204,8 @@ async def test_the_handshake_negotiates_the_subprotocol_and_sends_the_apps_heade
             # The handshake's request and 101 response are not kept for the socket's life.
             (proto,) = protocols(running)
             assert proto._response is None and proto._scope is None
+            frame = proto._ws.parser.gi_frame
+            assert frame is not None and "request" not in frame.f_locals
 
 
 async def test_a_denial_response_is_sent_as_http_and_nothing_is_left() -> None:
