@@ -250,7 +250,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         # Until the handshake is answered: the scope (for the access log) and the 101 to send.
         self._scope: Message | None = None
         self._response: Response | None = None
-        # Events the app has not asked for yet; None until the first one has to wait.
+        # Events the app has not asked for yet; None whenever there are none.
         self._inbox: collections.deque[Message] | None = None
         # The app waiting in receive() (the only future an idle connection holds).
         self._receiver: asyncio.Future[Message] | None = None
@@ -512,6 +512,10 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         inbox = self._inbox
         if inbox:
             event = inbox.popleft()
+            if not inbox:
+                # A deque is a 760-byte block: an idle socket keeps none (the connect event
+                # alone, which no app waits for yet, would leave one behind).
+                self._inbox = None
             if self._paused_reading and len(inbox) < self._shared.max_queue:
                 self._paused_reading = False
                 if self._state < _CLOSED:
