@@ -86,7 +86,7 @@ class GatewayRateLimiter:
         else:
             for gateway in self._rates:
                 self._stores[gateway] = InMemoryStateStore()
-        # One waiter per gateway per process asks the shared store at a time; the others queue
+        # One waiter per gateway per process polls the shared store at a time; the others queue
         # here, so waiting costs one Redis call per slot and process, not one per waiter.
         self._turns = {gateway: asyncio.Lock() for gateway in self._rates}
         self._metrics = metrics
@@ -108,21 +108,19 @@ class GatewayRateLimiter:
         if rates is None:
             return True
         turn = self._turns[gateway]
-        if not wait and turn.locked():
-            # Others are already queued for the next slots: there is none to take now.
-            self._metrics.rate_limit_waits.labels(gateway=gateway).inc()
+        # Nobody queued here: take a free slot straight away (concurrent takers are fine, the
+        # store is atomic). With a queue, a newcomer goes to its back instead of stealing.
+        if not turn.locked() and await self._try(gateway, rates) is None:
+            return True
+        self._metrics.rate_limit_waits.labels(gateway=gateway).inc()
+        if not wait:
             return False
         async with turn:
-            waited = False
             while True:
                 retry_ms = await self._try(gateway, rates)
                 if retry_ms is None:
                     return True
-                if not waited:
-                    self._metrics.rate_limit_waits.labels(gateway=gateway).inc()
-                    waited = True
-                if not wait:
-                    return False
+                # The store names the moment the next slot opens: sleep until then.
                 await asyncio.sleep(max(retry_ms, 1) / 1000)
 
     async def _try(self, gateway: str, rates: list[Rate]) -> int | None:
