@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import bisect
 import contextlib
 import secrets
 import time
@@ -16,6 +15,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from bench.sandbox import max_in_window
 from orders.metrics import Metrics
 from server.ratelimit import GatewayRate, GatewayRateLimiter, parse_rate
 from tests.conftest import REDIS_URL, _redis_check
@@ -23,13 +23,6 @@ from tests.support.servers import serve_in_process
 
 RATE = 50
 SECONDS = 3.0
-
-
-def max_in_window(times: list[float], window: float = 1.0) -> int:
-    """The most of ``times`` (sorted) inside any half-open window [t, t + window)."""
-    return max(
-        (bisect.bisect_left(times, t + window, lo=i) - i for i, t in enumerate(times)), default=0
-    )
 
 
 @contextlib.asynccontextmanager
