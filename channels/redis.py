@@ -66,8 +66,6 @@ class RedisBroker:
         self._reconnecting: Reconnecting[Session] = Reconnecting(
             reconnect_delay=reconnect_delay,
             max_reconnect_delay=max_reconnect_delay,
-            lost="redis pub/sub connection lost",
-            failed="redis pub/sub connect failed",
         )
         if client is None:
             assert url is not None
@@ -137,6 +135,8 @@ class RedisBroker:
                 self._open_session,
                 self._serve,
                 self._end,
+                lost="redis pub/sub connection lost",
+                failed="redis pub/sub connect failed",
                 first=Session(conn) if conn is not None else None,
                 # connect() just tried (and logged why it failed): the next try after a pause.
                 open_first=False,

@@ -141,16 +141,12 @@ class Reconnecting(Generic[S]):
         *,
         reconnect_delay: float,
         max_reconnect_delay: float,
-        lost: str,
-        failed: str,
         on_down: Callable[[], None] = lambda: None,
     ) -> None:
         if not 0 < reconnect_delay <= max_reconnect_delay:
             raise ValueError("need 0 < reconnect_delay <= max_reconnect_delay")
         self._reconnect_delay = reconnect_delay
         self._max_reconnect_delay = max_reconnect_delay
-        self._lost = lost
-        self._failed = failed
         self._on_down = on_down
 
     def pause(self, delay: float) -> float:
@@ -163,14 +159,18 @@ class Reconnecting(Generic[S]):
         serve: Callable[[S], Awaitable[None]],
         end: Callable[[S], Awaitable[None]],
         *,
+        lost: str,
+        failed: str,
         first: S | None = None,
         open_first: bool = True,
     ) -> None:
         """Open, ``serve`` until it raises, ``end``; pause; again — until cancelled.
 
-        ``first`` is a session already open; without one, ``open_first`` says whether to open
-        at once or only after the first pause (the caller's own attempt just failed). A session
-        that got ``established`` resets the backoff; ``on_down`` runs after each failure.
+        ``lost`` and ``failed`` open the log lines of a session that broke and of a connect
+        that failed. ``first`` is a session already open; without one, ``open_first`` says
+        whether to open at once or only after the first pause (the caller's own attempt just
+        failed). A session that got ``established`` resets the backoff; ``on_down`` runs after
+        each failure.
         """
         session = first
         delay = self._reconnect_delay
@@ -183,7 +183,7 @@ class Reconnecting(Generic[S]):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    failure = (self._failed, exc)
+                    failure = (failed, exc)
             wait_first = False
             if session is not None:
                 try:
@@ -191,7 +191,7 @@ class Reconnecting(Generic[S]):
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:
-                    failure = (self._lost, exc)
+                    failure = (lost, exc)
                 finally:
                     await end(session)
                 if session.established:
