@@ -4,6 +4,7 @@
  * input), formatting, demo sign-in, the connection indicator and the error banner.
  */
 
+import { formatMinor } from "./money.js";
 import { ApiError, apiRequest } from "./orderstatus.js";
 
 /** The demo's stores (any store id works on the server; these are the ones the pages offer). */
@@ -74,15 +75,12 @@ export function $(id) {
 }
 
 /**
+ * An amount in the currency's minor units, for people (its own number of decimals: money.js).
  * @param {number} minor
  * @param {string} currency
  */
 export function formatMoney(minor, currency) {
-  try {
-    return new Intl.NumberFormat("en-IN", { style: "currency", currency }).format(minor / 100);
-  } catch {
-    return `${(minor / 100).toFixed(2)} ${currency}`;
-  }
+  return formatMinor(minor, currency);
 }
 
 /** "#9F3A1C" from "ord_9f3a1c…": short enough to read out, long enough to tell apart. */
