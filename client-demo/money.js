@@ -96,3 +96,68 @@ export function parseAmount(text, currency) {
   if (minor <= 0) return { ok: false, error: "The amount must be more than zero" };
   return { ok: true, minor };
 }
+
+/** @type {Record<string, string>} how a manual payment's method reads in a sentence */
+export const METHOD_LABELS = Object.freeze({
+  cash: "cash",
+  card_terminal: "the card terminal",
+  bank_transfer: "bank transfer",
+  other: "another way",
+});
+
+/**
+ * The confirmation sentence of recording a manual payment (what will happen, in full).
+ * @param {{orderLabel: string, amount: number, outstanding: number, currency: string, method: string, reference?: string|null}} what
+ * @returns {{question: string, detail: string}}
+ */
+export function describeManualPayment({ orderLabel, amount, outstanding, currency, method, reference }) {
+  const left = Math.max(outstanding - amount, 0);
+  const via = METHOD_LABELS[/** @type {keyof typeof METHOD_LABELS} */ (method)] ?? method;
+  return {
+    question: `Record ${formatMinor(amount, currency)} of ${formatMinor(outstanding, currency)} outstanding, paid by ${via}, for order ${orderLabel}?`,
+    detail:
+      (left ? `${formatMinor(left, currency)} will still be owed.` : "The order will be fully paid.") +
+      (reference ? ` Reference: ${reference}.` : "") +
+      " It is recorded as paid at once, in your terminal's name.",
+  };
+}
+
+/**
+ * Where a refund goes: the order's paid payments, newest first (the order the server spreads
+ * a refund in); a manual one is handed back at the counter, a gateway one is sent to it.
+ * @param {Array<{gateway: string, status: string, method?: string|null, created_at?: string|null}>} payments
+ * @returns {{to: string, how: string}}
+ */
+export function refundDestination(payments) {
+  const paid = payments
+    .filter((p) => p.status === "COMPLETED" || p.status === "PARTIALLY_REFUNDED")
+    .sort((a, b) => String(b.created_at ?? "").localeCompare(String(a.created_at ?? "")));
+  const names = [];
+  let manual = false;
+  let sent = false;
+  for (const p of paid) {
+    const name = p.gateway === "manual" ? (METHOD_LABELS[/** @type {keyof typeof METHOD_LABELS} */ (p.method ?? "other")] ?? p.method ?? "another way") : `the customer's ${p.gateway} payment`;
+    if (p.gateway === "manual") manual = true;
+    else sent = true;
+    if (!names.includes(name)) names.push(name);
+  }
+  if (!names.length) return { to: "the order's payments", how: "" };
+  const hows = [];
+  if (manual) hows.push("Hand the money back at the counter: a payment taken in person is refunded in person, and recorded as refunded at once.");
+  if (sent) hows.push("The gateway is asked to refund it; the customer sees it settle when the gateway confirms.");
+  return { to: names.length === 1 ? names[0] : `${names.slice(0, -1).join(", ")} and ${names[names.length - 1]} (newest first)`, how: hows.join(" ") };
+}
+
+/**
+ * The confirmation sentence of a refund: "Refund ₹12.50 of ₹40.00 to cash?".
+ * @param {{orderLabel: string, amount: number, refundable: number, currency: string, reason: string, payments: Parameters<typeof refundDestination>[0]}} what
+ * @returns {{question: string, detail: string}}
+ */
+export function describeRefund({ orderLabel, amount, refundable, currency, reason, payments }) {
+  const { to, how } = refundDestination(payments);
+  const part = amount >= refundable ? "the full" : "part of the";
+  return {
+    question: `Refund ${formatMinor(amount, currency)} of ${formatMinor(refundable, currency)} to ${to}?`,
+    detail: `${part[0].toUpperCase()}${part.slice(1)} refundable amount of order ${orderLabel}, because: “${reason}”. ${how}`.trim(),
+  };
+}

@@ -7,7 +7,7 @@ import { dirname, join, resolve } from "node:path";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { ISO_EXPONENTS, currencyExponent, formatMinor, minorToDecimal, parseAmount } from "../money.js";
+import { ISO_EXPONENTS, currencyExponent, describeManualPayment, describeRefund, formatMinor, minorToDecimal, parseAmount } from "../money.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
@@ -110,5 +110,33 @@ describe("parseAmount", () => {
       assert.equal(result.ok, false, `${text} should be refused`);
       assert.match(/** @type {{error: string}} */ (result).error, /** @type {RegExp} */ (why), String(text));
     }
+  });
+});
+
+describe("confirmation sentences", () => {
+  test("a manual payment says how much, of what, how, and what is left", () => {
+    const full = describeManualPayment({ orderLabel: "#AB12CD", amount: 28000, outstanding: 28000, currency: "INR", method: "cash" });
+    assert.equal(full.question, "Record ₹280.00 of ₹280.00 outstanding, paid by cash, for order #AB12CD?");
+    assert.match(full.detail, /fully paid/);
+    const part = describeManualPayment({ orderLabel: "#AB12CD", amount: 500, outstanding: 1200, currency: "JPY", method: "card_terminal", reference: "slip 42" });
+    assert.match(part.question, /paid by the card terminal/);
+    assert.match(part.detail, /^JP¥700 will still be owed\. Reference: slip 42\./);
+  });
+
+  test("a refund names where the money goes, newest payment first", () => {
+    const payments = [
+      { gateway: "sandbox", status: "COMPLETED", created_at: "2026-01-01T10:00:00Z" },
+      { gateway: "manual", method: "cash", status: "PARTIALLY_REFUNDED", created_at: "2026-01-01T11:00:00Z" },
+      { gateway: "stripe", status: "FAILED", created_at: "2026-01-01T12:00:00Z" },
+    ];
+    const refund = describeRefund({ orderLabel: "#X", amount: 1250, refundable: 4000, currency: "INR", reason: "cold coffee", payments });
+    assert.equal(refund.question, "Refund ₹12.50 of ₹40.00 to cash and the customer's sandbox payment (newest first)?");
+    assert.match(refund.detail, /^Part of the refundable amount of order #X, because: “cold coffee”\./);
+    assert.match(refund.detail, /Hand the money back at the counter/);
+    assert.match(refund.detail, /gateway is asked/);
+    const all = describeRefund({ orderLabel: "#X", amount: 4000, refundable: 4000, currency: "INR", reason: "r", payments: payments.slice(0, 1) });
+    assert.equal(all.question, "Refund ₹40.00 of ₹40.00 to the customer's sandbox payment?");
+    assert.match(all.detail, /^The full refundable amount/);
+    assert.doesNotMatch(all.detail, /counter/);
   });
 });
