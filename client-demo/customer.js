@@ -53,11 +53,16 @@ import {
 /**
  * A receipt as `GET /api/orders/{id}/receipts` lists it (the printable page is `{number}.html`).
  * @typedef {Object} ReceiptView
- * @property {number} number
- * @property {string} [display_number]
+ * @property {number} number  per store, no gaps
+ * @property {string} [label]  the printed number, e.g. "store-1-000042"
  * @property {string} [kind]  sale | refund
+ * @property {number} [amount]  the order's (sale) or the refund's (refund), minor units
+ * @property {string} [currency]
  * @property {string} [issued_at]
  */
+
+/** @param {ReceiptView} receipt */
+const receiptName = (receipt) => receipt.label ?? /** @type {any} */ (receipt).display_number ?? String(receipt.number);
 
 const NAME_KEY = "orderstatus-demo:customer";
 const PAYMENT_EVENT = "payment.status";
@@ -180,6 +185,12 @@ function onEvent(event) {
   if (!state.history.includes(event.order_id)) state.history.unshift(event.order_id);
   if (!state.selectedId) selectOrder(event.order_id);
   if (event.kind === RECEIPT_EVENT) {
+    // The event carries the receipt's short form: show it now, then read the list for the rest.
+    const short = /** @type {any} */ (event).receipt;
+    if (short && typeof short.number === "number") {
+      const known = (state.receipts.get(event.order_id) ?? []).filter((r) => r.number !== short.number);
+      state.receipts.set(event.order_id, [...known, short].sort((a, b) => a.number - b.number));
+    }
     loadReceipts(event.order_id);
     if (event.order_id === state.selectedId) announce(`Order ${shortId(event.order_id)}: a receipt was issued.`);
   } else if (event.kind === REFUND_EVENT && event.status) {
@@ -323,17 +334,28 @@ async function openReceipt(orderId, receipt) {
       headers: { Authorization: `Bearer ${await tokens.token()}`, Accept: "text/html" },
     });
     if (!response.ok) throw new Error(`the server answered ${response.status} ${response.statusText}`);
-    const blob = await response.blob();
-    // Served as HTML whatever the header said: it came from our API, for this receipt.
-    const url = URL.createObjectURL(new Blob([blob], { type: "text/html" }));
+    const url = URL.createObjectURL(new Blob([receiptDocument(await response.text(), response.headers.get("Content-Security-Policy"))], { type: "text/html" }));
     if (win) win.location.href = url;
     else window.open(url, "_blank");
     // Long enough for the new tab to load it; then the memory is given back.
     setTimeout(() => URL.revokeObjectURL(url), 60_000);
   } catch (error) {
     win?.close();
-    showBanner({ title: `Could not open receipt ${receipt.display_number ?? receipt.number}`, detail: describeError(error) });
+    showBanner({ title: `Could not open receipt ${receiptName(receipt)}`, detail: describeError(error) });
   }
+}
+
+/**
+ * The receipt page to show from a blob URL. A blob document runs with this page's origin and
+ * without the response's headers, so the server's Content-Security-Policy (nothing runs or
+ * loads: inline styles only) goes in as a meta tag, first thing in the head.
+ * @param {string} html
+ * @param {string|null} policy
+ */
+function receiptDocument(html, policy) {
+  const csp = (policy ?? "default-src 'none'; style-src 'unsafe-inline'").replace(/"/g, "");
+  const meta = `<meta http-equiv="Content-Security-Policy" content="${csp}">`;
+  return /<head[^>]*>/i.test(html) ? html.replace(/<head[^>]*>/i, (head) => head + meta) : meta + html;
 }
 
 // -- REST actions ------------------------------------------------------------------------------
@@ -648,9 +670,13 @@ function renderReceipts(order) {
                 openReceipt(order.id, receipt);
               },
             },
-            `Receipt ${receipt.display_number ?? receipt.number}`,
+            `Receipt ${receiptName(receipt)}`,
           ),
-          h("span", { class: "muted small" }, ` · ${receipt.kind === "refund" ? "refund" : "sale"}${receipt.issued_at ? ` · ${formatDateTime(receipt.issued_at)}` : ""}`),
+          h(
+            "span",
+            { class: "muted small" },
+            ` · ${receipt.kind === "refund" ? "refund" : "sale"}${typeof receipt.amount === "number" ? ` ${formatMoney(receipt.amount, receipt.currency ?? order.currency)}` : ""}${receipt.issued_at ? ` · ${formatDateTime(receipt.issued_at)}` : ""}`,
+          ),
         ),
       ),
     ),
