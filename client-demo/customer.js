@@ -68,6 +68,7 @@ const NAME_KEY = "orderstatus-demo:customer";
 const PAYMENT_EVENT = "payment.status";
 const REFUND_EVENT = "refund.status";
 const RECEIPT_EVENT = "receipt.issued";
+const MONEY_KINDS = new Set([PAYMENT_EVENT, REFUND_EVENT, RECEIPT_EVENT]);
 /** @type {Record<string, string>} */
 const REFUND_LABELS = {
   REQUESTED: "Refund requested",
@@ -242,13 +243,15 @@ function addTimeline(orderId, entry) {
     timeline = new Map();
     state.timelines.set(orderId, timeline);
   }
-  // A live event carries the payment or refund itself; the audit trail only its note.
+  // A live payment or receipt event carries its record; a refund's (and the audit trail) only
+  // the server's note, which counts in minor units: read the amount and reason from it.
   const live = /** @type {any} */ (entry);
-  const record = live.refund ?? live.payment ?? null;
+  const record = live.payment ?? live.receipt ?? null;
+  const currency = state.orders.get(orderId)?.currency ?? CURRENCY;
   const money =
     record && typeof record.amount === "number"
-      ? { amount: record.amount, currency: String(record.currency), reason: live.refund ? String(live.refund.reason ?? "") : null }
-      : (timeline.get(entry.event_id)?.money ?? null);
+      ? { amount: record.amount, currency: String(record.currency ?? currency), reason: null }
+      : (moneyFromNote(entry.kind ?? "", entry.note ?? null, currency) ?? timeline.get(entry.event_id)?.money ?? null);
   timeline.set(entry.event_id, {
     money,
     event_id: entry.event_id,
@@ -618,11 +621,27 @@ function timelineLabel(entry) {
  * @param {TimelineEntry} entry
  */
 function timelineNote(entry) {
-  if (entry.kind !== PAYMENT_EVENT && entry.kind !== REFUND_EVENT) return entry.note ? ` · “${entry.note}”` : "";
+  if (!MONEY_KINDS.has(entry.kind ?? "")) return entry.note ? ` · “${entry.note}”` : "";
   // A payment marked (partly) refunded: the refund's own entry says how much.
   if (!entry.money || (entry.kind === PAYMENT_EVENT && /REFUNDED$/.test(entry.status ?? ""))) return "";
   const reason = entry.money.reason ? ` · “${entry.money.reason}”` : "";
   return ` · ${formatMoney(entry.money.amount, entry.money.currency)}${reason}`;
+}
+
+/**
+ * The amount (and a refund's reason) in the server's note of a money event, e.g. "refund ref_…
+ * of 4000: Cold coffee", "sale receipt store-1-000001 of 28000"; null when it says neither.
+ * @param {string} kind
+ * @param {string|null} note
+ * @param {string} currency
+ * @returns {{amount: number, currency: string, reason: string|null}|null}
+ */
+function moneyFromNote(kind, note, currency) {
+  if (!note || !MONEY_KINDS.has(kind)) return null;
+  const refund = kind === REFUND_EVENT ? /^refund \S+ of (\d+): ([\s\S]*)$/.exec(note) : null;
+  if (refund) return { amount: Number(refund[1]), currency, reason: refund[2] };
+  const other = / of (\d+)\b/.exec(note);
+  return other ? { amount: Number(other[1]), currency, reason: null } : null;
 }
 
 /**

@@ -592,8 +592,12 @@ async def test_a_partial_refund_on_the_pos_board_shows_the_new_totals_on_the_cus
     refunds = posts.to(f"/api/orders/{order_id}/refunds")
     assert len(refunds) == 1 and refunds[0][1], refunds
     await expect_customer_money(customer, "₹280.00", "₹40.00", "₹0.00")
-    await expect(customer.locator("#timeline")).to_contain_text("Refunded")
-    await expect(customer.locator("#timeline")).to_contain_text("Partly refunded")
+    timeline = customer.locator("#timeline")
+    await expect(timeline).to_contain_text("Partly refunded")
+    # The refund's entry in rupees with its reason (the server's note counts in paise).
+    refund_entry = timeline.locator('li[data-status="SUCCEEDED"]')
+    await expect(refund_entry).to_contain_text("Refunded")
+    await expect(refund_entry).to_contain_text("₹40.00 · “Cold coffee”")
     assert await customer.evaluate("() => window.__sameDocument === true"), "the page reloaded"
     async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
         summary = await summary_over_rest(http, order_id)
