@@ -557,6 +557,21 @@ async def test_a_partial_refund_on_the_pos_board_shows_the_new_totals_on_the_cus
     order_id = await customer_places_cash_order(customer)
     async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
         await record_cash_over_rest(http, order_id, 28000)
+        # Another customer's cash order, still owed: the board shows both money buttons.
+        token = await demo_token(http, "hugo")
+        owing = await http.post(
+            "/api/orders",
+            json={
+                "store_id": STORE,
+                "currency": "INR",
+                "payment_method": "cash",
+                "items": [
+                    {"sku": "wrap", "name": "Paneer tikka wrap", "quantity": 1, "unit_price": 16000}
+                ],
+            },
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert owing.status_code == 201, owing.text
     await expect_customer_money(customer, "₹280.00", "₹0.00", "₹0.00")
 
     pos = await open_page(browser, errors, "pos", width=1500)
@@ -564,6 +579,10 @@ async def test_a_partial_refund_on_the_pos_board_shows_the_new_totals_on_the_cus
     await pos_signs_in(pos, server.http)
     card = pos.locator(f'.order-card[data-order-id="{order_id}"]')
     await expect_card_money(card, paid=28000, refunded=0, outstanding=0)
+    owing_card = pos.locator(f'.order-card[data-order-id="{owing.json()["order"]["id"]}"]')
+    await expect_card_money(owing_card, paid=0, refunded=0, outstanding=16000)
+    await expect(owing_card.get_by_role("button", name="Record payment")).to_be_visible()
+    await screenshot(pos, "pos-money-buttons")  # docs/screenshots/pos-money.png
 
     await card.get_by_role("button", name="Refund").click()
     dialog = pos.get_by_role("dialog")
