@@ -15,7 +15,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Locator, Page, Request, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    Locator,
+    Page,
+    Request,
+    Route,
+    async_playwright,
+    expect,
+)
 
 from channels import create_broker
 from orders.db import Database
@@ -703,6 +711,61 @@ async def test_the_money_dialog_can_be_cancelled_and_shows_the_servers_refusal(
     await expect(dialog).to_be_hidden()
     await expect(card.get_by_role("button", name="Refund")).to_have_count(0)
     assert len(posts.to("/refunds")) == 1
+    errors.assert_none()
+
+
+async def test_a_lost_answer_to_a_recorded_payment_is_retried_with_its_key_and_pays_once(
+    browser: Browser, server: Running
+) -> None:
+    errors = PageErrors()
+    async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+        token = await demo_token(http, "ivan")
+        created = await http.post(
+            "/api/orders",
+            json={
+                "store_id": STORE,
+                "currency": "INR",
+                "payment_method": "cash",
+                "items": [
+                    {"sku": "idli", "name": "Idli sambar", "quantity": 1, "unit_price": 8000}
+                ],
+            },
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201, created.text
+        order_id: str = created.json()["order"]["id"]
+
+        pos = await open_page(browser, errors, "pos", width=1500)
+        posts = Posts(pos)
+        replayed: list[str | None] = []
+
+        async def lose_the_first_answer(route: Route) -> None:
+            # The server runs the request; the terminal never hears back (a flaky network).
+            answer = await route.fetch()
+            replayed.append(answer.headers.get("idempotent-replayed"))
+            if len(replayed) == 1:
+                await route.abort("connectionreset")
+            else:
+                await route.fulfill(response=answer)
+
+        await pos.route(f"**/api/pos/orders/{order_id}/payments", lose_the_first_answer)
+        await pos_signs_in(pos, server.http)
+        card = pos.locator(f'.order-card[data-order-id="{order_id}"]')
+        await card.get_by_role("button", name="Record payment").click()
+        dialog = pos.get_by_role("dialog")
+        await dialog.get_by_role("button", name="Review payment").click()
+        await dialog.get_by_role("button", name="Record ₹80.00").click()
+        await expect(dialog).to_be_hidden()
+        await expect_card_money(card, paid=8000, refunded=0, outstanding=0)
+
+        sent = posts.to(f"/api/pos/orders/{order_id}/payments")
+        assert len(sent) == 2 and sent[0][1] and sent[0][1] == sent[1][1], sent
+        assert replayed == [None, "true"], "the retry got the stored answer"
+        till_2 = await demo_token(http, "till-2", role="pos", store_id=STORE)
+        body = (
+            await http.get(f"/api/orders/{order_id}", headers={"Authorization": f"Bearer {till_2}"})
+        ).json()
+    assert [(p["gateway"], p["amount"]) for p in body["payments"]] == [("manual", 8000)]
     errors.assert_none()
 
 
