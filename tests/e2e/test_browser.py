@@ -714,6 +714,41 @@ async def test_the_money_dialog_can_be_cancelled_and_shows_the_servers_refusal(
     errors.assert_none()
 
 
+async def test_a_refund_of_an_online_payment_goes_to_the_gateway_and_the_customer_sees_it_settle(
+    browser: Browser, server: Running
+) -> None:
+    errors = PageErrors()
+    customer = await open_page(browser, errors, "customer")
+    await customer_signs_in(customer, server.http, "jack")
+    order_id, payment_page = await customer_places_online_order(customer)
+    await payment_page.get_by_role("button", name="Approve").click()
+    await expect_customer_sees(customer, "CONFIRMED")
+    await expect_customer_money(customer, "₹80.00", "₹0.00", "₹0.00")
+
+    pos = await open_page(browser, errors, "pos", width=1500)
+    await pos_signs_in(pos, server.http)
+    card = pos.locator(f'.order-card[data-order-id="{order_id}"]')
+    await expect_card_money(card, paid=8000, refunded=0, outstanding=0)
+    await card.get_by_role("button", name="Refund").click()
+    dialog = pos.get_by_role("dialog")
+    await dialog.get_by_label("Amount (INR)").fill("12.5")
+    await dialog.get_by_label("Reason").fill("One coffee was cold")
+    await dialog.get_by_role("button", name="Review refund").click()
+    await expect(dialog.locator("#money-question")).to_have_text(
+        "Refund ₹12.50 of ₹80.00 to the customer's sandbox payment?"
+    )
+    await expect(dialog.locator("#money-detail")).to_contain_text("The gateway is asked")
+    await dialog.get_by_role("button", name="Refund ₹12.50").click()
+    await expect(dialog).to_be_hidden()
+
+    # Refunded once the sandbox says so (its answer, a webhook or the reconciler), on both pages.
+    await expect_card_money(card, paid=8000, refunded=1250, outstanding=0)
+    await expect_customer_money(customer, "₹80.00", "₹12.50", "₹0.00")
+    refund_entry = customer.locator('#timeline li[data-status="SUCCEEDED"]')
+    await expect(refund_entry).to_contain_text("₹12.50 · “One coffee was cold”")
+    errors.assert_none()
+
+
 async def test_a_lost_answer_to_a_recorded_payment_is_retried_with_its_key_and_pays_once(
     browser: Browser, server: Running
 ) -> None:
