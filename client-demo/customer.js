@@ -6,6 +6,7 @@
  * history from GET /api/orders with a cursor. Both feed one map of orders, newest version wins.
  */
 
+import { moneyFromNote } from "./money.js";
 import { apiRequest, connect, newIdempotencyKey } from "./orderstatus.js";
 import { allowedNext, isTerminal, statusLabel, trackerSteps } from "./workflow.js";
 import {
@@ -24,6 +25,7 @@ import {
   h,
   hideBanner,
   itemsSummary,
+  receiptDocument,
   renderConnection,
   shortId,
   showBanner,
@@ -348,19 +350,6 @@ async function openReceipt(orderId, receipt) {
   }
 }
 
-/**
- * The receipt page to show from a blob URL. A blob document runs with this page's origin and
- * without the response's headers, so the server's Content-Security-Policy (nothing runs or
- * loads: inline styles only) goes in as a meta tag, first thing in the head.
- * @param {string} html
- * @param {string|null} policy
- */
-function receiptDocument(html, policy) {
-  const csp = (policy ?? "default-src 'none'; style-src 'unsafe-inline'").replace(/"/g, "");
-  const meta = `<meta http-equiv="Content-Security-Policy" content="${csp}">`;
-  return /<head[^>]*>/i.test(html) ? html.replace(/<head[^>]*>/i, (head) => head + meta) : meta + html;
-}
-
 // -- REST actions ------------------------------------------------------------------------------
 
 /**
@@ -626,22 +615,6 @@ function timelineNote(entry) {
   if (!entry.money || (entry.kind === PAYMENT_EVENT && /REFUNDED$/.test(entry.status ?? ""))) return "";
   const reason = entry.money.reason ? ` · “${entry.money.reason}”` : "";
   return ` · ${formatMoney(entry.money.amount, entry.money.currency)}${reason}`;
-}
-
-/**
- * The amount (and a refund's reason) in the server's note of a money event, e.g. "refund ref_…
- * of 4000: Cold coffee", "sale receipt store-1-000001 of 28000"; null when it says neither.
- * @param {string} kind
- * @param {string|null} note
- * @param {string} currency
- * @returns {{amount: number, currency: string, reason: string|null}|null}
- */
-function moneyFromNote(kind, note, currency) {
-  if (!note || !MONEY_KINDS.has(kind)) return null;
-  const refund = kind === REFUND_EVENT ? /^refund \S+ of (\d+): ([\s\S]*)$/.exec(note) : null;
-  if (refund) return { amount: Number(refund[1]), currency, reason: refund[2] };
-  const other = / of (\d+)\b/.exec(note);
-  return other ? { amount: Number(other[1]), currency, reason: null } : null;
 }
 
 /**

@@ -161,3 +161,22 @@ export function describeRefund({ orderLabel, amount, refundable, currency, reaso
     detail: `${part[0].toUpperCase()}${part.slice(1)} refundable amount of order ${orderLabel}, because: “${reason}”. ${how}`.trim(),
   };
 }
+
+/** The event kinds about money (their notes count in minor units). */
+export const MONEY_EVENT_KINDS = Object.freeze(["payment.status", "refund.status", "receipt.issued"]);
+
+/**
+ * The amount (and a refund's reason) in the server's note of a money event, e.g. "refund ref_…
+ * of 4000: Cold coffee", "sale receipt store-1-000001 of 28000"; null when it says neither.
+ * @param {string} kind
+ * @param {string|null} note
+ * @param {string} currency the order's
+ * @returns {{amount: number, currency: string, reason: string|null}|null}
+ */
+export function moneyFromNote(kind, note, currency) {
+  if (!note || !MONEY_EVENT_KINDS.includes(kind)) return null;
+  const refund = kind === "refund.status" ? /^refund \S+ of (\d+): ([\s\S]*)$/.exec(note) : null;
+  if (refund) return { amount: Number(refund[1]), currency, reason: refund[2] };
+  const other = / of (\d+)\b/.exec(note);
+  return other ? { amount: Number(other[1]), currency, reason: null } : null;
+}

@@ -260,3 +260,16 @@ export function hideBanner() {
 export function statusPill(status, label) {
   return h("span", { class: "pill", dataset: { status } }, label);
 }
+
+/**
+ * A receipt page to show from a blob URL. A blob document runs with this page's origin and
+ * without the response's headers, so the server's Content-Security-Policy (nothing runs or
+ * loads: inline styles only) goes in as a meta tag, first thing in the head.
+ * @param {string} html
+ * @param {string|null} policy the response's Content-Security-Policy header
+ */
+export function receiptDocument(html, policy) {
+  const csp = (policy || "default-src 'none'; style-src 'unsafe-inline'").replace(/["<>]/g, "");
+  const meta = `<meta http-equiv="Content-Security-Policy" content="${csp}">`;
+  return /<head[^>]*>/i.test(html) ? html.replace(/<head[^>]*>/i, (head) => head + meta) : meta + html;
+}

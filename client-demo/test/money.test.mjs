@@ -7,7 +7,8 @@ import { dirname, join, resolve } from "node:path";
 import { describe, test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { ISO_EXPONENTS, currencyExponent, describeManualPayment, describeRefund, formatMinor, minorToDecimal, parseAmount } from "../money.js";
+import { ISO_EXPONENTS, currencyExponent, describeManualPayment, describeRefund, formatMinor, minorToDecimal, moneyFromNote, parseAmount } from "../money.js";
+import { receiptDocument } from "../ui.js";
 
 const ROOT = resolve(dirname(fileURLToPath(import.meta.url)), "../..");
 
@@ -138,5 +139,32 @@ describe("confirmation sentences", () => {
     assert.equal(all.question, "Refund ₹40.00 of ₹40.00 to the customer's sandbox payment?");
     assert.match(all.detail, /^The full refundable amount/);
     assert.doesNotMatch(all.detail, /counter/);
+  });
+});
+
+describe("moneyFromNote", () => {
+  test("a refund's amount and reason, a payment's or receipt's amount", () => {
+    assert.deepEqual(moneyFromNote("refund.status", "refund ref_5febcd of 4000: Cold coffee: really", "INR"), { amount: 4000, currency: "INR", reason: "Cold coffee: really" });
+    assert.deepEqual(moneyFromNote("payment.status", "cash payment of 28000 recorded by pos:till-2", "INR"), { amount: 28000, currency: "INR", reason: null });
+    assert.deepEqual(moneyFromNote("receipt.issued", "sale receipt store-1-000001 of 28000", "JPY"), { amount: 28000, currency: "JPY", reason: null });
+  });
+
+  test("nothing from other kinds or notes without an amount", () => {
+    assert.equal(moneyFromNote("order.status", "out of 3 ovens", "INR"), null);
+    assert.equal(moneyFromNote("payment.status", "gateway says paid", "INR"), null);
+    assert.equal(moneyFromNote("refund.status", null, "INR"), null);
+  });
+});
+
+describe("receiptDocument", () => {
+  test("the server's policy goes first into the head of the blob document", () => {
+    const html = '<!doctype html><html lang="en"><head><meta charset="utf-8"><title>R</title></head><body>x</body></html>';
+    const out = receiptDocument(html, "default-src 'none'; style-src 'unsafe-inline'");
+    assert.ok(out.startsWith('<!doctype html><html lang="en"><head><meta http-equiv="Content-Security-Policy" content="default-src \'none\'; style-src \'unsafe-inline\'"><meta charset="utf-8">'), out);
+  });
+
+  test("a strict default without a header, and a header cannot break out of the attribute", () => {
+    assert.match(receiptDocument("<p>x</p>", null), /^<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'"><p>x<\/p>$/);
+    assert.doesNotMatch(receiptDocument("<head></head>", '"><script>alert(1)</script>'), /<script>/);
   });
 });
