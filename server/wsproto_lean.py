@@ -27,7 +27,7 @@ import email.utils
 import logging
 import os
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from http import HTTPStatus
 from typing import Any, cast
 from urllib.parse import unquote
@@ -54,7 +54,7 @@ from websockets.server import ServerProtocol
 Message = dict[str, Any]
 ASGIApp = Callable[
     [Message, Callable[[], Awaitable[Message]], Callable[[Message], Awaitable[None]]],
-    Awaitable[None],
+    Coroutine[Any, Any, None],
 ]
 
 logger = logging.getLogger("uvicorn.error")
@@ -373,7 +373,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
             shared.server = server
         raw_path, _, query = request.path.partition("?")
         headers: list[tuple[bytes, bytes]] = []
-        subprotocols: list[str] = []
+        subprotocols: list[str] | tuple[()] = ()  # the list only when some are offered
         for key, value in request.headers.raw_items():
             name = _names.get(key)
             if name is None:
@@ -389,7 +389,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
                 else:
                     raw = common
             elif name == b"sec-websocket-protocol":
-                subprotocols.extend(token.strip() for token in value.split(","))
+                subprotocols = [*subprotocols, *(token.strip() for token in value.split(","))]
             headers.append((name, raw))
         root = shared.root_path
         scope: Message = {
@@ -411,9 +411,11 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         if shared.log_access:
             self._scope = scope
         self._deliver({"type": "websocket.connect"})
-        task = shared.loop.create_task(self._run_asgi(scope))
+        # The app's own coroutine is the task (no wrapper frame kept for the socket's life);
+        # its outcome is handled when it is done.
+        task = shared.loop.create_task(shared.app(scope, self.receive, self.send))
         shared.tasks.add(task)
-        task.add_done_callback(shared.tasks.discard)
+        task.add_done_callback(self._app_done)
 
     def _frame(self, frame: Frame) -> None:
         opcode = frame.opcode
@@ -486,18 +488,20 @@ class LeanWebSocketProtocol(asyncio.Protocol):
 
     # -- the ASGI side -------------------------------------------------------------------
 
-    async def _run_asgi(self, scope: Message) -> None:
-        try:
-            await self._shared.app(scope, self.receive, self.send)
-        except ClientDisconnected:
-            pass
-        except BaseException:
-            logger.exception("Exception in ASGI application\n")
+    def _app_done(self, task: asyncio.Task[None]) -> None:
+        self._shared.tasks.discard(task)
+        exc: BaseException | None = (
+            asyncio.CancelledError() if task.cancelled() else task.exception()
+        )
+        if isinstance(exc, ClientDisconnected):
+            return
+        if exc is not None:
+            logger.error("Exception in ASGI application\n", exc_info=exc)
             if self._state == _CONNECTING:
                 self._reject(HTTPStatus.INTERNAL_SERVER_ERROR, "Internal Server Error\n")
             elif self._state == _OPEN:
                 self._send_close(1011, "")
-            else:
+            elif self._state == _CLOSING:
                 self._close_transport()
             return
         if self._state == _CONNECTING:

@@ -103,8 +103,14 @@ class Probe:
                 got += 1
                 await ws.send_text(str(got))
 
+        async def boom(ws: WebSocket) -> None:
+            if ws.query_params.get("after") == "accept":
+                await ws.accept()
+            raise RuntimeError("the app failed")
+
         return Starlette(
             routes=[
+                WebSocketRoute("/boom", boom),
                 WebSocketRoute("/echo", echo),
                 WebSocketRoute("/close/{code:int}", close),
                 WebSocketRoute("/deny", deny),
@@ -234,6 +240,20 @@ async def test_an_invalid_handshake_is_answered_400_and_nothing_is_left() -> Non
         assert running.server is not None
         assert not running.server.server_state.tasks
         assert probe.calls == 0  # the app never saw it
+
+
+async def test_an_app_that_fails_is_a_500_before_accept_and_a_1011_after() -> None:
+    probe = Probe()
+    async with lean(probe) as running:
+        with pytest.raises(InvalidStatus) as raised:
+            async with connect(running.ws + "/boom"):
+                pass
+        assert raised.value.response.status_code == 500
+        async with connect(running.ws + "/boom?after=accept") as ws:
+            assert await expect_close(ws) == 1011
+        await until(lambda: not protocols(running))
+        assert running.server is not None
+        await until(lambda: not running.server.server_state.tasks)
 
 
 # -- messages ------------------------------------------------------------------------------
