@@ -290,6 +290,8 @@ async def open_orders_of(
     if limit <= 0:
         return found
     for kind, keys in by_kind.items():
+        if not keys:
+            continue
         column = Order.customer_id if kind == "customer" else Order.store_id
         newest_first = (Order.created_at.desc(), Order.id.desc())
         for start in range(0, len(keys), 500):

@@ -324,16 +324,19 @@ class Hub:
             heads = await read_heads(session, streams)
             for stream in heads:
                 await self._hooks.after_snapshot_head(stream)
-            orders = await open_orders_of(session, heads, limit=limit + 1)
+            # A stream at seq 0 has no event, so no order (an order's creation is an event of
+            # both its streams): only the others need the next two queries.
+            written = [stream for stream, head in heads.items() if head.head_seq > 0]
+            orders = await open_orders_of(session, written, limit=limit + 1)
             head_event_ids = await event_ids_at(
-                session, [(stream, head.head_seq) for stream, head in heads.items()]
+                session, [(stream, heads[stream].head_seq) for stream in written]
             )
             # The totals from the same database snapshot as the orders and the heads.
-            shown = [order for stream in heads for order in orders[stream][:limit]]
+            shown = [order for stream in written for order in orders[stream][:limit]]
             summaries = await money.summaries(session, shown)
         snaps: dict[str, protocol.Snapshot] = {}
         for stream, head in heads.items():
-            listed = orders[stream]
+            listed = orders.get(stream, [])
             truncated = len(listed) > limit
             del listed[limit:]
             snaps[stream] = protocol.Snapshot(

@@ -2,11 +2,12 @@
 
 After a restart thousands of clients connect at once, and a broker reconnect or a poll gaps
 every socket together. Reading each socket's head, snapshot or backlog on its own cost one
-query (or five) per socket. Here requests queue per stream, and one task per kind of read
+query (or five) per socket. Here requests queue per stream, and a task per kind of read
 drains the queue: it takes every stream waiting (up to a bound), reads them all in one
-session, and hands each waiter its share. Requests arriving while a read is in flight wait for
-the next one — never join a read that has already started, so every answer was read *after*
-its caller asked (the hub subscribes before it asks: nothing committed in between is missed).
+session, and hands each waiter its share (two such reads at most in flight). A request never
+joins a read that has already started — it waits for the next — so every answer was read
+*after* its caller asked (the hub subscribes before it asks: nothing committed in between is
+missed).
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ V = TypeVar("V")
 
 #: Streams per read: a bound on one IN list and on how long one read holds its connection.
 BATCH_STREAMS = 500
+#: Reads of one kind in flight at once: while one waits on the database the next gathers, and
+#: starts without waiting for the first to come back.
+IN_FLIGHT = 2
 #: Waiters of one stream whose positions lie further apart than this are read separately.
 _MAX_SPREAD = 2_000
 
@@ -47,7 +51,7 @@ class Coalescer(Generic[K, V]):
         self._load = load
         self._batch = batch
         self._pending: dict[K, asyncio.Future[V]] = {}
-        self._runner: asyncio.Task[None] | None = None
+        self._runners: set[asyncio.Task[None]] = set()
 
     async def get(self, key: K) -> V:
         """The value of ``key`` from a load that starts after this call."""
@@ -56,8 +60,9 @@ class Coalescer(Generic[K, V]):
             future = asyncio.get_running_loop().create_future()
             future.add_done_callback(_retrieve)
             self._pending[key] = future
-            if self._runner is None:
-                self._runner = asyncio.create_task(self._run())
+            if len(self._runners) < IN_FLIGHT:
+                runner = asyncio.create_task(self._run())
+                self._runners.add(runner)
         # Shielded: one caller giving up (its socket closed) must not cancel the others' value.
         return await asyncio.shield(future)
 
@@ -67,6 +72,8 @@ class Coalescer(Generic[K, V]):
             while self._pending:
                 # Whoever is ready to run in this loop iteration joins this load.
                 await asyncio.sleep(0)
+                if not self._pending:
+                    break  # another runner took them
                 keys = list(islice(self._pending, self._batch))
                 taken = {key: self._pending.pop(key) for key in keys}
                 try:
@@ -85,9 +92,11 @@ class Coalescer(Generic[K, V]):
                         future.set_exception(LookupError(f"no value read for {key!r}"))
                 taken = {}
         finally:
-            self._runner = None
+            # Here, not in a done callback: a request arriving before that callback ran would
+            # see no room for a runner while this one no longer runs, and wait forever.
+            self._runners.discard(asyncio.current_task())
             # Cancelled (shutdown): nobody will read for these any more.
-            for future in [*taken.values(), *self._pending.values()]:
+            for future in taken.values():
                 if not future.done():
                     future.cancel()
 
@@ -119,7 +128,7 @@ class LogReads:
         self._hooks = hooks
         self._page = page
         self._pending: dict[str, list[_Reader]] = {}
-        self._runner: asyncio.Task[None] | None = None
+        self._runners: set[asyncio.Task[None]] = set()
 
     async def read(self, stream: str, after: int, *, check: bool = False) -> LogRead:
         """The head of ``stream`` and a page of its events after ``after``, read after this call.
@@ -130,8 +139,9 @@ class LogReads:
         future: asyncio.Future[LogRead] = asyncio.get_running_loop().create_future()
         future.add_done_callback(_retrieve)
         self._pending.setdefault(stream, []).append(_Reader(after, check, future))
-        if self._runner is None:
-            self._runner = asyncio.create_task(self._run())
+        if len(self._runners) < IN_FLIGHT:
+            runner = asyncio.create_task(self._run())
+            self._runners.add(runner)
         return await asyncio.shield(future)
 
     async def _run(self) -> None:
@@ -139,6 +149,8 @@ class LogReads:
         try:
             while self._pending:
                 await asyncio.sleep(0)
+                if not self._pending:
+                    break
                 streams = list(islice(self._pending, BATCH_STREAMS))
                 taken = {stream: self._pending.pop(stream) for stream in streams}
                 try:
@@ -150,8 +162,8 @@ class LogReads:
                                 reader.future.set_exception(exc)
                 taken = {}
         finally:
-            self._runner = None
-            for readers in [*taken.values(), *self._pending.values()]:
+            self._runners.discard(asyncio.current_task())
+            for readers in taken.values():
                 for reader in readers:
                     if not reader.future.done():
                         reader.future.cancel()
