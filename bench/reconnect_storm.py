@@ -92,6 +92,8 @@ class StormResult:
     resets: int
     behind_at_end: int
     problems: list[str] = field(default_factory=list)
+    #: CPU % of one core while opening / resuming: the hub's and this load generator's.
+    cpu: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 async def connect_all(
@@ -170,15 +172,19 @@ async def storm(
     concurrency: int,
     drain: float = 15.0,
     log: Callable[[str], None] = print,
+    server_pid: Callable[[], int | None] = lambda: None,
 ) -> StormResult:
     """Run one storm against a hub on ``port`` (restarted by ``stop``/``start``) while POS
     writes go to the web process on ``writer_port``."""
     names = [f"storm-{i:06d}" for i in range(customers)]
     clients = [Client(f"customer:{name}", tokens(name)) for name in names]
+    cpu: dict[str, dict[str, float]] = {}
+    meter = _Meter(server_pid)
     started = time.monotonic()
     open_errors = await connect_all(port, clients, resume=False, concurrency=concurrency)
     await wait_until(lambda: all(c.hellos for c in clients if c.ws is not None), 60)
     open_seconds = time.monotonic() - started
+    cpu["open"] = meter.read()
     log(f"opened {customers:,} sockets (hello with a snapshot) in {open_seconds:.2f}s")
 
     # The writes: cash orders round-robin over the customers, then status changes at ``rate``.
@@ -209,8 +215,10 @@ async def storm(
         start_seconds = accepting - t0
         for client in clients:
             client.hello_at = None
+        meter = _Meter(server_pid)
         resume_errors = await connect_all(port, clients, resume=True, concurrency=concurrency)
         resumed = await wait_until(lambda: all(c.hello_at is not None for c in clients), 60)
+        cpu["resume"] = meter.read()
         resumed_seconds = None
         if resumed is not None:
             resumed_seconds = max(c.hello_at or 0.0 for c in clients) - accepting
@@ -263,7 +271,29 @@ async def storm(
         resets=sum(c.resets for c in clients),
         behind_at_end=len(behind),
         problems=problems,
+        cpu=cpu,
     )
+
+
+class _Meter:
+    """CPU % of one core used by the hub and by this process since it was made."""
+
+    def __init__(self, pid: Callable[[], int | None]) -> None:
+        self._pid = pid
+        self._at = time.monotonic()
+        self._mine = time.process_time()
+        found = pid()
+        self._server = common.cpu_seconds(found) if found else 0.0
+
+    def read(self) -> dict[str, float]:
+        """The percentages so far."""
+        elapsed = max(time.monotonic() - self._at, 1e-9)
+        found = self._pid()
+        server = common.cpu_seconds(found) - self._server if found else 0.0
+        return {
+            "server": round(100 * server / elapsed, 1),
+            "loadgen": round(100 * (time.process_time() - self._mine) / elapsed, 1),
+        }
 
 
 async def _bench(args: argparse.Namespace, server: common.ServerProcess) -> dict[str, Any]:
@@ -299,6 +329,7 @@ async def _bench(args: argparse.Namespace, server: common.ServerProcess) -> dict
             before=args.before,
             after=args.after,
             concurrency=args.concurrency,
+            server_pid=lambda: server.pid if server.process is not None else None,
         )
     finally:
         writer.stop()
@@ -338,6 +369,7 @@ def _report(args: argparse.Namespace, r: dict[str, Any]) -> None:
         )
     )
     print(f"writes: {s['writes']}")
+    print(f"cpu % of one core (hub, this load generator): {s['cpu']}")
     if s["open_errors"] or s["resume_errors"]:
         print(f"connect errors: open {s['open_errors']}, resume {s['resume_errors']}")
     for line in s["problems"]:
