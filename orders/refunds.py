@@ -26,7 +26,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from gateways.base import GatewayRejected, GatewayUnavailable, RefundRequest, RefundState
 from gateways.base import RefundStatus as Observed
-from orders import documents, money
+from orders import documents, money, receipts
 from orders.actors import Role
 from orders.errors import Conflict, Invalid, NotFound
 from orders.models import orders_table, payments_table, refunds_table, utcnow
@@ -364,6 +364,15 @@ class Refunds:
             )
             deliveries.extend(moved)
             event_ids.append(event.id)
+        await receipts.after_refund(
+            session,
+            order,
+            refund.id,
+            actor=actor,
+            tax_rate_bp=self.settlement.receipt_tax_rate_bp,
+            deliveries=deliveries,
+            event_ids=event_ids,
+        )
         return order
 
 

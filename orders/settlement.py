@@ -51,7 +51,7 @@ from gateways.base import (
     WebhookEvent,
 )
 from gateways.base import PaymentStatus as Observed
-from orders import documents, money
+from orders import documents, money, receipts
 from orders.actors import Role
 from orders.db import Database
 from orders.errors import Conflict, GatewayRefused, GatewayUnreachable, Invalid, NotFound
@@ -200,6 +200,7 @@ class Settlement:
         clock: Callable[[], datetime] = utcnow,
         jitter: Callable[[], float] = random.random,
         hooks: Hooks = NO_HOOKS,
+        receipt_tax_rate_bp: int = 0,
     ) -> None:
         self.db = db
         self.publisher = publisher
@@ -212,6 +213,8 @@ class Settlement:
         self.clock = clock
         self.jitter = jitter
         self.hooks = hooks
+        #: RECEIPT_TAX_RATE_BP: the tax included in prices, printed on receipts (0: none).
+        self.receipt_tax_rate_bp = receipt_tax_rate_bp
         self._inflight: dict[str, asyncio.Task[CheckResult]] = {}
 
     def schedule(self, gateway: str) -> Schedule:
@@ -485,6 +488,14 @@ class Settlement:
                 deliveries.extend(moved)
                 event_ids.append(event.id)
             await conn.execute(_UPDATE_ORDER, _order_values(order))
+            await receipts.after_payment(
+                session,
+                order,
+                actor=actor,
+                tax_rate_bp=self.receipt_tax_rate_bp,
+                deliveries=deliveries,
+                event_ids=event_ids,
+            )
             payment_summary = await money.summary_of(conn, order)
         self.metrics.events_written.labels(kind=PAYMENT_STATUS, source=actor.source).inc()
         await self.publisher.publish(deliveries, event_ids)
@@ -710,6 +721,15 @@ class Settlement:
                     deliveries.extend(moved)
                     event_ids.append(event.id)
                 await conn.execute(_UPDATE_ORDER, _order_values(order))
+                if new_status is P.COMPLETED:
+                    await receipts.after_payment(
+                        session,
+                        order,
+                        actor=actor,
+                        tax_rate_bp=self.receipt_tax_rate_bp,
+                        deliveries=deliveries,
+                        event_ids=event_ids,
+                    )
             else:
                 await conn.execute(
                     insert(events_table),
