@@ -238,16 +238,13 @@ def create_app(
         Route("/api/orders/{order_id}/payments/verify", payments_api.verify, methods=["POST"]),
         Route("/api/orders/{order_id}/refunds", money_api.request_refund, methods=["POST"]),
         Route("/api/orders/{order_id}/receipts", receipts.list_receipts, methods=["GET"]),
+        # Before the JSON route, whose {number} would also match "1.html".
         Route(
-            "/api/orders/{order_id}/receipts/{number:int}",
-            receipts.get_receipt,
-            methods=["GET"],
-        ),
-        Route(
-            "/api/orders/{order_id}/receipts/{number:int}.html",
+            "/api/orders/{order_id}/receipts/{number}.html",
             receipts.get_receipt_html,
             methods=["GET"],
         ),
+        Route("/api/orders/{order_id}/receipts/{number}", receipts.get_receipt, methods=["GET"]),
         Route("/webhooks/{gateway}", webhooks.receive, methods=["POST"]),
         Route("/api/pos/orders", pos.list_store, methods=["GET"]),
         Route("/api/pos/orders/{order_id}/status", pos.set_status, methods=["POST"]),

@@ -8,6 +8,7 @@ and opens as a blob without fetching anything.
 from __future__ import annotations
 
 import html
+import re
 from typing import Any
 
 import orjson
@@ -35,6 +36,8 @@ _HTML_HEADERS = {
     "Cache-Control": "private, no-cache",
 }
 _JSON_HEADERS = {"Cache-Control": "private, no-cache"}
+#: A receipt number in a path: digits only, short enough that int() is cheap.
+_NUMBER = re.compile(r"[0-9]{1,20}")
 
 
 async def _visible_order_id(request: Request, caller: Principal) -> str:
@@ -52,7 +55,8 @@ async def _visible_order_id(request: Request, caller: Principal) -> str:
 async def _one(request: Request) -> receipts.Stored:
     caller = principal(request)
     order_id = await _visible_order_id(request, caller)
-    number = int(request.path_params["number"])
+    raw: str = request.path_params["number"]
+    number = int(raw) if _NUMBER.fullmatch(raw) else 0
     found = None
     if 1 <= number <= schemas.MAX_SEQ:
         async with services(request).db.read() as session:

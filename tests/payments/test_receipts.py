@@ -407,7 +407,16 @@ async def test_another_customers_receipts_are_404_like_their_orders(service: Ser
         for tok in (ALICE, POS1, ADMIN):
             assert (await service.http.get(path, headers=auth(tok))).status_code == 200
         assert_error(await service.http.get(path), 401, "unauthenticated")
-    for missing in (f"{base}/2", f"{base}/0", f"{base}/2.html", f"{base}/{2**70}"):
+    for missing in (
+        f"{base}/2",
+        f"{base}/0",
+        f"{base}/2.html",
+        f"{base}/{2**70}",
+        f"{base}/{'9' * 5000}",
+        f"{base}/-1",
+        f"{base}/1x",
+        f"{base}/1.htm",
+    ):
         assert_error(await service.http.get(missing, headers=auth(ALICE)), 404, "not_found")
     assert_error(
         await service.http.get("/api/orders/ord_nope/receipts", headers=auth(ALICE)),
