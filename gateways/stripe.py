@@ -200,6 +200,15 @@ class StripeGateway:
         elif obj.get("object") == "refund":
             refund = self._refund_state(obj)
             ref = _str(obj.get("payment_intent"))
+        elif obj.get("object") == "charge" and event_type == "charge.refunded":
+            # The charge carries its refunds (newest first) when the API version includes
+            # them; the newest is what this event announces. Without them the event is only
+            # about the charge, and ``refund.updated`` settles the refund instead.
+            listed = obj.get("refunds")
+            data = listed.get("data") if isinstance(listed, dict) else None
+            if isinstance(data, list) and data and isinstance(data[0], dict):
+                refund = self._refund_state(data[0])
+            ref = _str(obj.get("payment_intent"))
         return WebhookEvent(
             gateway=self.name,
             event_id=event_id,

@@ -2,7 +2,7 @@
 
 A receipt is numbered in its store's own sequence (1, 2, 3 … with no gap) and kept as a JSON
 document that is never changed: the row is inserted once, nothing here updates it, and the
-database refuses UPDATE and DELETE on ``receipts`` (a trigger, migration 0004).
+database refuses UPDATE and DELETE on ``receipts`` (a trigger, migration 0005).
 
 **Numbers without gaps.** Each store has a counter row (``receipt_counters``) that the issuing
 transaction increments with one ``INSERT … ON CONFLICT DO UPDATE … RETURNING``. The row stays
@@ -36,9 +36,10 @@ from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from orders import documents, money
+from orders.ledger import Ledger
 from orders.models import payments_table, receipts_table, refunds_table
 from orders.payments import PAID, RefundStatus
-from orders.writes import Actor, Delivery, append_event
+from orders.writes import Actor
 
 RECEIPT_ISSUED = "receipt.issued"
 #: The ``to_status`` of a ``receipt.issued`` event (its ``status`` on the wire).
@@ -95,48 +96,31 @@ class Stored:
     document: str
 
 
-async def after_payment(
-    session: AsyncSession,
-    order: documents.OrderRow,
-    *,
-    actor: Actor,
-    tax_rate_bp: int,
-    deliveries: list[Delivery],
-    event_ids: list[int],
-) -> dict[str, Any] | None:
+async def after_payment(ledger: Ledger, *, actor: Actor, tax_rate_bp: int) -> dict[str, Any] | None:
     """Inside the paying transaction (order locked): issue the order's sale receipt if what is
     paid now covers its amount and it has none yet; the receipt's short form, or None."""
+    order = ledger.order
     if order.status in _CLOSED or order.amount <= 0:
         return None
-    conn = await session.connection()
-    sums = (await money.load_sums(conn, [order.id])).get(order.id, money.Sums())
+    sums = (await money.load_sums(ledger.conn, [order.id])).get(order.id, money.Sums())
     if sums.paid < order.amount:
         return None
-    existing = await conn.execute(
+    existing = await ledger.conn.execute(
         select(receipts_table.c.id).where(
             receipts_table.c.order_id == order.id, receipts_table.c.kind == SALE
         )
     )
     if existing.first() is not None:
         return None
-    return await _issue(
-        session, conn, order, SALE, None, tax_rate_bp, actor, sums, deliveries, event_ids
-    )
+    return await _issue(ledger, SALE, None, tax_rate_bp, actor, sums)
 
 
 async def after_refund(
-    session: AsyncSession,
-    order: documents.OrderRow,
-    refund_id: str,
-    *,
-    actor: Actor,
-    tax_rate_bp: int,
-    deliveries: list[Delivery],
-    event_ids: list[int],
+    ledger: Ledger, refund_id: str, *, actor: Actor, tax_rate_bp: int
 ) -> dict[str, Any] | None:
     """Inside the refund's transaction (order locked): issue its refund receipt if it is
     SUCCEEDED and has none yet; the receipt's short form, or None."""
-    conn = await session.connection()
+    conn, order = ledger.conn, ledger.order
     refund = (
         await conn.execute(select(refunds_table).where(refunds_table.c.id == refund_id))
     ).one()
@@ -156,9 +140,7 @@ async def after_refund(
     ).scalar()
     rate = tax_rate_bp if sale_rate is None else int(sale_rate)
     sums = (await money.load_sums(conn, [order.id])).get(order.id, money.Sums())
-    return await _issue(
-        session, conn, order, REFUND, refund, rate, actor, sums, deliveries, event_ids
-    )
+    return await _issue(ledger, REFUND, refund, rate, actor, sums)
 
 
 async def receipts_of(executor: AsyncConnection | AsyncSession, order_id: str) -> list[Stored]:
@@ -184,17 +166,9 @@ async def receipt_of(
 
 
 async def _issue(
-    session: AsyncSession,
-    conn: AsyncConnection,
-    order: documents.OrderRow,
-    kind: str,
-    refund: Any,
-    rate_bp: int,
-    actor: Actor,
-    sums: money.Sums,
-    deliveries: list[Delivery],
-    event_ids: list[int],
+    ledger: Ledger, kind: str, refund: Any, rate_bp: int, actor: Actor, sums: money.Sums
 ) -> dict[str, Any]:
+    conn, order = ledger.conn, ledger.order
     number = int((await conn.execute(_NEXT_NUMBER, {"store_id": order.store_id})).scalar_one())
     # The moment of the change that issues it (its event carries the same instant).
     issued_at = order.updated_at
@@ -258,19 +232,14 @@ async def _issue(
         },
     )
     short = receipt_ref(document)
-    event, moved = await append_event(
-        session,
-        order,
+    await ledger.append(
         kind=RECEIPT_ISSUED,
         from_status=None,
         to_status=ISSUED,
         actor=actor,
         note=f"{kind} receipt {short['label']} of {amount}",
         extra={"receipt": short},
-        payment_summary=summary,
     )
-    deliveries.extend(moved)
-    event_ids.append(event.id)
     return short
 
 
