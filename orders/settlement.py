@@ -814,15 +814,7 @@ class Settlement:
 
     async def _payment_for(self, event: WebhookEvent) -> str | None:
         """Our payment a webhook is about: by the gateway's ref, else by our own reference."""
-        candidates: list[str] = []
-        raw = event.state.raw if event.state is not None else event.raw
-        metadata = raw.get("metadata")
-        for value in (
-            raw.get("reference"),
-            metadata.get("payment_id") if isinstance(metadata, Mapping) else None,
-        ):
-            if isinstance(value, str):
-                candidates.append(value)
+        candidates = [event.payment_reference] if event.payment_reference else []
         async with self.db.read() as session:
             conn = await session.connection()
             if event.ref:

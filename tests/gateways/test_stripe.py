@@ -174,8 +174,10 @@ def test_charge_refunded_carries_the_newest_refund_when_the_charge_lists_it(list
     if listed:
         assert parsed.refund is not None and parsed.refund.reference == "ref_1"
         assert parsed.refund.status is RefundStatus.SUCCEEDED
+        assert parsed.refund_reference == "ref_1"
     else:
         assert parsed.refund is None  # about the charge only: refund.updated settles it
+        assert parsed.refund_reference is None
 
 
 @pytest.mark.parametrize("case", ["stale", "tampered", "other_secret", "missing", "unsigned_json"])
