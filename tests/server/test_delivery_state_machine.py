@@ -289,6 +289,7 @@ class DeliveryMachine(RuleBasedStateMachine):
         self.clients: dict[str, Client] = {}
         self.restarts = 0
         self.overflows = 0
+        self.resumed = 0  # closes the server sent outside slow_client and restart, resumed
         _run_on(self.runner, self._setup())
 
     # -- set-up and tear-down -----------------------------------------------------------------
@@ -358,6 +359,8 @@ class DeliveryMachine(RuleBasedStateMachine):
                 self.restarts,
                 "overflows",
                 self.overflows,
+                "resumed",
+                self.resumed,
                 dict(self.broker.applied),
                 {c.name: (c.closes, c.resets, c.last) for c in self.clients.values()},
             )
@@ -429,6 +432,7 @@ class DeliveryMachine(RuleBasedStateMachine):
     async def _ensure_open(self, client: Client) -> None:
         """A client the model holds connected whose socket the server closed resumes now."""
         if client.connected and not client.online:
+            self.resumed += 1
             await self._reconnect_after_close(client)
 
     async def _ping(self, client: Client) -> tuple[int, int]:
