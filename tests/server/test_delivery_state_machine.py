@@ -350,7 +350,14 @@ class DeliveryMachine(RuleBasedStateMachine):
             for sock in server.sockets:
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
         self.http = await stack.enter_async_context(
-            httpx.AsyncClient(base_url=running.http, timeout=IO_TIMEOUT)
+            httpx.AsyncClient(
+                base_url=running.http,
+                timeout=IO_TIMEOUT,
+                # httpx's default expiry of an idle connection is uvicorn's keep-alive (5 s):
+                # a POST sent on one the server is closing that instant fails with ReadError.
+                # Dropping idle connections well before the server does leaves no such race.
+                limits=httpx.Limits(keepalive_expiry=1.0),
+            )
         )
         self.running = running
         self.server_stack = stack
