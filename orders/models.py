@@ -129,7 +129,7 @@ class Payment(Base):
 
 
 class Refund(Base):
-    """A refund asked for (executed by the refunds work; today: late successes record one)."""
+    """A refund: REQUESTED → PENDING → SUCCEEDED | FAILED, polled like a payment until settled."""
 
     __tablename__ = "refunds"
 
@@ -140,11 +140,20 @@ class Refund(Base):
     currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(40))
     reason: Mapped[str] = mapped_column(String(200))
-    # "late_success:<payment id>" for the automatic one: asking twice records it once.
+    # "late_success:<payment id>", "cancel:<order id>:<payment id>" for the automatic ones:
+    # asking twice (a retried cancel, two cancels racing) records it once.
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     gateway_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Added by migration 0004: when the reconciler asks the gateway next (NULL: settled, or a
+    # manual refund), how often it has asked, and the consecutive "could not answer"s.
+    next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    check_failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+    __table_args__ = (Index("ix_refunds_due", "status", "next_check_at"),)
 
 
 class Event(Base):

@@ -12,11 +12,10 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from limits import parse as parse_rate
-
 from gateways import GatewaysConfig, PhonePeConfig, SandboxConfig, StripeConfig
 from gateways.stripe import DEFAULT_API_BASE as STRIPE_API_BASE
 from orders.schedule import Schedule
+from server.ratelimit import parse_rate
 
 T = TypeVar("T")
 

@@ -13,12 +13,12 @@ from starlette.responses import JSONResponse
 
 from orders import money
 from orders.models import Event, Order, Payment
+from orders.refunds import Refunds
 from orders.settlement import payment_view
 from orders.workflow import OrderStatus
 from orders.writes import (
     ORDER_ID,
     Actor,
-    change_order_status,
     create_order,
     require_store,
     visible_to,
@@ -263,10 +263,8 @@ async def cancel(request: Request) -> JSONResponse:
     caller = principal(request)
     reason = (await body(request, schemas.CancelRequest, required=False)).reason
     svc = services(request)
-    written = await change_order_status(
-        svc.db,
-        svc.publisher,
-        svc.metrics,
+    # With money paid, the cancel also requests its full refund (in the same transaction).
+    written = await Refunds(svc.settlement).change_status(
         order_id=request.path_params["order_id"],
         to=OrderStatus.CANCELLED,
         actor=Actor.of(caller),

@@ -8,7 +8,8 @@ from starlette.responses import JSONResponse
 
 from orders import money
 from orders.models import Order
-from orders.writes import Actor, change_order_status
+from orders.refunds import Refunds
+from orders.writes import Actor
 from server import protocol
 from server.api import schemas
 from server.api.common import body, principal, query
@@ -35,10 +36,8 @@ async def set_status(request: Request) -> JSONResponse:
     caller = principal(request, Role.POS)
     change = await body(request, schemas.StatusChange)
     svc = services(request)
-    written = await change_order_status(
-        svc.db,
-        svc.publisher,
-        svc.metrics,
+    # A cancel of an order with money paid also requests its full refund.
+    written = await Refunds(svc.settlement).change_status(
         order_id=request.path_params["order_id"],
         to=change.status,
         actor=Actor.of(caller),
