@@ -45,7 +45,7 @@ from gateways.base import (
 )
 from gateways.base import PaymentStatus as ObservedPayment
 from gateways.base import RefundStatus as Observed
-from orders import documents, money
+from orders import documents, money, receipts
 from orders.actors import Role
 from orders.errors import Conflict, Invalid, NotFound
 from orders.ledger import Ledger, Receipt, insert_receipt, set_receipt_outcome
@@ -641,6 +641,9 @@ class Refunds:
                 note=f"refund {refund.id}",
                 extra={"payment": payment_view(after)},
             )
+        await receipts.after_refund(
+            ledger, refund.id, actor=actor, tax_rate_bp=self.settlement.receipt_tax_rate_bp
+        )
 
     # -- webhooks ------------------------------------------------------------------------------
 

@@ -51,7 +51,7 @@ from gateways.base import (
     WebhookEvent,
 )
 from gateways.base import PaymentStatus as Observed
-from orders import documents, money
+from orders import documents, money, receipts
 from orders.actors import Role
 from orders.db import Database
 from orders.errors import Conflict, GatewayRefused, GatewayUnreachable, Invalid, NotFound
@@ -179,6 +179,7 @@ class Settlement:
         clock: Callable[[], datetime] = utcnow,
         jitter: Callable[[], float] = random.random,
         hooks: Hooks = NO_HOOKS,
+        receipt_tax_rate_bp: int = 0,
     ) -> None:
         self.db = db
         self.publisher = publisher
@@ -191,6 +192,8 @@ class Settlement:
         self.clock = clock
         self.jitter = jitter
         self.hooks = hooks
+        #: RECEIPT_TAX_RATE_BP: the tax included in prices, printed on receipts (0: none).
+        self.receipt_tax_rate_bp = receipt_tax_rate_bp
         self._inflight: dict[str, asyncio.Task[CheckResult]] = {}
 
     def schedule(self, gateway: str) -> Schedule:
@@ -440,6 +443,7 @@ class Settlement:
                 now=now,
             )
             await ledger.save()
+            await receipts.after_payment(ledger, actor=actor, tax_rate_bp=self.receipt_tax_rate_bp)
             snapshot = await ledger.snapshot()
         self.metrics.events_written.labels(kind=PAYMENT_STATUS, source=actor.source).inc()
         await ledger.publish(self.publisher)
@@ -618,6 +622,10 @@ class Settlement:
                     now=now,
                 )
                 await ledger.save()
+                if new_status is P.COMPLETED:
+                    await receipts.after_payment(
+                        ledger, actor=actor, tax_rate_bp=self.receipt_tax_rate_bp
+                    )
             else:
                 await conn.execute(
                     insert(events_table),

@@ -8,6 +8,7 @@ Screenshots of each page go to $E2E_SCREENSHOT_DIR (default /tmp) for a human to
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
@@ -800,4 +801,46 @@ async def test_a_lost_answer_to_a_recorded_payment_is_retried_with_its_key_and_p
             await http.get(f"/api/orders/{order_id}", headers={"Authorization": f"Bearer {till_2}"})
         ).json()
     assert [(p["gateway"], p["amount"]) for p in body["payments"]] == [("manual", 8000)]
+    errors.assert_none()
+
+
+async def test_receipts_appear_live_on_the_customer_page_and_open_as_a_printable_page(
+    browser: Browser, server: Running
+) -> None:
+    errors = PageErrors()
+    customer = await open_page(browser, errors, "customer")
+    await customer_signs_in(customer, server.http, "ines")
+    order_id = await customer_places_cash_order(customer)
+    receipts = customer.locator("#receipts > li")
+    await expect(receipts).to_have_count(0)
+
+    async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+        await record_cash_over_rest(http, order_id, 28000)
+        # Fully paid: a sale receipt, announced on the stream (receipt.issued), no reload.
+        await expect(receipts).to_have_count(1)
+        await expect(receipts.first).to_have_attribute("data-kind", "sale")
+        await expect(receipts.first).to_contain_text("sale ₹280.00")
+        till_2 = await demo_token(http, "till-2", role="pos", store_id=STORE)
+        refunded = await http.post(
+            f"/api/orders/{order_id}/refunds",
+            json={"amount": 4000, "reason": "Cold coffee"},
+            headers={"Authorization": f"Bearer {till_2}"},
+        )
+        assert refunded.status_code == 201, refunded.text
+    await expect(receipts).to_have_count(2)
+    await expect(receipts.nth(1)).to_have_attribute("data-kind", "refund")
+    await expect(receipts.nth(1)).to_contain_text("refund ₹40.00")
+    await expect(customer.locator("#timeline")).to_contain_text("Receipt issued")
+    await screenshot(customer, "customer-receipts")
+
+    # The link fetches the page with the bearer token and shows it from a blob URL.
+    link = receipts.first.get_by_role("link")
+    name = (await link.inner_text()).removeprefix("Receipt ")
+    async with customer.expect_popup() as popup_info:
+        await link.click()
+    receipt_page = await popup_info.value
+    await expect(receipt_page).to_have_url(re.compile(r"^blob:"))
+    await expect(receipt_page.locator("body")).to_contain_text(name)
+    await expect(receipt_page.locator("body")).to_contain_text("Masala dosa")
+    await screenshot(receipt_page, "receipt")
     errors.assert_none()
