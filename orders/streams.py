@@ -321,14 +321,21 @@ async def open_orders_of(
 
 
 async def prune(db: Database, before: datetime, *, batch: int = 1000, chunk: int = 100) -> int:
-    """Delete up to ``batch`` events older than ``before`` and their stream positions.
+    """Delete up to ``batch`` events older than ``before``, pruning each stream by seq.
 
-    Each stream's ``pruned_seq`` first moves up to the newest seq about to be deleted, so a
-    client resuming from before it gets a ``reset`` instead of a silent hole (and a hub
-    backfilling across it resets its client). It works in small transactions, ``chunk`` events
-    at a time: each stream row is locked alone, in the fixed (sorted) order, for one UPDATE,
-    and no stream row is held while events are deleted — writers queue on these rows, so
-    pruning must neither hold them long nor lock two against the writers' order.
+    ``created_at`` is taken before the stream lock, so under concurrent writes a stream's seq
+    order is not its ``created_at`` order: an event at seq 2 can be older than the one at seq 1.
+    Pruning therefore cuts each stream at a seq, never event by event: for the ``chunk`` oldest
+    events (by id) it takes, per stream, the newest seq among them, raises ``pruned_seq`` to it
+    and removes *every* position at or below it. What is left of each stream is always the
+    contiguous suffix above ``pruned_seq``, so a client at ``pruned_seq`` or later replays, and
+    one before it gets a ``reset``. An event row goes when it is old; a newer one whose
+    positions fell below a cut stays (for its order's history) until it is old too.
+
+    It works in small transactions: each stream row is locked alone, in the fixed (sorted)
+    order, for one UPDATE, and no stream row is held while positions and events are deleted —
+    writers queue on these rows, so pruning must neither hold them long nor lock two against
+    the writers' order.
     """
     total = 0
     while total < batch:
@@ -345,6 +352,8 @@ async def prune(db: Database, before: datetime, *, batch: int = 1000, chunk: int
             )
             if not ids:
                 break
+            # Every position of these events is at or below its stream's cut, so deleting the
+            # positions up to the cuts frees every one of these events.
             newest = (
                 await session.execute(
                     select(StreamEvent.stream, func.max(StreamEvent.seq))
@@ -352,7 +361,8 @@ async def prune(db: Database, before: datetime, *, batch: int = 1000, chunk: int
                     .group_by(StreamEvent.stream)
                 )
             ).all()
-        for stream, seq in sorted(newest):
+        cuts = sorted((str(stream), int(seq)) for stream, seq in newest)
+        for stream, seq in cuts:
             async with db.transaction() as session:
                 await session.execute(
                     update(Stream)
@@ -360,7 +370,10 @@ async def prune(db: Database, before: datetime, *, batch: int = 1000, chunk: int
                     .values(pruned_seq=seq)
                 )
         async with db.transaction() as session:
-            await session.execute(delete(StreamEvent).where(StreamEvent.event_id.in_(ids)))
+            for stream, seq in cuts:
+                await session.execute(
+                    delete(StreamEvent).where(StreamEvent.stream == stream, StreamEvent.seq <= seq)
+                )
             await session.execute(delete(Event).where(Event.id.in_(ids)))
         total += len(ids)
     return total
