@@ -18,7 +18,6 @@ from orders.workflow import OrderStatus
 from orders.writes import (
     ORDER_ID,
     Actor,
-    change_order_status,
     create_order,
     require_store,
     visible_to,
@@ -263,10 +262,7 @@ async def cancel(request: Request) -> JSONResponse:
     caller = principal(request)
     reason = (await body(request, schemas.CancelRequest, required=False)).reason
     svc = services(request)
-    written = await change_order_status(
-        svc.db,
-        svc.publisher,
-        svc.metrics,
+    written = await svc.writer.change_status(
         order_id=request.path_params["order_id"],
         to=OrderStatus.CANCELLED,
         actor=Actor.of(caller),

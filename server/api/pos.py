@@ -8,7 +8,7 @@ from starlette.responses import JSONResponse
 
 from orders import money
 from orders.models import Order
-from orders.writes import Actor, change_order_status
+from orders.writes import Actor
 from server import protocol
 from server.api import schemas
 from server.api.common import body, principal, query
@@ -35,10 +35,7 @@ async def set_status(request: Request) -> JSONResponse:
     caller = principal(request, Role.POS)
     change = await body(request, schemas.StatusChange)
     svc = services(request)
-    written = await change_order_status(
-        svc.db,
-        svc.publisher,
-        svc.metrics,
+    written = await svc.writer.change_status(
         order_id=request.path_params["order_id"],
         to=change.status,
         actor=Actor.of(caller),
