@@ -478,6 +478,9 @@ class GroupCommit:
                     if not isinstance(alone.cause, Exception):
                         raise alone.cause from None
                     outcomes.append(alone.cause)
+                except Exception as exc:
+                    # Its COMMIT failed: this change's outcome, not the ones committed before.
+                    outcomes.append(exc)
         elapsed = time.perf_counter() - started
         self._metrics.group_commit_batch.observe(len(changes))
         deliveries: list[Delivery] = []

@@ -152,7 +152,9 @@ def domain_status(exc: domain.DomainError) -> int:
 
 async def handle_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, domain.DomainError)
-    return error_response(domain_status(exc), exc.code, exc.message, exc.extra)
+    # Overloaded is momentary: say when to come back, as database_unavailable does.
+    headers = {"Retry-After": "1"} if isinstance(exc, domain.Overloaded) else None
+    return error_response(domain_status(exc), exc.code, exc.message, exc.extra, headers)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}

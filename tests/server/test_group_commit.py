@@ -221,6 +221,7 @@ async def test_a_full_queue_refuses_the_change_with_write_queue_full(
     refused = await move(service, order_ids[2], "PREPARING")
 
     assert_error(refused, 503, "write_queue_full")
+    assert refused.headers["Retry-After"] == "1"
     hooks.gate.set()
     async with asyncio.timeout(15):
         # The queued ones are applied in their turn (and refused on their own merits).
