@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections import deque
 from collections.abc import AsyncIterator, Iterable, Iterator, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -49,15 +48,15 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import MovedError, RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from channels.base import BrokerError, Gap
+from channels.base import BrokerError
 from channels.fanout import Fanout, Subscription
+from channels.sessions import CONNECT_TIMEOUT, Confirmations, Reconnecting, Session, open_pubsub
 
 logger = logging.getLogger(__name__)
 
 #: The most channels one SSUBSCRIBE / SUNSUBSCRIBE carries (all of one slot).
 BATCH_SIZE = 1000
 
-_CONNECT_TIMEOUT = 1.0
 _PUBLISH_TIMEOUT = 2.0
 _MAX_PUBLISH_CONNECTIONS = 50
 #: After CLUSTERDOWN / TRYAGAIN on an SSUBSCRIBE, try again this much later.
@@ -68,7 +67,6 @@ _QUARANTINE = 5.0
 #: Slot map refreshes never come closer than this, however many triggers arrive.
 _MIN_REFRESH_GAP = 0.1
 
-_LATE_SUBSCRIBE = Gap("late subscribe")
 _MOVED = "moved"
 
 SCHEMES = ("redis", "rediss", "redis+cluster", "rediss+cluster")
@@ -134,35 +132,22 @@ class _Sent:
         self.left = max(1, len(channels))
 
 
-class _Session:
-    """The state of one shard's pub/sub connection, thrown away with it."""
+class _Session(Session):
+    """The state of one shard's pub/sub connection (SSUBSCRIBE), thrown away with it."""
 
-    __slots__ = (
-        "conn",
-        "established",
-        "inflight",
-        "reads",
-        "requested",
-        "resync_all",
-        "resync_left",
-        "send_lock",
-        "sent",
-    )
+    __slots__ = ("resync_all", "sent")
 
     def __init__(self, conn: AbstractConnection) -> None:
-        self.conn = conn
-        self.send_lock = asyncio.Lock()
-        # Channels whose latest command on this connection was SSUBSCRIBE.
-        self.requested: set[str] = set()
-        # SSUBSCRIBE replies still expected per channel.
-        self.inflight: dict[str, int] = {}
+        super().__init__(conn)
         # Commands in the order they were sent, to match replies and errors against.
         self.sent: deque[_Sent] = deque()
-        # The initial re-subscription: all of it, and what is not confirmed yet (None: done).
+        # The whole initial re-subscription (``resync_left`` is what is not confirmed yet).
         self.resync_all: frozenset[str] = frozenset()
-        self.resync_left: set[str] | None = None
-        self.established = False
-        self.reads = 0
+
+    async def ping(self) -> None:
+        """PING, queued in the FIFO so its PONG is matched like any reply."""
+        self.sent.append(_Sent("ping", ()))
+        await super().ping()
 
 
 class _Node:
@@ -203,7 +188,7 @@ class _Client:
         self.redis = aioredis.Redis.from_url(
             url,
             max_connections=_MAX_PUBLISH_CONNECTIONS,
-            socket_connect_timeout=_CONNECT_TIMEOUT,
+            socket_connect_timeout=CONNECT_TIMEOUT,
             socket_timeout=_PUBLISH_TIMEOUT,
             retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
         )
@@ -227,13 +212,16 @@ class ClusterBroker:
         refresh_interval: float = 10.0,
     ) -> None:
         """Create a broker for the cluster ``url`` names (any of its nodes will do)."""
-        if not 0 < reconnect_delay <= max_reconnect_delay:
-            raise ValueError("need 0 < reconnect_delay <= max_reconnect_delay")
+        # Checks the delays; the per-shard loops share it.
+        self._reconnecting: Reconnecting[_Session] = Reconnecting(
+            reconnect_delay=reconnect_delay,
+            max_reconnect_delay=max_reconnect_delay,
+            on_down=self._want_refresh,
+        )
         if subscribe_timeout <= 0 or health_check_interval <= 0 or refresh_interval <= 0:
             raise ValueError("timeouts and intervals must be positive")
         self._url = ClusterUrl.parse(url)
         self._reconnect_delay = reconnect_delay
-        self._max_reconnect_delay = max_reconnect_delay
         self._subscribe_timeout = subscribe_timeout
         self._health_check_interval = health_check_interval
         self._refresh_interval = refresh_interval
@@ -249,7 +237,7 @@ class ClusterBroker:
         self._unassigned: set[str] = set()
         self._nodes: dict[str, _Node] = {}
         self._clients: dict[str, _Client] = {}
-        self._confirming: dict[str, asyncio.Future[None]] = {}
+        self._confirmations = Confirmations(timeout=subscribe_timeout, who="redis cluster")
         self._refresh_wanted = asyncio.Event()
         self._refresh_lock = asyncio.Lock()
         self._changed = asyncio.Event()
@@ -440,7 +428,7 @@ class ClusterBroker:
         pending = self._register(subscription)
         try:
             if pending:
-                await self._await_confirmation(subscription, pending)
+                await self._confirmations.wait(subscription, pending)
             yield subscription
         finally:
             self._unregister(subscription)
@@ -457,30 +445,8 @@ class ClusterBroker:
                 # That shard is down or unknown: its next session subscribes and sends a Gap.
                 continue
             if channel in node.to_subscribe or session.inflight.get(channel):
-                future = self._confirming.get(channel)
-                if future is None:
-                    future = asyncio.get_running_loop().create_future()
-                    self._confirming[channel] = future
-                pending.append(future)
+                pending.append(self._confirmations.expect(channel))
         return pending
-
-    async def _await_confirmation(
-        self, subscription: Subscription, futures: list[asyncio.Future[None]]
-    ) -> None:
-        _, late = await asyncio.wait(futures, timeout=self._subscribe_timeout)
-        if not late:
-            return
-        logger.warning(
-            "redis cluster did not confirm %d channel(s) within %.1fs; continuing without",
-            len(late),
-            self._subscribe_timeout,
-        )
-
-        def gap_when_confirmed(_: asyncio.Future[None]) -> None:
-            subscription.put_gap(_LATE_SUBSCRIBE)
-
-        for future in late:
-            future.add_done_callback(gap_when_confirmed)
 
     def _unregister(self, subscription: Subscription) -> None:
         for channel in self._fanout.remove(subscription):
@@ -490,9 +456,7 @@ class ClusterBroker:
             node = self._nodes.get(address) if address is not None else None
             if node is not None:
                 self._drop(node, channel)
-            future = self._confirming.pop(channel, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            self._confirmations.confirm(channel)
 
     def _assign(self, channel: str, *, moved: bool) -> None:
         """Put ``channel`` on the node owning its slot (``moved``: a Gap once it confirms)."""
@@ -612,63 +576,19 @@ class ClusterBroker:
 
     # -- one shard's pub/sub connection -------------------------------------------------------
 
-    async def _open(self, node: _Node) -> AbstractConnection:
+    async def _open(self, node: _Node) -> _Session:
         pool = self._client(node.address).redis.connection_pool
-        kwargs: dict[str, Any] = dict(pool.connection_kwargs)
-        kwargs.pop("maint_notifications_pool_handler", None)
-        kwargs.pop("maint_notifications_config", None)
-        kwargs.update(
-            decode_responses=True,
-            encoding_errors="replace",
-            protocol=2,
-            socket_timeout=None,
-            retry=Retry(NoBackoff(), 0),
-        )
-        conn = pool.connection_class(**kwargs)
-        try:
-            async with asyncio.timeout(self._subscribe_timeout):
-                await conn.connect()  # type: ignore[no-untyped-call]  # redis-py lacks hints
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-        return conn
+        return _Session(await open_pubsub(pool, handshake=self._subscribe_timeout))
 
     async def _run(self, node: _Node) -> None:
         """Serve ``node``'s sessions until cancelled, reconnecting with backoff in between."""
-        delay = self._reconnect_delay
-        while True:
-            try:
-                conn = await self._open(node)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                self._want_refresh()
-                pause = self._pause(delay)
-                _log_failure(f"redis cluster pub/sub connect to {node.address} failed", exc, pause)
-                await asyncio.sleep(pause)
-                delay = min(delay * 2, self._max_reconnect_delay)
-                continue
-            session = _Session(conn)
-            failure: Exception | None = None
-            try:
-                await self._serve(node, session)
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failure = exc
-            finally:
-                await self._end(node, session)
-            if session.established:
-                delay = self._reconnect_delay
-            self._want_refresh()
-            pause = self._pause(delay)
-            if failure is not None:
-                _log_failure(f"redis cluster pub/sub to {node.address} lost", failure, pause)
-            await asyncio.sleep(pause)
-            delay = min(delay * 2, self._max_reconnect_delay)
-
-    def _pause(self, delay: float) -> float:
-        return min(self._max_reconnect_delay, delay * random.uniform(1.0, 1.5))
+        await self._reconnecting.run(
+            lambda: self._open(node),
+            lambda session: self._serve(node, session),
+            lambda session: self._end(node, session),
+            lost=f"redis cluster pub/sub to {node.address} lost",
+            failed=f"redis cluster pub/sub connect to {node.address} failed",
+        )
 
     async def _serve(self, node: _Node, session: _Session) -> None:
         node.session = session
@@ -677,7 +597,7 @@ class ClusterBroker:
         reading = asyncio.create_task(self._read_loop(node, session), name="cluster-read")
         flushing = asyncio.create_task(self._flush_loop(node, session), name="cluster-flush")
         try:
-            await self._watch(session, {reading, flushing})
+            await session.watch({reading, flushing}, self._health_check_interval)
         finally:
             reading.cancel()
             flushing.cancel()
@@ -686,42 +606,10 @@ class ClusterBroker:
     async def _end(self, node: _Node, session: _Session) -> None:
         if node.session is session:
             node.session = None
-        for channel in node.channels:
-            future = self._confirming.pop(channel, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+        self._confirmations.confirm_all(node.channels)
         self._changed.set()
         with contextlib.suppress(RedisError, OSError):
             await session.conn.disconnect(nowait=True)
-
-    async def _watch(self, session: _Session, tasks: set[asyncio.Task[None]]) -> None:
-        interval = self._health_check_interval
-        seen = session.reads
-        pinged = False
-        while True:
-            done, _ = await asyncio.wait(
-                tasks, timeout=interval, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                task.result()
-                raise RedisConnectionError(f"{task.get_name()} ended")
-            if session.reads != seen:
-                seen = session.reads
-                pinged = False
-                continue
-            if pinged:
-                raise RedisTimeoutError(f"no reply to PING within {interval:.1f}s")
-            async with asyncio.timeout(interval):
-                session.sent.append(_Sent("ping", ()))
-                await self._send(session, session.conn.pack_command("PING"))
-            pinged = True
-
-    async def _send(self, session: _Session, packed: list[bytes]) -> None:
-        conn = session.conn
-        async with session.send_lock:
-            if not conn.is_connected:
-                raise RedisConnectionError("pub/sub connection is closed")
-            await conn.send_packed_command(packed, check_health=False)
 
     async def _flush_loop(self, node: _Node, session: _Session) -> None:
         session.resync_left = set(node.to_subscribe)
@@ -749,7 +637,7 @@ class ClusterBroker:
             for batch in self._by_slot(channels):
                 session.sent.append(_Sent(kind, batch))
                 commands.append((kind.upper(), *batch))
-        await self._send(session, session.conn.pack_commands(commands))
+        await session.send(session.conn.pack_commands(commands))
 
     def _by_slot(self, channels: Iterable[str]) -> Iterator[tuple[str, ...]]:
         def slot(channel: str) -> int:
@@ -814,9 +702,7 @@ class ClusterBroker:
         else:
             session.inflight.pop(channel, None)
             if channel in session.requested:
-                future = self._confirming.pop(channel, None)
-                if future is not None and not future.done():
-                    future.set_result(None)
+                self._confirmations.confirm(channel)
                 if channel in node.moved_in:
                     node.moved_in.discard(channel)
                     self._fanout.gap_channels((channel,), _MOVED)
@@ -918,10 +804,3 @@ def _describe(shards: Mapping[str, tuple[tuple[int, int], ...]]) -> str:
     return "; ".join(
         f"{address} {','.join(f'{a}-{b}' for a, b in r)}" for address, r in shards.items()
     )
-
-
-def _log_failure(what: str, exc: Exception, pause: float) -> None:
-    if isinstance(exc, (RedisError, OSError)):
-        logger.warning("%s (%s); retrying in %.1fs", what, exc or type(exc).__name__, pause)
-    else:
-        logger.error("%s; retrying in %.1fs", what, pause, exc_info=exc)

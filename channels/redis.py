@@ -18,7 +18,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from collections.abc import AsyncIterator, Iterable, Iterator, Sequence
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from itertools import islice
@@ -30,10 +29,10 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
-from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from channels.base import BrokerError, Gap
+from channels.base import BrokerError
 from channels.fanout import Fanout, Subscription
+from channels.sessions import CONNECT_TIMEOUT, Confirmations, Reconnecting, Session, open_pubsub
 
 logger = logging.getLogger(__name__)
 
@@ -41,40 +40,8 @@ logger = logging.getLogger(__name__)
 BATCH_SIZE = 1000
 
 #: A publish against an unreachable Redis must fail within about this long.
-_CONNECT_TIMEOUT = 1.0
 _PUBLISH_TIMEOUT = 2.0
 _MAX_PUBLISH_CONNECTIONS = 50
-
-_LATE_SUBSCRIBE = Gap("late subscribe")
-
-
-class _Session:
-    """The state of one pub/sub connection, thrown away with it."""
-
-    __slots__ = (
-        "conn",
-        "established",
-        "inflight",
-        "reads",
-        "requested",
-        "resync_left",
-        "send_lock",
-    )
-
-    def __init__(self, conn: AbstractConnection) -> None:
-        self.conn = conn
-        # A fresh lock per connection: a send stuck on a dead socket must not block the next one.
-        self.send_lock = asyncio.Lock()
-        # Channels whose latest command on this connection was SUBSCRIBE.
-        self.requested: set[str] = set()
-        # SUBSCRIBE replies still expected per channel; a channel may be subscribed, unsubscribed
-        # and subscribed again before the first reply arrives.
-        self.inflight: dict[str, int] = {}
-        # Channels of the initial re-subscription not yet confirmed; None once all are.
-        self.resync_left: set[str] | None = None
-        self.established = False
-        # Counts replies, so the watchdog can tell an idle connection from a quiet one.
-        self.reads = 0
 
 
 class RedisBroker:
@@ -93,10 +60,13 @@ class RedisBroker:
         """Create a broker for ``url`` (a client is made and owned) or on a given ``client``."""
         if (url is None) == (client is None):
             raise ValueError("RedisBroker needs exactly one of url or client")
-        if not 0 < reconnect_delay <= max_reconnect_delay:
-            raise ValueError("need 0 < reconnect_delay <= max_reconnect_delay")
         if subscribe_timeout <= 0 or health_check_interval <= 0:
             raise ValueError("subscribe_timeout and health_check_interval must be positive")
+        # Made first: it checks the delays before a client exists to be leaked.
+        self._reconnecting: Reconnecting[Session] = Reconnecting(
+            reconnect_delay=reconnect_delay,
+            max_reconnect_delay=max_reconnect_delay,
+        )
         if client is None:
             assert url is not None
             # Short timeouts: a failed publish is repaired from the database by the caller,
@@ -106,7 +76,7 @@ class RedisBroker:
             client = aioredis.Redis.from_url(
                 url,
                 max_connections=_MAX_PUBLISH_CONNECTIONS,
-                socket_connect_timeout=_CONNECT_TIMEOUT,
+                socket_connect_timeout=CONNECT_TIMEOUT,
                 socket_timeout=_PUBLISH_TIMEOUT,
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             )
@@ -120,18 +90,16 @@ class RedisBroker:
         self._publish_slots = asyncio.Semaphore(
             max_connections if isinstance(max_connections, int) else _MAX_PUBLISH_CONNECTIONS
         )
-        self._reconnect_delay = reconnect_delay
-        self._max_reconnect_delay = max_reconnect_delay
         self._subscribe_timeout = subscribe_timeout
         self._health_check_interval = health_check_interval
 
         self._fanout = Fanout()
         self._to_subscribe: set[str] = set()
         self._to_unsubscribe: set[str] = set()
-        self._confirming: dict[str, asyncio.Future[None]] = {}
+        self._confirmations = Confirmations(timeout=subscribe_timeout, who="redis")
         self._dirty = asyncio.Event()
         self._up = asyncio.Event()
-        self._session: _Session | None = None
+        self._session: Session | None = None
         self._connected = False
         self._closed = True
         self._reader: asyncio.Task[None] | None = None
@@ -162,7 +130,19 @@ class RedisBroker:
             conn = await self._open()
         except (RedisError, OSError) as exc:
             logger.warning("redis pub/sub unreachable (%s); will keep retrying", exc)
-        self._reader = asyncio.create_task(self._run(conn), name="redis-broker-reader")
+        self._reader = asyncio.create_task(
+            self._reconnecting.run(
+                self._open_session,
+                self._serve,
+                self._end,
+                lost="redis pub/sub connection lost",
+                failed="redis pub/sub connect failed",
+                first=Session(conn) if conn is not None else None,
+                # connect() just tried (and logged why it failed): the next try after a pause.
+                open_first=False,
+            ),
+            name="redis-broker-reader",
+        )
         if conn is not None:
             # Return with `connected` meaningful, so start-up readiness is right at once.
             try:
@@ -220,7 +200,7 @@ class RedisBroker:
         pending = self._register(subscription)
         try:
             if pending:
-                await self._await_confirmation(subscription, pending)
+                await self._confirmations.wait(subscription, pending)
             yield subscription
         finally:
             self._unregister(subscription)
@@ -238,35 +218,11 @@ class RedisBroker:
         if session is None:
             # Redis is down: return at once; the next session subscribes and sends a Gap.
             return []
-        pending: list[asyncio.Future[None]] = []
-        for channel in subscription.channels:
-            if channel in self._to_subscribe or channel in session.inflight:
-                future = self._confirming.get(channel)
-                if future is None:
-                    future = asyncio.get_running_loop().create_future()
-                    self._confirming[channel] = future
-                pending.append(future)
-        return pending
-
-    async def _await_confirmation(
-        self, subscription: Subscription, futures: list[asyncio.Future[None]]
-    ) -> None:
-        # asyncio.wait never cancels the futures, which other subscribers may share.
-        _, late = await asyncio.wait(futures, timeout=self._subscribe_timeout)
-        if not late:
-            return
-        logger.warning(
-            "redis did not confirm %d channel(s) within %.1fs; continuing without",
-            len(late),
-            self._subscribe_timeout,
-        )
-
-        # Whatever was published before the SUBSCRIBE took effect is lost to this subscriber.
-        def gap_when_confirmed(_: asyncio.Future[None]) -> None:
-            subscription.put_gap(_LATE_SUBSCRIBE)
-
-        for future in late:
-            future.add_done_callback(gap_when_confirmed)
+        return [
+            self._confirmations.expect(channel)
+            for channel in subscription.channels
+            if channel in self._to_subscribe or channel in session.inflight
+        ]
 
     def _unregister(self, subscription: Subscription) -> None:
         requested = self._session.requested if self._session is not None else ()
@@ -274,77 +230,18 @@ class RedisBroker:
             self._to_subscribe.discard(channel)
             if channel in requested:
                 self._to_unsubscribe.add(channel)
-            future = self._confirming.pop(channel, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            self._confirmations.confirm(channel)
         if self._to_unsubscribe:
             self._dirty.set()
 
     async def _open(self) -> AbstractConnection:
         """Open a dedicated pub/sub connection configured like the client's pool."""
-        pool = self._client.connection_pool
-        kwargs: dict[str, Any] = dict(pool.connection_kwargs)
-        # Bound to the pool's connections, and only meaningful with RESP3.
-        kwargs.pop("maint_notifications_pool_handler", None)
-        kwargs.pop("maint_notifications_config", None)
-        kwargs.update(
-            # hiredis decodes each reply to str once, in C.
-            decode_responses=True,
-            encoding_errors="replace",
-            protocol=2,
-            # Reads wait for messages indefinitely; liveness is the watchdog's job.
-            socket_timeout=None,
-            # The reader has its own backoff; a retry inside redis-py would hide a reconnect.
-            retry=Retry(NoBackoff(), 0),
-        )
-        if kwargs.get("socket_connect_timeout") is None:
-            kwargs["socket_connect_timeout"] = _CONNECT_TIMEOUT
-        conn = pool.connection_class(**kwargs)
-        try:
-            # Redis may accept TCP but never answer the handshake (CLIENT PAUSE, overload).
-            async with asyncio.timeout(self._subscribe_timeout):
-                await conn.connect()  # type: ignore[no-untyped-call]  # redis-py lacks hints
-        except BaseException:
-            await conn.disconnect(nowait=True)
-            raise
-        return conn
+        return await open_pubsub(self._client.connection_pool, handshake=self._subscribe_timeout)
 
-    def _pause(self, delay: float) -> float:
-        # Jitter spreads the reconnects of many processes after a Redis restart.
-        return min(self._max_reconnect_delay, delay * random.uniform(1.0, 1.5))
+    async def _open_session(self) -> Session:
+        return Session(await self._open())
 
-    async def _run(self, conn: AbstractConnection | None) -> None:
-        """Serve sessions until cancelled, reconnecting with backoff in between."""
-        delay = self._reconnect_delay
-        failure: tuple[str, Exception] | None = None
-        while True:
-            if conn is not None:
-                session = _Session(conn)
-                conn = None
-                try:
-                    await self._serve(session)
-                except asyncio.CancelledError:
-                    raise
-                except Exception as exc:
-                    failure = ("redis pub/sub connection lost", exc)
-                finally:
-                    await self._end(session)
-                if session.established:
-                    delay = self._reconnect_delay
-            pause = self._pause(delay)
-            if failure is not None:
-                _log_failure(*failure, pause)
-                failure = None
-            await asyncio.sleep(pause)
-            delay = min(delay * 2, self._max_reconnect_delay)
-            try:
-                conn = await self._open()
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                failure = ("redis pub/sub connect failed", exc)
-
-    async def _serve(self, session: _Session) -> None:
+    async def _serve(self, session: Session) -> None:
         """Re-subscribe everything, then read and flush until the connection fails."""
         self._session = session
         self._to_unsubscribe.clear()
@@ -352,58 +249,23 @@ class RedisBroker:
         reading = asyncio.create_task(self._read_loop(session), name="redis-broker-read")
         flushing = asyncio.create_task(self._flush_loop(session), name="redis-broker-flush")
         try:
-            await self._watch(session, {reading, flushing})
+            await session.watch({reading, flushing}, self._health_check_interval)
         finally:
             reading.cancel()
             flushing.cancel()
             await asyncio.gather(reading, flushing, return_exceptions=True)
 
-    async def _end(self, session: _Session) -> None:
+    async def _end(self, session: Session) -> None:
         """Forget ``session``: not connected, waiting subscribers released, connection closed."""
         if self._session is session:
             self._session = None
         self._connected = False
         self._up.clear()
-        confirming, self._confirming = self._confirming, {}
-        for future in confirming.values():
-            if not future.done():
-                future.set_result(None)
+        self._confirmations.confirm_all()
         with contextlib.suppress(RedisError, OSError):
             await session.conn.disconnect(nowait=True)
 
-    async def _watch(self, session: _Session, tasks: set[asyncio.Task[None]]) -> None:
-        """Return (by raising) when a session task fails or Redis stops answering PING."""
-        interval = self._health_check_interval
-        seen = session.reads
-        pinged = False
-        while True:
-            done, _ = await asyncio.wait(
-                tasks, timeout=interval, return_when=asyncio.FIRST_COMPLETED
-            )
-            for task in done:
-                task.result()
-                raise RedisConnectionError(f"{task.get_name()} ended")
-            if session.reads != seen:
-                seen = session.reads
-                pinged = False
-                continue
-            if pinged:
-                raise RedisTimeoutError(f"no reply to PING within {interval:.1f}s")
-            # A half-open TCP connection looks exactly like a quiet one until we ask.
-            async with asyncio.timeout(interval):
-                await self._send(session, session.conn.pack_command("PING"))
-            pinged = True
-
-    async def _send(self, session: _Session, packed: list[bytes]) -> None:
-        conn = session.conn
-        async with session.send_lock:
-            # send_packed_command would silently reconnect a closed connection, without any of
-            # our subscriptions on it.
-            if not conn.is_connected:
-                raise RedisConnectionError("pub/sub connection is closed")
-            await conn.send_packed_command(packed, check_health=False)
-
-    async def _flush_loop(self, session: _Session) -> None:
+    async def _flush_loop(self, session: Session) -> None:
         # The first flush re-subscribes every channel in use. Taking the set here, right before
         # that flush, makes it exactly what is sent, so every channel in it gets a reply.
         session.resync_left = set(self._to_subscribe)
@@ -414,7 +276,7 @@ class RedisBroker:
             await self._flush(session)
             await self._dirty.wait()
 
-    async def _flush(self, session: _Session) -> None:
+    async def _flush(self, session: Session) -> None:
         """Send the pending SUBSCRIBE / UNSUBSCRIBE commands in one write."""
         subscribe, unsubscribe = self._to_subscribe, self._to_unsubscribe
         if not subscribe and not unsubscribe:
@@ -429,9 +291,9 @@ class RedisBroker:
             ("UNSUBSCRIBE", *batch) for batch in _batches(unsubscribe)
         ]
         commands.extend(("SUBSCRIBE", *batch) for batch in _batches(subscribe))
-        await self._send(session, session.conn.pack_commands(commands))
+        await session.send(session.conn.pack_commands(commands))
 
-    async def _read_loop(self, session: _Session) -> None:
+    async def _read_loop(self, session: Session) -> None:
         """Hand every message to the fanout; the hot path of the broker."""
         read = session.conn.read_response
         deliver = self._fanout.deliver
@@ -449,7 +311,7 @@ class RedisBroker:
             else:
                 self._on_reply(session, reply)
 
-    def _on_reply(self, session: _Session, reply: Any) -> None:
+    def _on_reply(self, session: Session, reply: Any) -> None:
         match reply:
             case ["subscribe", str() as channel, _]:
                 self._on_subscribed(session, channel)
@@ -458,7 +320,7 @@ class RedisBroker:
             case _:
                 logger.warning("unexpected reply on the redis pub/sub connection: %.200r", reply)
 
-    def _on_subscribed(self, session: _Session, channel: str) -> None:
+    def _on_subscribed(self, session: Session, channel: str) -> None:
         left = session.resync_left
         if left is not None:
             left.discard(channel)
@@ -470,11 +332,9 @@ class RedisBroker:
             return
         session.inflight.pop(channel, None)
         if channel in session.requested:
-            future = self._confirming.pop(channel, None)
-            if future is not None and not future.done():
-                future.set_result(None)
+            self._confirmations.confirm(channel)
 
-    def _resynced(self, session: _Session) -> None:
+    def _resynced(self, session: Session) -> None:
         """Every channel in use is subscribed again: tell subscribers what they may have missed."""
         session.resync_left = None
         session.established = True
@@ -488,10 +348,3 @@ def _batches(channels: Iterable[str]) -> Iterator[tuple[str, ...]]:
     iterator = iter(channels)
     while batch := tuple(islice(iterator, BATCH_SIZE)):
         yield batch
-
-
-def _log_failure(what: str, exc: Exception, pause: float) -> None:
-    if isinstance(exc, (RedisError, OSError)):
-        logger.warning("%s (%s); retrying in %.1fs", what, exc or type(exc).__name__, pause)
-    else:
-        logger.error("%s; retrying in %.1fs", what, pause, exc_info=exc)

@@ -1,10 +1,12 @@
 // @ts-check
 /**
- * The customer page: demo sign-in, place an order, watch it live, browse history.
+ * The customer page: demo sign-in, place an order, watch it live (its status, and its money:
+ * paid / refunded / outstanding and the receipts), browse history.
  * Live state comes from the orderstatus client (WebSocket, resumable, long-poll fallback);
  * history from GET /api/orders with a cursor. Both feed one map of orders, newest version wins.
  */
 
+import { moneyFromNote } from "./money.js";
 import { apiRequest, connect, newIdempotencyKey } from "./orderstatus.js";
 import { allowedNext, isTerminal, statusLabel, trackerSteps } from "./workflow.js";
 import {
@@ -23,6 +25,7 @@ import {
   h,
   hideBanner,
   itemsSummary,
+  receiptDocument,
   renderConnection,
   shortId,
   showBanner,
@@ -41,6 +44,7 @@ import {
  * @property {string|null} at
  * @property {string|null} [note]
  * @property {string} [kind]
+ * @property {{amount: number, currency: string, reason?: string|null}|null} [money]  a payment's or refund's amount
  */
 /**
  * @typedef {Object} PaymentView
@@ -48,9 +52,32 @@ import {
  * @property {string} status
  * @property {string|null} redirect_url
  */
+/**
+ * A receipt as `GET /api/orders/{id}/receipts` lists it (the printable page is `{number}.html`).
+ * @typedef {Object} ReceiptView
+ * @property {number} number  per store, no gaps
+ * @property {string} [label]  the printed number, e.g. "store-1-000042"
+ * @property {string} [kind]  sale | refund
+ * @property {number} [amount]  the order's (sale) or the refund's (refund), minor units
+ * @property {string} [currency]
+ * @property {string} [issued_at]
+ */
+
+/** @param {ReceiptView} receipt */
+const receiptName = (receipt) => receipt.label ?? /** @type {any} */ (receipt).display_number ?? String(receipt.number);
 
 const NAME_KEY = "orderstatus-demo:customer";
 const PAYMENT_EVENT = "payment.status";
+const REFUND_EVENT = "refund.status";
+const RECEIPT_EVENT = "receipt.issued";
+const MONEY_KINDS = new Set([PAYMENT_EVENT, REFUND_EVENT, RECEIPT_EVENT]);
+/** @type {Record<string, string>} */
+const REFUND_LABELS = {
+  REQUESTED: "Refund requested",
+  PENDING: "Refund on its way",
+  SUCCEEDED: "Refunded",
+  FAILED: "Refund failed",
+};
 /** The gateway the demo pays with: the sandbox bundled with the server. */
 const GATEWAY = "sandbox";
 const PAY_WINDOW = "orderstatus-pay";
@@ -84,6 +111,8 @@ const state = {
   /** @type {Map<string, Map<number, TimelineEntry>>} */ timelines: new Map(),
   /** @type {Map<string, PaymentView>} the newest payment attempt we know of, per order */
   payments: new Map(),
+  /** @type {Map<string, ReceiptView[]>} the receipts of each order we asked about */
+  receipts: new Map(),
   /** seqs delivered live, in order (for the end-to-end tests and the curious) */
   /** @type {number[]} */ received: [],
   busy: false,
@@ -138,6 +167,7 @@ async function signOut() {
   Object.assign(state, { name: null, tokens: null, history: [], nextCursor: null, selectedId: null, received: [] });
   state.orders.clear();
   state.payments.clear();
+  state.receipts.clear();
   state.timelines.clear();
   renderConnection($("conn"), { state: "idle" });
   $("who").hidden = true;
@@ -157,7 +187,18 @@ function onEvent(event) {
   addTimeline(event.order_id, event);
   if (!state.history.includes(event.order_id)) state.history.unshift(event.order_id);
   if (!state.selectedId) selectOrder(event.order_id);
-  if (event.kind === PAYMENT_EVENT && event.status) {
+  if (event.kind === RECEIPT_EVENT) {
+    // The event carries the receipt's short form: show it now, then read the list for the rest.
+    const short = /** @type {any} */ (event).receipt;
+    if (short && typeof short.number === "number") {
+      const known = (state.receipts.get(event.order_id) ?? []).filter((r) => r.number !== short.number);
+      state.receipts.set(event.order_id, [...known, short].sort((a, b) => a.number - b.number));
+    }
+    loadReceipts(event.order_id);
+    if (event.order_id === state.selectedId) announce(`Order ${shortId(event.order_id)}: a receipt was issued.`);
+  } else if (event.kind === REFUND_EVENT && event.status) {
+    if (event.order_id === state.selectedId) announce(`Order ${shortId(event.order_id)}: ${REFUND_LABELS[event.status] ?? event.status}.`);
+  } else if (event.kind === PAYMENT_EVENT && event.status) {
     const known = state.payments.get(event.order_id);
     if (known) state.payments.set(event.order_id, { ...known, status: event.status });
     if (event.order_id === state.selectedId) announce(`Order ${shortId(event.order_id)}: ${paymentLabel(event.status)}.`);
@@ -204,7 +245,17 @@ function addTimeline(orderId, entry) {
     timeline = new Map();
     state.timelines.set(orderId, timeline);
   }
+  // A live payment or receipt event carries its record; a refund's (and the audit trail) only
+  // the server's note, which counts in minor units: read the amount and reason from it.
+  const live = /** @type {any} */ (entry);
+  const record = live.payment ?? live.receipt ?? null;
+  const currency = state.orders.get(orderId)?.currency ?? CURRENCY;
+  const money =
+    record && typeof record.amount === "number"
+      ? { amount: record.amount, currency: String(record.currency ?? currency), reason: null }
+      : (moneyFromNote(entry.kind ?? "", entry.note ?? null, currency) ?? timeline.get(entry.event_id)?.money ?? null);
   timeline.set(entry.event_id, {
+    money,
     event_id: entry.event_id,
     status: entry.status,
     previous_status: entry.previous_status,
@@ -227,6 +278,7 @@ async function selectOrder(orderId) {
     if (state.selectedId === orderId) renderTracker();
     const known = state.orders.get(orderId);
     if (known && known.payment_method === "online") await loadPayments(orderId);
+    await loadReceipts(orderId);
   } catch (error) {
     console.warn("could not load the order's history", error);
   }
@@ -249,6 +301,52 @@ async function loadPayments(orderId) {
     if (state.selectedId === orderId) renderTracker();
   } catch (error) {
     console.warn("could not load the order's payments", error);
+  }
+}
+
+/**
+ * The order's receipts (a receipt is issued when it is fully paid and after each refund).
+ * @param {string} orderId
+ */
+async function loadReceipts(orderId) {
+  const tokens = state.tokens;
+  if (!tokens) return;
+  try {
+    const body = await apiRequest(location.origin, `/api/orders/${encodeURIComponent(orderId)}/receipts`, { token: await tokens.token() });
+    state.receipts.set(orderId, /** @type {ReceiptView[]} */ (body.receipts ?? []));
+  } catch (error) {
+    // A server without receipts yet answers 404: the page simply shows none.
+    console.warn("could not load the order's receipts", error);
+    return;
+  }
+  if (state.selectedId === orderId) renderTracker();
+}
+
+/**
+ * Open a receipt's printable page in a new tab. It needs the bearer token, which a plain link
+ * cannot send: fetch it, and show it from a blob URL in a window opened during the click
+ * (browsers block windows opened after an await).
+ * @param {string} orderId
+ * @param {ReceiptView} receipt
+ */
+async function openReceipt(orderId, receipt) {
+  const tokens = state.tokens;
+  if (!tokens) return;
+  const win = window.open("", "_blank");
+  if (win) win.document.title = "Loading the receipt…";
+  try {
+    const response = await fetch(`/api/orders/${encodeURIComponent(orderId)}/receipts/${encodeURIComponent(String(receipt.number))}.html`, {
+      headers: { Authorization: `Bearer ${await tokens.token()}`, Accept: "text/html" },
+    });
+    if (!response.ok) throw new Error(`the server answered ${response.status} ${response.statusText}`);
+    const url = URL.createObjectURL(new Blob([receiptDocument(await response.text(), response.headers.get("Content-Security-Policy"))], { type: "text/html" }));
+    if (win) win.location.href = url;
+    else window.open(url, "_blank");
+    // Long enough for the new tab to load it; then the memory is given back.
+    setTimeout(() => URL.revokeObjectURL(url), 60_000);
+  } catch (error) {
+    win?.close();
+    showBanner({ title: `Could not open receipt ${receiptName(receipt)}`, detail: describeError(error) });
   }
 }
 
@@ -469,7 +567,9 @@ function renderTracker() {
       ),
       h("li", { class: "lines__row lines__row--total" }, h("span", null, "Total"), h("span", { class: "num" }, formatMoney(order.amount, order.currency))),
     ),
+    renderMoney(order),
     renderPayment(order),
+    renderReceipts(order),
     canCancel
       ? h("div", { class: "actions" }, h("button", { id: "cancel-order", class: "btn btn--danger-ghost", type: "button", onclick: () => cancelOrder(order.id) }, "Cancel order"))
       : null,
@@ -483,12 +583,95 @@ function renderTracker() {
               "li",
               { class: "timeline__item", dataset: { status: entry.status ?? "", eventId: String(entry.event_id) } },
               h("span", { class: "timeline__dot", "aria-hidden": "true" }),
-              h("span", { class: "timeline__what" }, entry.kind === PAYMENT_EVENT ? paymentLabel(entry.status ?? "") : statusLabel(entry.status ?? "")),
-              h("span", { class: "timeline__meta" }, `${formatTime(entry.at)} · ${SOURCES[entry.source] ?? entry.source}${entry.note ? ` · “${entry.note}”` : ""}`),
+              h("span", { class: "timeline__what" }, timelineLabel(entry)),
+              h("span", { class: "timeline__meta" }, `${formatTime(entry.at)} · ${SOURCES[entry.source] ?? entry.source}${timelineNote(entry)}`),
             ),
           ),
         )
       : h("p", { class: "muted small" }, "Loading updates…"),
+  );
+}
+
+/**
+ * What a timeline entry says, by its kind.
+ * @param {TimelineEntry} entry
+ */
+function timelineLabel(entry) {
+  const status = entry.status ?? "";
+  if (entry.kind === PAYMENT_EVENT) return paymentLabel(status);
+  if (entry.kind === REFUND_EVENT) return REFUND_LABELS[status] ?? `Refund ${status.toLowerCase()}`;
+  if (entry.kind === RECEIPT_EVENT) return "Receipt issued";
+  return statusLabel(status);
+}
+
+/**
+ * What follows an entry's time: an order change's note as written; for money, the amount (in
+ * the currency's units, not the server's note in minor units) and a refund's reason.
+ * @param {TimelineEntry} entry
+ */
+function timelineNote(entry) {
+  if (!MONEY_KINDS.has(entry.kind ?? "")) return entry.note ? ` · “${entry.note}”` : "";
+  // A payment marked (partly) refunded: the refund's own entry says how much.
+  if (!entry.money || (entry.kind === PAYMENT_EVENT && /REFUNDED$/.test(entry.status ?? ""))) return "";
+  const reason = entry.money.reason ? ` · “${entry.money.reason}”` : "";
+  return ` · ${formatMoney(entry.money.amount, entry.money.currency)}${reason}`;
+}
+
+/**
+ * Paid / refunded / outstanding, as of the newest version of the order (its payment_summary).
+ * @param {Order} order
+ */
+function renderMoney(order) {
+  const s = order.payment_summary;
+  if (!s) return null;
+  /** @param {string} key @param {string} label @param {number} value */
+  const row = (key, label, value) => h("div", { class: `money__row money__row--${key}` }, h("dt", null, label), h("dd", { id: `money-${key}`, class: "num", dataset: { minor: String(value) } }, formatMoney(value, s.currency)));
+  return h(
+    "dl",
+    { id: "money", class: "money", "aria-label": "Payment", dataset: { outstanding: String(s.outstanding) } },
+    row("paid", "Paid", s.paid),
+    row("refunded", "Refunded", s.refunded),
+    row("outstanding", s.outstanding ? (order.payment_method === "cash" ? "To pay at the store" : "Outstanding") : "Outstanding", s.outstanding),
+  );
+}
+
+/**
+ * The order's receipts, each opening its printable page.
+ * @param {Order} order
+ */
+function renderReceipts(order) {
+  const receipts = state.receipts.get(order.id) ?? [];
+  if (!receipts.length) return null;
+  return h(
+    "div",
+    { class: "receipts" },
+    h("h3", { class: "subhead" }, "Receipts"),
+    h(
+      "ul",
+      { id: "receipts", class: "receipts__list" },
+      ...receipts.map((receipt) =>
+        h(
+          "li",
+          { dataset: { number: String(receipt.number), kind: receipt.kind ?? "" } },
+          h(
+            "a",
+            {
+              href: `/api/orders/${encodeURIComponent(order.id)}/receipts/${encodeURIComponent(String(receipt.number))}.html`,
+              onclick: (/** @type {MouseEvent} */ event) => {
+                event.preventDefault();
+                openReceipt(order.id, receipt);
+              },
+            },
+            `Receipt ${receiptName(receipt)}`,
+          ),
+          h(
+            "span",
+            { class: "muted small" },
+            ` · ${receipt.kind === "refund" ? "refund" : "sale"}${typeof receipt.amount === "number" ? ` ${formatMoney(receipt.amount, receipt.currency ?? order.currency)}` : ""}${receipt.issued_at ? ` · ${formatDateTime(receipt.issued_at)}` : ""}`,
+          ),
+        ),
+      ),
+    ),
   );
 }
 

@@ -58,6 +58,17 @@
  * @property {string|null} updated_at
  * @property {string|null} expires_at
  * @property {number} version
+ * @property {PaymentSummary} [payment_summary]  from the payment and refund rows, as of this version
+ */
+
+/**
+ * @typedef {Object} PaymentSummary
+ * @property {number} paid  minor units
+ * @property {number} refunded  minor units
+ * @property {number} outstanding  minor units
+ * @property {string} currency
+ * @property {boolean} can_pay
+ * @property {boolean} can_refund
  */
 
 /**

@@ -1,10 +1,13 @@
 // @ts-check
 /**
  * The POS board: a store's orders in columns by status, a card per order with buttons only
- * for the moves the workflow allows a terminal, and any refusal (409) shown plainly.
+ * for the moves the workflow allows a terminal, and any refusal (409) shown plainly; the
+ * order's money (paid / refunded / owed) with "Record payment" and "Refund", each confirmed in
+ * a dialog that says exactly what will happen before anything is sent.
  */
 
 import { ApiError, apiRequest, connect, newIdempotencyKey } from "./orderstatus.js";
+import { METHOD_LABELS, describeManualPayment, describeRefund, minorToDecimal, parseAmount } from "./money.js";
 import { actionLabel, allowedNext, isTerminal, statusLabel } from "./workflow.js";
 import {
   connectionStatusHandler,
@@ -100,6 +103,9 @@ Object.assign(window, {
   posBoard: {
     state,
     requestStatus,
+    get dialog() {
+      return dialog;
+    },
     get client() {
       return state.client;
     },
@@ -124,6 +130,401 @@ function showRefusal(orderId, to, error) {
   } else {
     showBanner({ title, detail: describeError(error) });
   }
+}
+
+// -- money: record a payment, refund -----------------------------------------------------------
+
+/** @type {Array<[string, string]>} the methods a terminal records, and how the select reads */
+const METHODS = [
+  ["cash", "Cash"],
+  ["card_terminal", "Card terminal"],
+  ["bank_transfer", "Bank transfer"],
+  ["other", "Other"],
+];
+
+/**
+ * The open money dialog (null when closed). `key` is the Idempotency-Key of this user action:
+ * kept while the request body stays the same, so confirming again after a lost answer can never
+ * record or refund twice; a changed body is another action and gets a fresh key.
+ * @typedef {Object} MoneyDialog
+ * @property {"payment"|"refund"} kind
+ * @property {string} orderId
+ * @property {"edit"|"confirm"} step
+ * @property {string} method
+ * @property {string} amountText
+ * @property {string} reference
+ * @property {string} reason
+ * @property {number} amount the parsed amount (minor units) under review
+ * @property {number} limit outstanding (payment) or refundable (refund) when reviewed
+ * @property {Array<Record<string, any>>} payments the order's payments (where a refund goes)
+ * @property {string|null} key
+ * @property {string|null} sentBody
+ * @property {boolean} busy
+ * @property {{text: string, lines: string[]}|null} error
+ * @property {string|null} fieldError
+ */
+/** @type {MoneyDialog|null} */
+let dialog = null;
+
+/** @param {Order} order */
+function summaryOf(order) {
+  const s = order.payment_summary;
+  return {
+    paid: s?.paid ?? 0,
+    refunded: s?.refunded ?? 0,
+    outstanding: s?.outstanding ?? 0,
+    currency: s?.currency ?? order.currency,
+    canRefund: Boolean(s?.can_refund),
+  };
+}
+
+/** What may be refunded as far as the board knows (the server has the last word: 422 refundable). */
+/** @param {Order} order */
+function refundableOf(order) {
+  const s = summaryOf(order);
+  return Math.max(s.paid - s.refunded, 0);
+}
+
+/** @param {Order} order */
+function canRecordPayment(order) {
+  return !isTerminal(order.status) && summaryOf(order).outstanding > 0;
+}
+
+function dialogEl() {
+  return /** @type {HTMLDialogElement} */ ($("money-dialog"));
+}
+
+/**
+ * Open the dialog for an order (what the card's money buttons do).
+ * @param {"payment"|"refund"} kind
+ * @param {string} orderId
+ */
+async function openMoneyDialog(kind, orderId) {
+  const order = state.orders.get(orderId);
+  if (!order) return;
+  const s = summaryOf(order);
+  const limit = kind === "payment" ? s.outstanding : refundableOf(order);
+  dialog = {
+    kind,
+    orderId,
+    step: "edit",
+    method: "cash",
+    amountText: minorToDecimal(limit, s.currency),
+    reference: "",
+    reason: "",
+    amount: limit,
+    limit,
+    payments: [],
+    key: null,
+    sentBody: null,
+    busy: false,
+    error: null,
+    fieldError: null,
+  };
+  renderDialog();
+  const el = dialogEl();
+  if (!el.open) el.showModal();
+  focusDialog();
+  if (kind === "refund") {
+    // Where the refund goes (cash back at the counter, or a gateway) is in the payments.
+    const opened = dialog;
+    try {
+      const tokens = state.tokens;
+      if (!tokens) return;
+      const body = await apiRequest(location.origin, `/api/orders/${encodeURIComponent(orderId)}`, { token: await tokens.token() });
+      mergeOrder(body.order);
+      if (dialog === opened) opened.payments = body.payments ?? [];
+    } catch (error) {
+      console.warn("could not load the order's payments", error);
+    }
+  }
+}
+
+/** @param {string} [why] */
+function closeMoneyDialog(why = "cancelled") {
+  const closing = dialog;
+  dialog = null;
+  const el = dialogEl();
+  if (el.open) el.close(why);
+  el.replaceChildren();
+  if (closing) {
+    // The board re-rendered meanwhile: give focus back to the same button on the new card.
+    const card = document.querySelector(`[data-order-id="${CSS.escape(closing.orderId)}"]`);
+    const button = card?.querySelector(`button[data-money="${closing.kind}"]`);
+    if (button instanceof HTMLElement) button.focus();
+    else if (card instanceof HTMLElement) {
+      card.tabIndex = -1;
+      card.focus();
+    }
+  }
+}
+
+function focusDialog() {
+  const el = dialogEl();
+  const target = dialog?.step === "confirm" ? el.querySelector("#money-question") : el.querySelector("input[aria-invalid=true], select, input, textarea");
+  if (target instanceof HTMLElement) target.focus();
+}
+
+/** Check the form; on success the dialog moves to its confirmation step. */
+function reviewMoney() {
+  const d = dialog;
+  if (!d) return;
+  const order = state.orders.get(d.orderId);
+  if (!order) return;
+  const s = summaryOf(order);
+  // The order may have changed live since the dialog opened: review against it as it is now.
+  d.limit = d.kind === "payment" ? s.outstanding : refundableOf(order);
+  d.error = null;
+  d.fieldError = null;
+  const parsed = parseAmount(d.amountText, s.currency);
+  if (!parsed.ok) d.fieldError = parsed.error;
+  else if (d.limit <= 0) {
+    d.fieldError = d.kind === "payment" ? "Nothing is outstanding on this order any more." : "Nothing of this order is left to refund.";
+  } else if (parsed.minor > d.limit) {
+    d.fieldError = d.kind === "payment" ? `At most what is outstanding: ${formatMoney(d.limit, s.currency)}.` : `At most what may be refunded: ${formatMoney(d.limit, s.currency)}.`;
+  } else if (d.kind === "refund" && !d.reason.trim()) {
+    d.fieldError = null;
+    d.error = { text: "Say why the money is refunded (the customer and the audit trail see it).", lines: [] };
+  }
+  if (d.fieldError || d.error) {
+    renderDialog();
+    focusDialog();
+    return;
+  }
+  d.amount = parsed.ok ? parsed.minor : 0;
+  d.step = "confirm";
+  renderDialog();
+  focusDialog();
+}
+
+/** Send what the confirmation said; errors stay in the dialog, success closes it. */
+async function confirmMoney() {
+  const d = dialog;
+  const tokens = state.tokens;
+  if (!d || !tokens || d.busy) return;
+  const path =
+    d.kind === "payment" ? `/api/pos/orders/${encodeURIComponent(d.orderId)}/payments` : `/api/orders/${encodeURIComponent(d.orderId)}/refunds`;
+  const body =
+    d.kind === "payment"
+      ? { method: d.method, amount: d.amount, ...(d.reference.trim() ? { reference: d.reference.trim() } : {}) }
+      : // Always the amount the person confirmed: "full" means what they saw, not whatever
+        // became refundable since.
+        { amount: d.amount, reason: d.reason.trim() };
+  const serialized = JSON.stringify(body);
+  if (d.sentBody !== serialized || !d.key) {
+    d.key = newIdempotencyKey();
+    d.sentBody = serialized;
+  }
+  d.busy = true;
+  d.error = null;
+  state.busy.add(d.orderId);
+  renderDialog();
+  renderBoard();
+  try {
+    const answer = await apiRequest(location.origin, path, { method: "POST", idempotencyKey: d.key, token: await tokens.token(), body });
+    mergeOrder(answer.order);
+    const order = /** @type {Order} */ (answer.order);
+    const currency = order.payment_summary?.currency ?? order.currency;
+    announce(
+      d.kind === "payment"
+        ? `Recorded ${formatMoney(d.amount, currency)} by ${METHOD_LABELS[/** @type {keyof typeof METHOD_LABELS} */ (d.method)] ?? d.method} for order ${shortId(d.orderId)}.`
+        : `Refund of ${formatMoney(d.amount, currency)} for order ${shortId(d.orderId)} requested.`,
+    );
+    if (dialog === d) closeMoneyDialog("done");
+  } catch (error) {
+    if (dialog !== d) return;
+    d.error = moneyError(error, summaryOf(state.orders.get(d.orderId) ?? /** @type {Order} */ ({ currency: "INR" })).currency);
+    if (error instanceof ApiError) {
+      // Refused: the order is not what this board thought; fix the form against the truth.
+      d.step = "edit";
+      await refreshOrder(d.orderId);
+      const order = state.orders.get(d.orderId);
+      if (order) d.limit = d.kind === "payment" ? summaryOf(order).outstanding : refundableOf(order);
+    }
+  } finally {
+    d.busy = false;
+    state.busy.delete(d.orderId);
+    if (dialog === d) {
+      renderDialog();
+      focusDialog();
+    }
+    renderBoard();
+  }
+}
+
+/**
+ * Why a money request failed, plainly, from the JSON error body.
+ * @param {unknown} error
+ * @param {string} currency
+ * @returns {{text: string, lines: string[]}}
+ */
+function moneyError(error, currency) {
+  if (!(error instanceof ApiError)) {
+    return {
+      text: describeError(error),
+      lines: ["The answer was lost. Confirming again is safe: it is sent with the same key, and the server does it at most once."],
+    };
+  }
+  const lines = [];
+  const { outstanding, refundable } = error.details;
+  if (typeof outstanding === "number") lines.push(`Outstanding now: ${formatMoney(outstanding, currency)}.`);
+  if (typeof refundable === "number") lines.push(`Refundable now: ${formatMoney(refundable, currency)}.`);
+  if (error.code === "nothing_to_refund") lines.push("Everything paid has been refunded, or is being refunded.");
+  return { text: `${error.status} ${error.code}: ${error.message}`, lines };
+}
+
+function renderDialog() {
+  const el = dialogEl();
+  const d = dialog;
+  if (!d) {
+    el.replaceChildren();
+    return;
+  }
+  const order = state.orders.get(d.orderId);
+  const currency = order ? summaryOf(order).currency : "INR";
+  const label = shortId(d.orderId);
+  const title = d.kind === "payment" ? `Record a payment · order ${label}` : `Refund · order ${label}`;
+  const errorBox = d.error
+    ? h("div", { id: "money-error", class: "callout callout--bad", role: "alert" }, h("p", null, h("strong", null, d.error.text)), ...d.error.lines.map((line) => h("p", null, line)))
+    : null;
+  /** @type {HTMLElement} */
+  let content;
+  if (d.step === "edit") {
+    const limitText = d.kind === "payment" ? `Outstanding: ${formatMoney(d.limit, currency)}` : `Refundable: ${formatMoney(d.limit, currency)} (the full refund; lower it for a partial one)`;
+    content = h(
+      "form",
+      {
+        class: "form",
+        novalidate: true,
+        onsubmit: (/** @type {Event} */ event) => {
+          event.preventDefault();
+          reviewMoney();
+        },
+      },
+      d.kind === "payment"
+        ? h(
+            "div",
+            { class: "field" },
+            h("label", { for: "money-method" }, "Method"),
+            h(
+              "select",
+              { id: "money-method", onchange: (/** @type {Event} */ e) => (d.method = /** @type {HTMLSelectElement} */ (e.target).value) },
+              ...METHODS.map(([value, text]) => h("option", { value, selected: value === d.method }, text)),
+            ),
+          )
+        : null,
+      h(
+        "div",
+        { class: "field" },
+        h("label", { for: "money-amount" }, `Amount (${currency})`),
+        h("input", {
+          id: "money-amount",
+          type: "text",
+          inputmode: "decimal",
+          autocomplete: "off",
+          value: d.amountText,
+          "aria-describedby": "money-amount-hint",
+          "aria-invalid": d.fieldError ? "true" : null,
+          oninput: (/** @type {Event} */ e) => (d.amountText = /** @type {HTMLInputElement} */ (e.target).value),
+        }),
+        h("p", { id: "money-amount-hint", class: "hint" }, limitText),
+        d.fieldError ? h("p", { id: "money-amount-error", class: "field-error" }, d.fieldError) : null,
+      ),
+      d.kind === "payment"
+        ? h(
+            "div",
+            { class: "field" },
+            h("label", { for: "money-reference" }, "Reference ", h("span", { class: "hint", style: "display:inline" }, "(optional: slip or transfer number)")),
+            h("input", { id: "money-reference", type: "text", maxlength: "200", value: d.reference, oninput: (/** @type {Event} */ e) => (d.reference = /** @type {HTMLInputElement} */ (e.target).value) }),
+          )
+        : h(
+            "div",
+            { class: "field" },
+            h("label", { for: "money-reason" }, "Reason"),
+            h("input", { id: "money-reason", type: "text", required: true, maxlength: "500", value: d.reason, placeholder: "e.g. cold coffee", oninput: (/** @type {Event} */ e) => (d.reason = /** @type {HTMLInputElement} */ (e.target).value) }),
+          ),
+      errorBox,
+      h(
+        "div",
+        { class: "dialog__actions" },
+        h("button", { type: "button", class: "btn btn--ghost", onclick: () => closeMoneyDialog() }, "Cancel"),
+        h("button", { type: "submit", class: "btn btn--primary" }, d.kind === "payment" ? "Review payment" : "Review refund"),
+      ),
+    );
+  } else {
+    const said =
+      d.kind === "payment"
+        ? describeManualPayment({ orderLabel: label, amount: d.amount, outstanding: d.limit, currency, method: d.method, reference: d.reference.trim() || null })
+        : describeRefund({ orderLabel: label, amount: d.amount, refundable: d.limit, currency, reason: d.reason.trim(), payments: d.payments });
+    content = h(
+      "div",
+      { class: "form" },
+      h("p", { id: "money-question", class: "dialog__question", tabindex: "-1" }, said.question),
+      h("p", { id: "money-detail", class: "muted" }, said.detail),
+      errorBox,
+      h(
+        "div",
+        { class: "dialog__actions" },
+        h("button", { type: "button", class: "btn btn--ghost", disabled: d.busy, onclick: () => closeMoneyDialog() }, "Cancel"),
+        h(
+          "button",
+          {
+            type: "button",
+            class: "btn btn--secondary",
+            disabled: d.busy,
+            onclick: () => {
+              d.step = "edit";
+              d.error = null;
+              renderDialog();
+              focusDialog();
+            },
+          },
+          "Back",
+        ),
+        h(
+          "button",
+          { id: "money-confirm", type: "button", class: `btn ${d.kind === "refund" ? "btn--danger" : "btn--primary"}`, disabled: d.busy, onclick: () => confirmMoney() },
+          d.busy ? "Sending…" : d.kind === "payment" ? `Record ${formatMoney(d.amount, currency)}` : `Refund ${formatMoney(d.amount, currency)}`,
+        ),
+      ),
+    );
+  }
+  el.replaceChildren(h("h2", { id: "money-title", class: "card__title" }, title), content);
+  el.dataset.step = d.step;
+  el.dataset.kind = d.kind;
+}
+
+/**
+ * The money part of a card: what is paid, refunded and owed, and the buttons that change it.
+ * @param {Order} order
+ */
+function renderMoney(order) {
+  const s = summaryOf(order);
+  const label = shortId(order.id);
+  const busy = state.busy.has(order.id);
+  const pay = canRecordPayment(order);
+  const refund = s.canRefund;
+  return [
+    h(
+      "p",
+      { class: "order-card__money small", dataset: { paid: String(s.paid), refunded: String(s.refunded), outstanding: String(s.outstanding) } },
+      h("span", null, "Paid ", h("strong", { class: "num" }, formatMoney(s.paid, s.currency))),
+      s.refunded ? h("span", null, "Refunded ", h("strong", { class: "num" }, formatMoney(s.refunded, s.currency))) : null,
+      h("span", { class: s.outstanding ? "is-owed" : null }, "Owed ", h("strong", { class: "num" }, formatMoney(s.outstanding, s.currency))),
+    ),
+    pay || refund
+      ? h(
+          "div",
+          { class: "order-card__money-actions" },
+          pay
+            ? h("button", { type: "button", class: "btn btn--sm btn--secondary", dataset: { money: "payment" }, disabled: busy, "aria-label": `Record payment: order ${label}`, onclick: () => openMoneyDialog("payment", order.id) }, "Record payment")
+            : null,
+          refund
+            ? h("button", { type: "button", class: "btn btn--sm btn--danger-ghost", dataset: { money: "refund" }, disabled: busy, "aria-label": `Refund: order ${label}`, onclick: () => openMoneyDialog("refund", order.id) }, "Refund")
+            : null,
+        )
+      : null,
+  ];
 }
 
 // -- data --------------------------------------------------------------------------------------
@@ -229,6 +630,7 @@ async function signIn(storeId, terminal) {
 }
 
 async function signOut() {
+  closeMoneyDialog();
   const client = state.client;
   state.client = null;
   await client?.stop();
@@ -329,6 +731,7 @@ function renderCard(order) {
       h("span", { class: "chip" }, order.payment_method === "cash" ? "Cash" : `Online · ${PAYMENT_CHIPS[order.payment_status] ?? order.payment_status.toLowerCase()}`),
       isTerminal(order.status) ? h("span", { class: "pill", dataset: { status: order.status } }, statusLabel(order.status)) : null,
     ),
+    ...renderMoney(order),
     moves.length
       ? h(
           "div",
@@ -377,6 +780,11 @@ function init() {
     }
   });
   $("sign-out").addEventListener("click", () => signOut());
+  // Escape closes a modal dialog natively; forget what it held, so nothing is sent later.
+  dialogEl().addEventListener("cancel", (event) => {
+    event.preventDefault();
+    if (!dialog?.busy) closeMoneyDialog();
+  });
   // Ages on the cards ("3 min ago") tick along.
   setInterval(() => {
     if (state.storeId && !state.busy.size) renderBoard();

@@ -4,6 +4,7 @@
  * input), formatting, demo sign-in, the connection indicator and the error banner.
  */
 
+import { formatMinor } from "./money.js";
 import { ApiError, apiRequest } from "./orderstatus.js";
 
 /** The demo's stores (any store id works on the server; these are the ones the pages offer). */
@@ -74,15 +75,12 @@ export function $(id) {
 }
 
 /**
+ * An amount in the currency's minor units, for people (its own number of decimals: money.js).
  * @param {number} minor
  * @param {string} currency
  */
 export function formatMoney(minor, currency) {
-  try {
-    return new Intl.NumberFormat("en-IN", { style: "currency", currency }).format(minor / 100);
-  } catch {
-    return `${(minor / 100).toFixed(2)} ${currency}`;
-  }
+  return formatMinor(minor, currency);
 }
 
 /** "#9F3A1C" from "ord_9f3a1c…": short enough to read out, long enough to tell apart. */
@@ -261,4 +259,17 @@ export function hideBanner() {
  */
 export function statusPill(status, label) {
   return h("span", { class: "pill", dataset: { status } }, label);
+}
+
+/**
+ * A receipt page to show from a blob URL. A blob document runs with this page's origin and
+ * without the response's headers, so the server's Content-Security-Policy (nothing runs or
+ * loads: inline styles only) goes in as a meta tag, first thing in the head.
+ * @param {string} html
+ * @param {string|null} policy the response's Content-Security-Policy header
+ */
+export function receiptDocument(html, policy) {
+  const csp = (policy || "default-src 'none'; style-src 'unsafe-inline'").replace(/["<>]/g, "");
+  const meta = `<meta http-equiv="Content-Security-Policy" content="${csp}">`;
+  return /<head[^>]*>/i.test(html) ? html.replace(/<head[^>]*>/i, (head) => head + meta) : meta + html;
 }

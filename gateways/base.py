@@ -20,12 +20,13 @@ in a 200 body — are return values (``PaymentStatus.UNKNOWN``), not exceptions.
 
 from __future__ import annotations
 
+import dataclasses
 import email.utils
 import enum
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Generic, Protocol, TypeVar, runtime_checkable
 
 import httpx
 
@@ -148,6 +149,9 @@ class WebhookEvent:
     not bind the body (PhonePe v2's fixed Authorization header): the event is then only a hint,
     to be confirmed through ``fetch_status`` before it is applied. ``state`` is None for events
     that are not about a payment, ``refund`` None for events that are not about a refund.
+    ``ref`` is the gateway's id of the payment; ``payment_reference`` and ``refund_reference``
+    are *our* ids as we gave them to the gateway (``PaymentRequest.reference``,
+    ``RefundRequest.reference``), where the event carries them.
     """
 
     gateway: str
@@ -158,6 +162,59 @@ class WebhookEvent:
     state: PaymentState | None = None
     refund: RefundState | None = None
     raw: JSON = field(default_factory=dict)
+    payment_reference: str | None = None
+    refund_reference: str | None = None
+
+
+SECRET: Mapping[str, Any] = {"secret": True}
+"""Field metadata of a configuration value that no repr may show (keys, secrets, passwords)."""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class GatewayConfig:
+    """Base of every adapter's configuration: a repr that hides secrets, and the API's URL.
+
+    Subclasses are ``@dataclass(frozen=True, slots=True, repr=False)`` and mark their secret
+    fields ``field(metadata=SECRET)``.
+    """
+
+    def __repr__(self) -> str:
+        shown = (
+            f"{f.name}={'<redacted>' if f.metadata.get('secret') and value else repr(value)}"
+            for f in dataclasses.fields(self)
+            for value in (getattr(self, f.name),)
+        )
+        return f"{type(self).__name__}({', '.join(shown)})"
+
+    @property
+    def resolved_api_base(self) -> str:
+        """The API's base URL, without a trailing slash."""
+        raise NotImplementedError
+
+
+ConfigT = TypeVar("ConfigT", bound=GatewayConfig)
+
+
+class HttpGateway(Generic[ConfigT]):
+    """Base of every adapter: its configuration, its one shared httpx client, its clock."""
+
+    name: str
+
+    def __init__(
+        self, config: ConfigT, *, client: httpx.AsyncClient, clock: Clock = time.time
+    ) -> None:
+        self._config = config
+        self._client = client
+        self._clock = clock
+        self._base = config.resolved_api_base
+
+    async def _send(
+        self, request: httpx.Request, *, passthrough: frozenset[int] = frozenset()
+    ) -> httpx.Response:
+        """``send`` on this gateway's client, in its name and on its clock."""
+        return await send(
+            self._client, request, gateway=self.name, passthrough=passthrough, clock=self._clock
+        )
 
 
 @runtime_checkable

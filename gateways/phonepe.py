@@ -47,15 +47,18 @@ import json
 import re
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import httpx
 
 from gateways.base import (
+    SECRET,
     Clock,
+    GatewayConfig,
     GatewayRejected,
     GatewayUnavailable,
+    HttpGateway,
     InvalidSignature,
     PaymentRequest,
     PaymentStart,
@@ -67,7 +70,6 @@ from gateways.base import (
     WebhookEvent,
     header,
     json_body,
-    send,
 )
 
 V1_API_BASE = "https://api.phonepe.com/apis/hermes"
@@ -84,18 +86,18 @@ _NOT_FOUND = frozenset({400, 404})
 _ID = re.compile(r"[A-Za-z0-9_-]{1,34}")
 
 
-@dataclass(frozen=True, slots=True)
-class PhonePeConfig:
+@dataclass(frozen=True, slots=True, repr=False)
+class PhonePeConfig(GatewayConfig):
     """PHONEPE_* settings; v2 when ``client_id`` is set, else v1 (merchant id + salt key)."""
 
     merchant_id: str | None = None
-    salt_key: str | None = None
+    salt_key: str | None = field(default=None, metadata=SECRET)
     salt_index: int = 1
     client_id: str | None = None
-    client_secret: str | None = None
+    client_secret: str | None = field(default=None, metadata=SECRET)
     client_version: int = 1
     callback_username: str | None = None
-    callback_password: str | None = None
+    callback_password: str | None = field(default=None, metadata=SECRET)
     api_base: str | None = None
     auth_base: str | None = None
     callback_url: str | None = None
@@ -211,7 +213,7 @@ class _Token:
     expires_at: float
 
 
-class PhonePeGateway:
+class PhonePeGateway(HttpGateway[PhonePeConfig]):
     """PhonePe Standard Checkout behind the Gateway protocol."""
 
     name = "phonepe"
@@ -219,10 +221,7 @@ class PhonePeGateway:
     def __init__(
         self, config: PhonePeConfig, *, client: httpx.AsyncClient, clock: Clock = time.time
     ) -> None:
-        self._config = config
-        self._client = client
-        self._clock = clock
-        self._base = config.resolved_api_base
+        super().__init__(config, client=client, clock=clock)
         self._token: _Token | None = None
         self._token_lock = asyncio.Lock()
 
@@ -295,6 +294,8 @@ class PhonePeGateway:
             ref=ref,
             state=state,
             raw=decoded,
+            # merchantTransactionId is our reference: start_payment sends it as that.
+            payment_reference=ref,
         )
 
     def _verify_v2(self, headers: Mapping[str, str], raw_body: bytes) -> WebhookEvent:
@@ -326,6 +327,8 @@ class PhonePeGateway:
                 ref=ref,
                 refund=refund,
                 raw=body,
+                payment_reference=ref,
+                refund_reference=refund.reference,
             )
         ref = _s(payload.get("merchantOrderId"))
         return WebhookEvent(
@@ -336,6 +339,8 @@ class PhonePeGateway:
             ref=ref,
             state=_v2_state(payload, ref or ""),
             raw=body,
+            # merchantOrderId is our reference: start_payment sends it as that.
+            payment_reference=ref,
         )
 
     # -- refunds
@@ -434,7 +439,7 @@ class PhonePeGateway:
             json={"request": encoded},
             headers={"X-VERIFY": x_verify(encoded, path, salt_key, salt_index)},
         )
-        response = await send(self._client, request, gateway=self.name, clock=self._clock)
+        response = await self._send(request)
         body = json_body(response, gateway=self.name)
         code = _s(body.get("code"))
         if code == "TOO_MANY_REQUESTS":
@@ -457,9 +462,7 @@ class PhonePeGateway:
                 "X-MERCHANT-ID": self._config.merchant_id or "",
             },
         )
-        response = await send(
-            self._client, request, gateway=self.name, passthrough=_NOT_FOUND, clock=self._clock
-        )
+        response = await self._send(request, passthrough=_NOT_FOUND)
         body = json_body(response, gateway=self.name)
         if _s(body.get("code")) == "TOO_MANY_REQUESTS":
             raise GatewayUnavailable("phonepe: TOO_MANY_REQUESTS")
@@ -525,13 +528,7 @@ class PhonePeGateway:
                 headers={"Authorization": token.value, "Accept": "application/json"},
             )
             try:
-                response = await send(
-                    self._client,
-                    request,
-                    gateway=self.name,
-                    passthrough=passthrough,
-                    clock=self._clock,
-                )
+                response = await self._send(request, passthrough=passthrough)
             except GatewayRejected as exc:
                 if exc.status_code == 401 and attempt == 0:
                     # The token was revoked or expired early: fetch a new one, once.
@@ -587,8 +584,7 @@ class PhonePeGateway:
             },
             headers={"Accept": "application/json"},
         )
-        response = await send(self._client, request, gateway=self.name, clock=self._clock)
-        body = json_body(response, gateway=self.name)
+        body = json_body(await self._send(request), gateway=self.name)
         access, expires_at = body.get("access_token"), body.get("expires_at")
         if not isinstance(access, str) or not isinstance(expires_at, int | float):
             raise GatewayUnavailable("phonepe: token answer without access_token/expires_at")

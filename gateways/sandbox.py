@@ -9,16 +9,15 @@ speaks its own status words, mapped here by a pure table like every other gatewa
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
-
-import httpx
 
 from gateways import signing
 from gateways.base import (
-    Clock,
+    SECRET,
+    GatewayConfig,
+    HttpGateway,
     InvalidSignature,
     PaymentRequest,
     PaymentStart,
@@ -30,21 +29,25 @@ from gateways.base import (
     WebhookEvent,
     header,
     json_body,
-    send,
 )
 from gateways.sandbox_server import SIGNATURE_HEADER
 
 DEFAULT_TOLERANCE = 300
 
 
-@dataclass(frozen=True, slots=True)
-class SandboxConfig:
+@dataclass(frozen=True, slots=True, repr=False)
+class SandboxConfig(GatewayConfig):
     """Where the sandbox is (SANDBOX_API_BASE) and the webhooks' shared secret."""
 
     api_base: str
-    webhook_secret: str
-    api_key: str | None = None
+    webhook_secret: str = field(metadata=SECRET)
+    api_key: str | None = field(default=None, metadata=SECRET)
     tolerance: int = DEFAULT_TOLERANCE
+
+    @property
+    def resolved_api_base(self) -> str:
+        """SANDBOX_API_BASE without a trailing slash."""
+        return self.api_base.rstrip("/")
 
 
 def sandbox_status(status: str | None) -> PaymentStatus:
@@ -79,18 +82,10 @@ def sandbox_refund_status(status: str | None) -> RefundStatus:
             return RefundStatus.UNKNOWN
 
 
-class SandboxGateway:
+class SandboxGateway(HttpGateway[SandboxConfig]):
     """The sandbox behind the Gateway protocol."""
 
     name = "sandbox"
-
-    def __init__(
-        self, config: SandboxConfig, *, client: httpx.AsyncClient, clock: Clock = time.time
-    ) -> None:
-        self._config = config
-        self._client = client
-        self._clock = clock
-        self._base = config.api_base.rstrip("/")
 
     async def start_payment(self, request: PaymentRequest) -> PaymentStart:
         """Create the payment; the customer approves or declines it on its page."""
@@ -135,11 +130,14 @@ class SandboxGateway:
             raise InvalidSignature("sandbox: signed body is not a sandbox event")
         state = refund = None
         ref = _s(obj.get("id"))
+        payment_reference = refund_reference = None
         if obj.get("object") == "payment":
             state = _payment_state(obj)
+            payment_reference = _s(obj.get("reference"))
         elif obj.get("object") == "refund":
             refund = _refund_state(obj)
             ref = _s(obj.get("payment"))
+            refund_reference = refund.reference
         return WebhookEvent(
             gateway=self.name,
             event_id=event_id,
@@ -149,6 +147,8 @@ class SandboxGateway:
             state=state,
             refund=refund,
             raw=event,
+            payment_reference=payment_reference,
+            refund_reference=refund_reference,
         )
 
     async def refund(self, request: RefundRequest) -> RefundState:
@@ -173,8 +173,7 @@ class SandboxGateway:
         request = self._client.build_request(
             method, self._base + path, json=payload, headers=headers
         )
-        response = await send(self._client, request, gateway=self.name, clock=self._clock)
-        return json_body(response, gateway=self.name)
+        return json_body(await self._send(request), gateway=self.name)
 
 
 def _payment_state(obj: Mapping[str, Any]) -> PaymentState:

@@ -12,7 +12,8 @@ Routes (relative to where it is mounted)::
                                          callback_url?, metadata?} → 201 payment + redirect_url
     GET  /api/payments/{id}              status (subject to the status chaos knobs)
     POST /api/payments/{id}/refunds      {reference, amount} → 201 refund
-    GET  /api/refunds/{id or reference}  refund status
+    GET  /api/refunds/{id or reference}  refund status (subject to the status chaos knobs, as
+                                         is creating one; ``refund_delay`` keeps it pending)
     GET  /pay/{id}                       the hosted payment page (approve / decline / pending)
     POST /pay/{id}/{approve|decline|pending}
     GET|PUT /control/chaos               read / change the chaos knobs (JSON, partial PUT)
@@ -103,6 +104,10 @@ class Chaos:
     expire_after: float = 0.0
     """The gateway's own timeout: a payment nobody approved expires this long after it was
     created (0: never). A late authorisation already under way still succeeds."""
+    refund_delay: float = 0.0
+    """A refund stays pending this long, then succeeds (0: it succeeds at once). Its
+    ``refund.pending`` and ``refund.succeeded`` webhooks go through the same chaos as a
+    payment's; refund calls (create and status) through the status-call knobs."""
 
     def __post_init__(self) -> None:
         for name in _PERCENT_KNOBS:
@@ -117,6 +122,7 @@ class Chaos:
             "hang_seconds",
             "approve_delay",
             "expire_after",
+            "refund_delay",
             "retry_after",
         ):
             if getattr(self, name) < 0:
@@ -292,6 +298,8 @@ class _Refund:
     currency: str
     status: Literal["pending", "succeeded", "failed"]
     created: float
+    callback_url: str | None = None
+    completes_at: float | None = None
 
     def public(self) -> dict[str, Any]:
         return {
@@ -432,8 +440,8 @@ class SandboxServer:
             url = str(request.url_for("pay_page", payment_id=payment.id))
         return {**payment.public(), "redirect_url": url}
 
-    async def _get_payment(self, request: Request) -> Response:
-        self._authorise(request)
+    async def _status_chaos(self) -> Response | None:
+        """The status-call knobs' answer to this call, or None to answer it for real."""
         now = self._clock()
         self.stats["status_calls"] += 1
         self._status_times.append(now)
@@ -458,19 +466,30 @@ class SandboxServer:
                     {"error": {"code": "timeout", "message": "chaos"}}, status_code=504
                 )
             case "ok":
-                pass
+                return None
+
+    async def _get_payment(self, request: Request) -> Response:
+        self._authorise(request)
+        chaos = await self._status_chaos()
+        if chaos is not None:
+            return chaos
         payment = self._payment(request.path_params["payment_id"])
         self._advance(payment)
         return JSONResponse(payment.public())
 
     async def _create_refund(self, request: Request) -> Response:
         self._authorise(request)
+        self.stats["refund_calls"] += 1
+        chaos = await self._status_chaos()
+        if chaos is not None:
+            return chaos
         payment = self._payment(request.path_params["payment_id"])
         body = await _json_object(request)
         reference = _field(body, "reference", str)
         amount = _field(body, "amount", int)
         existing = self._refund_by_reference.get(reference)
         if existing is not None:
+            self._advance_refund(self._refunds[existing])
             return JSONResponse(self._refunds[existing].public())
         self._advance(payment)
         if payment.status != "succeeded":
@@ -484,22 +503,45 @@ class SandboxServer:
             payment_id=payment.id,
             amount=amount,
             currency=payment.currency,
-            status="succeeded",
+            status="pending" if self.chaos.refund_delay > 0 else "succeeded",
             created=self._clock(),
+            callback_url=payment.callback_url,
         )
         self._refunds[refund.id] = refund
         self._refund_by_reference[reference] = refund.id
         self.stats["refunds"] += 1
-        self._emit("refund.succeeded", refund.public(), payment.callback_url)
+        if refund.status == "pending":
+            refund.completes_at = refund.created + self.chaos.refund_delay
+            self._spawn(self._advance_refund_later(refund, self.chaos.refund_delay))
+        self._emit(f"refund.{refund.status}", refund.public(), refund.callback_url)
         return JSONResponse(refund.public(), status_code=201)
 
     async def _get_refund(self, request: Request) -> Response:
         self._authorise(request)
+        chaos = await self._status_chaos()
+        if chaos is not None:
+            return chaos
         key = request.path_params["refund_id"]
         refund = self._refunds.get(key) or self._refunds.get(self._refund_by_reference.get(key, ""))
         if refund is None:
             raise _Problem(404, "not_found", "no such refund")
+        self._advance_refund(refund)
         return JSONResponse(refund.public())
+
+    def _advance_refund(self, refund: _Refund) -> None:
+        """A pending refund whose time has come succeeds (whoever looks first)."""
+        if (
+            refund.status == "pending"
+            and refund.completes_at is not None
+            and self._clock() >= refund.completes_at
+        ):
+            refund.status = "succeeded"
+            self.stats["refunds_succeeded"] += 1
+            self._emit("refund.succeeded", refund.public(), refund.callback_url)
+
+    async def _advance_refund_later(self, refund: _Refund, delay: float) -> None:
+        await asyncio.sleep(delay)
+        self._advance_refund(refund)
 
     async def _page(self, request: Request) -> Response:
         payment = self._payment(request.path_params["payment_id"])

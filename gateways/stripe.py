@@ -23,18 +23,19 @@ Followed (Stripe's public API reference and docs):
 from __future__ import annotations
 
 import json
-import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 
 from gateways import signing
 from gateways.base import (
-    Clock,
+    SECRET,
+    GatewayConfig,
     GatewayRejected,
     GatewayUnavailable,
+    HttpGateway,
     InvalidSignature,
     PaymentRequest,
     PaymentStart,
@@ -46,7 +47,6 @@ from gateways.base import (
     WebhookEvent,
     header,
     json_body,
-    send,
 )
 from gateways.currency import iso_exponent, rescale
 
@@ -60,15 +60,20 @@ STRIPE_THREE_DECIMAL = frozenset("BHD JOD KWD OMR TND".split())
 _CONFLICT = frozenset({409})
 
 
-@dataclass(frozen=True, slots=True)
-class StripeConfig:
+@dataclass(frozen=True, slots=True, repr=False)
+class StripeConfig(GatewayConfig):
     """Stripe credentials and endpoint (STRIPE_API_KEY, STRIPE_WEBHOOK_SECRET, STRIPE_API_BASE)."""
 
-    api_key: str
-    webhook_secret: str
+    api_key: str = field(metadata=SECRET)
+    webhook_secret: str = field(metadata=SECRET)
     api_base: str = DEFAULT_API_BASE
     api_version: str | None = None
     tolerance: int = DEFAULT_TOLERANCE
+
+    @property
+    def resolved_api_base(self) -> str:
+        """STRIPE_API_BASE without a trailing slash."""
+        return self.api_base.rstrip("/")
 
 
 def stripe_exponent(currency: str) -> int:
@@ -130,18 +135,10 @@ def refund_status(status: str) -> RefundStatus:
             return RefundStatus.UNKNOWN
 
 
-class StripeGateway:
+class StripeGateway(HttpGateway[StripeConfig]):
     """Stripe PaymentIntents behind the Gateway protocol."""
 
     name = "stripe"
-
-    def __init__(
-        self, config: StripeConfig, *, client: httpx.AsyncClient, clock: Clock = time.time
-    ) -> None:
-        self._config = config
-        self._client = client
-        self._clock = clock
-        self._base = config.api_base.rstrip("/")
 
     async def start_payment(self, request: PaymentRequest) -> PaymentStart:
         """Create a PaymentIntent (one Idempotency-Key per attempt: our reference)."""
@@ -195,10 +192,25 @@ class StripeGateway:
             raise InvalidSignature("signed body is not a Stripe event")
         state = refund = None
         ref = _str(obj.get("id"))
+        payment_reference = refund_reference = None
         if obj.get("object") == "payment_intent":
             state = self._intent_state(obj)
+            metadata = _metadata(obj)
+            # start_payment writes metadata[reference]; payment_id is the caller's own copy.
+            payment_reference = _str(metadata.get("reference")) or _str(metadata.get("payment_id"))
         elif obj.get("object") == "refund":
             refund = self._refund_state(obj)
+            ref = _str(obj.get("payment_intent"))
+            refund_reference = refund.reference
+        elif obj.get("object") == "charge" and event_type == "charge.refunded":
+            # The charge carries its refunds (newest first) when the API version includes
+            # them; the newest is what this event announces. Without them the event is only
+            # about the charge, and ``refund.updated`` settles the refund instead.
+            listed = obj.get("refunds")
+            data = listed.get("data") if isinstance(listed, dict) else None
+            if isinstance(data, list) and data and isinstance(data[0], dict):
+                refund = self._refund_state(data[0])
+                refund_reference = refund.reference
             ref = _str(obj.get("payment_intent"))
         return WebhookEvent(
             gateway=self.name,
@@ -209,6 +221,8 @@ class StripeGateway:
             state=state,
             refund=refund,
             raw=event,
+            payment_reference=payment_reference,
+            refund_reference=refund_reference,
         )
 
     async def refund(self, request: RefundRequest) -> RefundState:
@@ -249,9 +263,7 @@ class StripeGateway:
         if idempotency_key:
             headers["Idempotency-Key"] = idempotency_key
         request = self._client.build_request(method, self._base + path, data=form, headers=headers)
-        response = await send(
-            self._client, request, gateway=self.name, passthrough=_CONFLICT, clock=self._clock
-        )
+        response = await self._send(request, passthrough=_CONFLICT)
         if response.status_code == 409:
             # Another request with this key is still running at Stripe: ask again later.
             if (
@@ -280,8 +292,7 @@ class StripeGateway:
     def _refund_state(self, obj: Mapping[str, Any]) -> RefundState:
         status = _str(obj.get("status")) or ""
         currency = (_str(obj.get("currency")) or "").upper() or None
-        metadata = obj.get("metadata")
-        reference = _str(metadata.get("reference")) if isinstance(metadata, dict) else None
+        reference = _str(_metadata(obj).get("reference"))
         return RefundState(
             status=refund_status(status),
             reference=reference,
@@ -300,6 +311,11 @@ def _amount(value: Any, currency: str | None) -> int | None:
         return from_stripe_amount(value, currency)
     except ValueError:
         return None
+
+
+def _metadata(obj: Mapping[str, Any]) -> Mapping[str, Any]:
+    metadata = obj.get("metadata")
+    return metadata if isinstance(metadata, dict) else {}
 
 
 def _redirect_url(body: Mapping[str, Any]) -> str | None:

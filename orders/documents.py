@@ -106,6 +106,9 @@ def event_payload(stream: str, seq: int, event: Event | EventRow) -> dict[str, A
     payment = event.data.get("payment")
     if payment is not None:
         payload["payment"] = payment
+    receipt = event.data.get("receipt")
+    if receipt is not None:
+        payload["receipt"] = receipt
     return payload
 
 

@@ -48,6 +48,12 @@ class Hooks:
     async def after_idempotency_claim(self, key: str) -> None:
         """A request has claimed Idempotency-Key ``key`` and its handler is about to run."""
 
+    async def before_cancel(self, order_id: str) -> None:
+        """A cancel of ``order_id`` is about to open its transaction (and wait for the lock)."""
+
+    async def before_cancel_refund(self, order_id: str) -> None:
+        """A cancel holds ``order_id``'s lock, has moved it, and is about to record its refunds."""
+
 
 #: The shared do-nothing instance production code uses.
 NO_HOOKS = Hooks()

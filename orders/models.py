@@ -17,7 +17,9 @@ from sqlalchemy import (
     LargeBinary,
     String,
     Table,
+    Text,
     UniqueConstraint,
+    event,
     text,
 )
 from sqlalchemy.engine import Dialect
@@ -129,7 +131,7 @@ class Payment(Base):
 
 
 class Refund(Base):
-    """A refund asked for (executed by the refunds work; today: late successes record one)."""
+    """A refund: REQUESTED → PENDING → SUCCEEDED | FAILED, polled like a payment until settled."""
 
     __tablename__ = "refunds"
 
@@ -140,11 +142,20 @@ class Refund(Base):
     currency: Mapped[str] = mapped_column(String(3))
     status: Mapped[str] = mapped_column(String(40))
     reason: Mapped[str] = mapped_column(String(200))
-    # "late_success:<payment id>" for the automatic one: asking twice records it once.
+    # "late_success:<payment id>", "cancel:<order id>:<payment id>" for the automatic ones:
+    # asking twice (a retried cancel, two cancels racing) records it once.
     idempotency_key: Mapped[str] = mapped_column(String(200), unique=True)
     gateway_ref: Mapped[str | None] = mapped_column(String(200), nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime())
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    # Added by migration 0004: when the reconciler asks the gateway next (NULL: settled, or a
+    # manual refund), how often it has asked, and the consecutive "could not answer"s.
+    next_check_at: Mapped[datetime | None] = mapped_column(UTCDateTime(), nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    check_failures: Mapped[int] = mapped_column(Integer, default=0, server_default=text("0"))
+    last_error: Mapped[str | None] = mapped_column(String(500), nullable=True)
+
+    __table_args__ = (Index("ix_refunds_due", "status", "next_check_at"),)
 
 
 class Event(Base):
@@ -232,6 +243,57 @@ class IdempotencyKey(Base):
     expires_at: Mapped[datetime] = mapped_column(UTCDateTime(), index=True)
 
 
+class Receipt(Base):
+    """An issued receipt: its number in its store's sequence and its JSON document, never
+    changed after the insert (orders/receipts.py; a trigger refuses UPDATE and DELETE)."""
+
+    __tablename__ = "receipts"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True, autoincrement=True)
+    store_id: Mapped[str] = mapped_column(String(200))
+    number: Mapped[int] = mapped_column(BigInteger)
+    order_id: Mapped[str] = mapped_column(ForeignKey("orders.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(10))
+    # The refund a refund receipt is for: one receipt per refund, however often it is applied.
+    refund_id: Mapped[str | None] = mapped_column(
+        ForeignKey("refunds.id"), nullable=True, unique=True
+    )
+    # The rate the receipt was issued with: a later refund's receipt takes the same one.
+    tax_rate_bp: Mapped[int] = mapped_column(Integer)
+    # The document's exact text (compact JSON) and its sha256: served byte for byte.
+    document: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    issued_at: Mapped[datetime] = mapped_column(UTCDateTime())
+
+    __table_args__ = (
+        UniqueConstraint("store_id", "number", name="uq_receipts_store_number"),
+        # One sale receipt per order, also against a writer that forgot to look first.
+        Index(
+            "uq_receipts_one_sale",
+            "order_id",
+            unique=True,
+            postgresql_where=text("kind = 'sale'"),
+            sqlite_where=text("kind = 'sale'"),
+        ),
+    )
+
+
+class ReceiptCounter(Base):
+    """A store's last receipt number, locked by the transaction that issues the next one."""
+
+    __tablename__ = "receipt_counters"
+
+    store_id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    last_number: Mapped[int] = mapped_column(BigInteger)
+
+
+@event.listens_for(Receipt, "before_update")
+@event.listens_for(Receipt, "before_delete")
+def _receipts_are_immutable(*_args: Any) -> None:
+    # Through the ORM too (the database's trigger covers every other statement).
+    raise TypeError("receipts are immutable: an issued receipt is never changed or deleted")
+
+
 # The Core tables, for the write path's lean statements (no unit of work on the hot path).
 orders_table = cast(Table, Order.__table__)
 payments_table = cast(Table, Payment.__table__)
@@ -241,3 +303,5 @@ events_table = cast(Table, Event.__table__)
 streams_table = cast(Table, Stream.__table__)
 stream_events_table = cast(Table, StreamEvent.__table__)
 idempotency_keys_table = cast(Table, IdempotencyKey.__table__)
+receipts_table = cast(Table, Receipt.__table__)
+receipt_counters_table = cast(Table, ReceiptCounter.__table__)

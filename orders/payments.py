@@ -282,3 +282,13 @@ def order_after_payment(
 def late_success_needs_refund(order: OrderStatus) -> bool:
     """Whether money that arrived late must go back: the order is already over without it."""
     return order in (OrderStatus.CANCELLED, OrderStatus.EXPIRED)
+
+
+def late_success_refund(order: OrderStatus, *, amount: int, paid: int, payment: int) -> int:
+    """What must go back of a payment of ``payment`` that succeeded late, now that the order's
+    paid payments (this one included) add up to ``paid``: all of it if the order is over
+    (CANCELLED / EXPIRED), else only what is paid beyond the order's ``amount`` (an
+    over-payment of a split order), never more than the payment itself."""
+    if late_success_needs_refund(order):
+        return payment
+    return min(payment, max(paid - amount, 0))

@@ -8,46 +8,84 @@ after the commit and its answer applied with ``apply``. A payment's status
 (PARTIALLY_REFUNDED / REFUNDED) follows from its SUCCEEDED refund rows. Every change is an
 event on the order's streams; the order snapshot in it carries the totals as of its commit.
 
-A transport error, a timeout or a 429 from the gateway leaves the refund REQUESTED (never
-FAILED); only the gateway's refusal fails it.
+**Settling like payments.** Every answer about a refund — the answer to our ``refund()`` or
+``fetch_refund()`` call, a signed refund webhook, a hint confirmed through the status API —
+goes through the pure ``decide_refund`` (forward only; a success after FAILED only from the
+status API). A webhook is recorded once in ``webhook_receipts`` in the same transaction as the
+change it makes. A refund still in flight is polled by the reconciler on its gateway's payment
+schedule (``next_check_at``, counted from the refund's creation), through the shared rate
+limit; a transport error, a timeout, a 5xx or a 429 is never a verdict: the refund stays as it
+is and waits for Retry-After or a backoff with jitter. Only the gateway's refusal of the refund
+itself fails it.
+
+**Cancel.** ``change_status`` to CANCELLED of an order with money paid requests the refund of
+everything refundable in the same transaction as the cancel, one row per payment, keyed
+``cancel:<order id>:<payment id>`` so a retried cancel or two cancels racing record it once.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import asyncio
 import logging
 import secrets
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
-from gateways.base import GatewayRejected, GatewayUnavailable, RefundRequest, RefundState
+from gateways.base import (
+    GatewayRejected,
+    GatewayUnavailable,
+    RefundRequest,
+    RefundState,
+    WebhookEvent,
+)
+from gateways.base import PaymentStatus as ObservedPayment
 from gateways.base import RefundStatus as Observed
-from orders import documents, money
+from orders import documents, money, receipts
 from orders.actors import Role
 from orders.errors import Conflict, Invalid, NotFound
-from orders.models import orders_table, payments_table, refunds_table, utcnow
-from orders.payments import PAID, RefundStatus, refunded_status
-from orders.settlement import (
-    _LOCK_ORDER,
-    _UPDATE_ORDER,
-    MANUAL_GATEWAY,
-    Settlement,
-    _order_row,
-    _order_values,
-    payment_view,
+from orders.ledger import Ledger, Receipt, insert_receipt, set_receipt_outcome
+from orders.models import events_table, orders_table, payments_table, refunds_table, utcnow
+from orders.payments import (
+    PAID,
+    Evidence,
+    RefundStatus,
+    Verdict,
+    amount_mismatch,
+    decide_refund,
+    refunded_status,
 )
-from orders.writes import ORDER_ID, Actor, Delivery, append_event, visible_to
+from orders.schedule import wait_after_unavailable
+from orders.settlement import MANUAL_GATEWAY, Settlement, payment_view
+from orders.workflow import OrderStatus
+from orders.writes import (
+    ORDER_ID,
+    Actor,
+    Delivery,
+    Written,
+    change_order_status,
+    visible_to,
+)
 
 logger = logging.getLogger(__name__)
 
 REFUND_STATUS = "refund.status"
+#: Audit-only record of a refund observation that moved nothing (on no stream).
+REFUND_OBSERVATION = "refund.observation"
 _IN_FLIGHT = (RefundStatus.REQUESTED.value, RefundStatus.PENDING.value)
 _COUNTED = (*_IN_FLIGHT, RefundStatus.SUCCEEDED.value)
-_SETTLED = {Observed.SUCCEEDED: RefundStatus.SUCCEEDED, Observed.FAILED: RefundStatus.FAILED}
+_SETTLED = (RefundStatus.SUCCEEDED.value, RefundStatus.FAILED.value)
+#: A PhonePe v1 refund callback is shaped like a payment's: what it means for the refund.
+_FROM_PAYMENT = {
+    ObservedPayment.COMPLETED: Observed.SUCCEEDED,
+    ObservedPayment.PENDING: Observed.PENDING,
+    ObservedPayment.INITIATED: Observed.PENDING,
+    ObservedPayment.FAILED: Observed.FAILED,
+}
 
 
 def new_refund_id() -> str:
@@ -66,6 +104,8 @@ def refund_view(row: Any) -> dict[str, Any]:
         "status": row.status,
         "reason": row.reason,
         "gateway_ref": row.gateway_ref,
+        "attempts": row.attempts,
+        "next_check_at": documents.iso(row.next_check_at),
         "created_at": documents.iso(row.created_at),
         "updated_at": documents.iso(row.updated_at),
     }
@@ -96,11 +136,16 @@ class Requested:
 
 
 class Refunds:
-    """Requests, sends and settles refunds through the same transaction shape as payments."""
+    """Requests, sends, polls and settles refunds through the same transaction shape as payments."""
 
-    def __init__(self, settlement: Settlement) -> None:
+    def __init__(self, settlement: Settlement, *, lease: float = 30.0) -> None:
         self.settlement = settlement
         self.db = settlement.db
+        self.hooks = settlement.hooks
+        #: How long a refund being sent by a request is left alone by the reconciler.
+        self.lease = lease
+
+    # -- request -------------------------------------------------------------------------------
 
     async def request(
         self, *, order_id: str, amount: int | None, reason: str, actor: Actor
@@ -109,22 +154,17 @@ class Refunds:
         if not ORDER_ID.fullmatch(order_id):
             raise NotFound("no such order")
         now = utcnow()
-        deliveries: list[Delivery] = []
-        event_ids: list[int] = []
-        to_send: list[str] = []
         async with self.db.transaction() as session:
-            conn = await session.connection()
-            row = (await conn.execute(_LOCK_ORDER, {"order_id": order_id})).first()
-            if row is None:
+            ledger = await Ledger.lock(session, order_id)
+            if ledger is None:
                 raise NotFound("no such order")
-            order = _order_row(row._mapping)
             principal = actor.principal
             if principal is None or principal.role is Role.CUSTOMER:
                 raise NotFound("no such order")
-            if not visible_to(order, principal):
+            if not visible_to(ledger.order, principal):
                 raise NotFound("no such order")
-            payments = await _paid_payments(conn, order_id)
-            rooms = [(p.id, p.amount - await _counted(conn, p.id)) for p in payments]
+            payments = await _paid_payments(ledger.conn, order_id)
+            rooms = [(p.id, p.amount - await _counted(ledger.conn, p.id)) for p in payments]
             refundable = sum(room for _, room in rooms)
             if refundable <= 0:
                 raise Conflict("nothing of this order is left to refund", code="nothing_to_refund")
@@ -136,36 +176,17 @@ class Refunds:
                     refundable=refundable,
                 )
             by_id = {p.id: p for p in payments}
-            created = []
-            for payment_id, part in spread(wanted, rooms):
-                payment = by_id[payment_id]
-                manual = payment.gateway == MANUAL_GATEWAY
-                refund_id = new_refund_id()
-                status = RefundStatus.SUCCEEDED if manual else RefundStatus.REQUESTED
-                await conn.execute(
-                    refunds_table.insert(),
-                    {
-                        "id": refund_id,
-                        "order_id": order_id,
-                        "payment_id": payment_id,
-                        "amount": part,
-                        "currency": payment.currency,
-                        "status": status.value,
-                        "reason": reason,
-                        "idempotency_key": refund_id,
-                        "created_at": now,
-                        "updated_at": now,
-                    },
-                )
-                if not manual:
-                    to_send.append(refund_id)
-                order = await self._record(
-                    session, conn, order, refund_id, None, actor, deliveries, event_ids
-                )
-                created.append(refund_id)
-            views = [refund_view(r) for r in await _refunds(conn, created)]
-            summary = await money.summary_of(conn, order)
-        await self.settlement.publisher.publish(deliveries, event_ids)
+            created, to_send = await self._record_requests(
+                ledger,
+                [(by_id[pid], part, new_refund_id()) for pid, part in spread(wanted, rooms)],
+                reason=reason,
+                actor=actor,
+                now=now,
+            )
+            await ledger.save()
+            views = [refund_view(r) for r in await _refunds(ledger.conn, created)]
+            snapshot = await ledger.snapshot()
+        await ledger.publish(self.settlement.publisher)
         logger.info(
             "refund of %d for order %s requested by %s: %s", wanted, order_id, actor.name, created
         )
@@ -175,17 +196,136 @@ class Refunds:
             async with self.db.read() as session:
                 views = [refund_view(r) for r in await _refunds(session, created)]
                 fresh = (await session.execute(select_order(order_id))).one()
-                summary = await money.summary_of(session, fresh)
-                order = _order_row(fresh._mapping)
-        return Requested(views, documents.order_snapshot(order, summary))
+                snapshot = (await money.snapshots(session, [fresh]))[0]
+        return Requested(views, snapshot)
 
-    async def retry_due(self, *, older_than: float = 30.0, batch: int = 100) -> int:
-        """Reconciler pass: re-send REQUESTED gateway refunds (our id makes it idempotent) and
-        ask about PENDING ones, each untouched for ``older_than`` s; how many were tried.
+    async def _record_requests(
+        self,
+        ledger: Ledger,
+        parts: list[tuple[Any, int, str]],
+        *,
+        reason: str,
+        actor: Actor,
+        now: datetime,
+        keyed: str | None = None,
+    ) -> tuple[list[str], list[str]]:
+        """Insert one refund row per (payment, amount, id), each with its event: (every id
+        recorded, the gateway ones to send now). ``keyed``: the idempotency key's prefix
+        (``<keyed>:<payment id>``); a row already recorded under it is skipped."""
+        created: list[str] = []
+        to_send: list[str] = []
+        dialect = postgresql if self.db.is_postgres else sqlite
+        for payment, part, refund_id in parts:
+            manual = payment.gateway == MANUAL_GATEWAY
+            status = RefundStatus.SUCCEEDED if manual else RefundStatus.REQUESTED
+            values = {
+                "id": refund_id,
+                "order_id": ledger.order.id,
+                "payment_id": payment.id,
+                "amount": part,
+                "currency": payment.currency,
+                "status": status.value,
+                "reason": reason,
+                "idempotency_key": f"{keyed}:{payment.id}" if keyed else refund_id,
+                "created_at": now,
+                "updated_at": now,
+                # Sent right after the commit; the reconciler takes over if that cannot answer.
+                "next_check_at": None if manual else now + timedelta(seconds=self.lease),
+                "attempts": 0,
+                "check_failures": 0,
+            }
+            inserted = (
+                await ledger.conn.execute(
+                    dialect.insert(refunds_table)
+                    .on_conflict_do_nothing()
+                    .returning(refunds_table.c.id),
+                    values,
+                )
+            ).scalar()
+            if inserted is None:
+                continue
+            if not manual:
+                to_send.append(refund_id)
+            await self._record(ledger, refund_id, None, actor, now)
+            created.append(refund_id)
+        return created, to_send
 
-        The claim bumps ``updated_at`` (a lease: other reconcilers skip it for ``older_than``);
+    # -- cancel --------------------------------------------------------------------------------
+
+    async def change_status(
+        self, *, order_id: str, to: OrderStatus, actor: Actor, note: str | None = None
+    ) -> Written:
+        """Move an order along the workflow (``writes.change_order_status``); a cancel of an
+        order with money paid also requests the refund of all of it, in the same transaction,
+        exactly once (manual payments refunded at once, gateway ones sent after the commit)."""
+        settlement = self.settlement
+        if to is not OrderStatus.CANCELLED:
+            return await change_order_status(
+                self.db,
+                settlement.publisher,
+                settlement.metrics,
+                order_id=order_id,
+                to=to,
+                actor=actor,
+                note=note,
+            )
+        await self.hooks.before_cancel(order_id)
+        to_send: list[str] = []
+
+        async def refund_all(
+            session: AsyncSession,
+            order: documents.OrderRow,
+            deliveries: list[Delivery],
+            event_ids: list[int],
+        ) -> documents.OrderRow:
+            await self.hooks.before_cancel_refund(order.id)
+            ledger = Ledger(session, await session.connection(), order, deliveries, event_ids)
+            payments = await _paid_payments(ledger.conn, order.id)
+            parts = []
+            for payment in payments:
+                room = payment.amount - await _counted(ledger.conn, payment.id)
+                if room > 0:
+                    parts.append((payment, room, new_refund_id()))
+            if parts:
+                _, sending = await self._record_requests(
+                    ledger,
+                    parts,
+                    reason="order_cancelled",
+                    actor=actor,
+                    now=order.updated_at,
+                    keyed=f"cancel:{order.id}",
+                )
+                to_send.extend(sending)
+                await ledger.save()
+            return ledger.order
+
+        written = await change_order_status(
+            self.db,
+            settlement.publisher,
+            settlement.metrics,
+            order_id=order_id,
+            to=to,
+            actor=actor,
+            note=note,
+            within=refund_all,
+        )
+        for refund_id in to_send:
+            await self.send(refund_id)
+        if to_send:
+            async with self.db.read() as session:
+                fresh = (await session.execute(select_order(order_id))).one()
+                order = (await money.snapshots(session, [fresh]))[0]
+            written = Written(order, written.event, written.deliveries)
+        return written
+
+    # -- polling -------------------------------------------------------------------------------
+
+    async def retry_due(self, *, batch: int = 100, concurrency: int = 16) -> int:
+        """Reconciler pass: send or ask about every gateway refund whose ``next_check_at`` has
+        come; how many were tried.
+
+        The claim moves ``next_check_at`` a lease ahead (other reconcilers skip it meanwhile);
         on PostgreSQL with SKIP LOCKED, so several reconcilers never take the same refund.
-        A spent rate limit or a gateway that cannot answer leaves the refund as it is.
         """
         now = utcnow()
         async with self.db.transaction() as session:
@@ -194,10 +334,10 @@ class Refunds:
                 .join(payments_table, payments_table.c.id == refunds_table.c.payment_id)
                 .where(
                     refunds_table.c.status.in_(_IN_FLIGHT),
-                    refunds_table.c.updated_at <= now - timedelta(seconds=older_than),
+                    refunds_table.c.next_check_at <= now,
                     payments_table.c.gateway != MANUAL_GATEWAY,
                 )
-                .order_by(refunds_table.c.updated_at)
+                .order_by(refunds_table.c.next_check_at)
                 .limit(batch)
             )
             if self.db.is_postgres:
@@ -205,18 +345,29 @@ class Refunds:
             ids = [str(i) for i in (await session.execute(statement)).scalars()]
             if ids:
                 await session.execute(
-                    update(refunds_table).where(refunds_table.c.id.in_(ids)).values(updated_at=now)
+                    update(refunds_table)
+                    .where(refunds_table.c.id.in_(ids))
+                    .values(next_check_at=now + timedelta(seconds=self.lease))
                 )
-        for refund_id in ids:
-            try:
-                await self.send(refund_id, rate_limited=True)
-            except Exception:
-                logger.exception("refund %s: retry failed; it stays as it is", refund_id)
+        gate = asyncio.Semaphore(concurrency)
+
+        async def one(refund_id: str) -> None:
+            async with gate:
+                try:
+                    await self.send(refund_id, rate_limited=True)
+                except asyncio.CancelledError:
+                    raise
+                except Exception:
+                    # Its lease runs out and a later pass asks again.
+                    logger.exception("refund %s: check failed; it stays as it is", refund_id)
+
+        await asyncio.gather(*(one(refund_id) for refund_id in ids))
         return len(ids)
 
-    async def send(self, refund_id: str, *, rate_limited: bool = False) -> None:
+    async def send(self, refund_id: str, *, rate_limited: bool = False) -> str:
         """Ask the payment's gateway to refund (REQUESTED) or how it stands (PENDING); apply
-        its answer. Unavailable, or out of rate budget: the refund stays as it is."""
+        its answer. Unavailable, or out of rate budget: the refund stays as it is, due later.
+        The outcome: the verdict, or why the gateway was not asked / could not answer."""
         async with self.db.read() as session:
             refund = (
                 await session.execute(select(refunds_table).where(refunds_table.c.id == refund_id))
@@ -226,19 +377,20 @@ class Refunds:
                     select(payments_table).where(payments_table.c.id == refund.payment_id)
                 )
             ).one()
+        if refund.status not in _IN_FLIGHT:
+            return "settled"
         gateway = self.settlement.gateways.get(payment.gateway)
         if gateway is None:
-            logger.warning("refund %s: gateway %s is not offered here", refund_id, payment.gateway)
-            return
-        if refund.status not in _IN_FLIGHT:
-            return
+            await self._unavailable(refund_id, f"gateway {payment.gateway} is not offered here")
+            return "no_gateway"
         limiter = self.settlement.limiter
         if (
             rate_limited
             and limiter is not None
             and not await limiter.acquire(payment.gateway, wait=False)
         ):
-            return
+            await self._reschedule(refund_id, utcnow() + timedelta(seconds=1))
+            return "rate_limited"
         request = RefundRequest(
             reference=refund_id,
             payment_ref=payment.gateway_ref,
@@ -246,75 +398,211 @@ class Refunds:
             currency=refund.currency,
             reason=refund.reason,
         )
+        # Asking to refund again is safe (our id is the gateway's idempotency key); a refund
+        # the gateway accepted but whose id we never learnt is asked about that way too.
+        asking = refund.status == RefundStatus.PENDING.value and refund.gateway_ref is not None
         try:
-            if refund.status == RefundStatus.PENDING.value:
+            if asking:
                 state = await gateway.fetch_refund(refund_id, refund_ref=refund.gateway_ref)
             else:
                 state = await gateway.refund(request)
         except GatewayUnavailable as exc:
-            # Never FAILED by a transport error: it stays REQUESTED for a later try.
-            logger.warning("refund %s: gateway unavailable: %s", refund_id, exc)
-            return
+            # Never FAILED by a transport error: it stays as it is for a later try.
+            await self._unavailable(refund_id, str(exc), exc.retry_after)
+            return "unavailable"
         except GatewayRejected as exc:
+            if asking:
+                # A 4xx on a status call (not found, bad credentials) says nothing of the money.
+                await self._unavailable(refund_id, str(exc))
+                return "unavailable"
             logger.warning("refund %s: refused by the gateway: %s", refund_id, exc)
             state = RefundState(Observed.FAILED, refund_id, None, gateway_status=str(exc))
-        await self.apply(refund_id, state, actor=Actor.system(source="system"))
+        return await self.apply(
+            refund_id,
+            state,
+            actor=Actor.system(source="system", name=f"gateway:{payment.gateway}"),
+            evidence=Evidence.STATUS_API,
+            checked=True,
+        )
 
-    async def apply(self, refund_id: str, state: RefundState, *, actor: Actor) -> bool:
-        """Move a refund by a gateway's answer (forward only); True if it moved."""
-        if state.status is Observed.UNKNOWN or state.status is Observed.REQUESTED:
-            return False
-        target = _SETTLED.get(state.status, RefundStatus.PENDING)
-        deliveries: list[Delivery] = []
-        event_ids: list[int] = []
+    async def _unavailable(
+        self, refund_id: str, error: str, retry_after: float | None = None
+    ) -> None:
+        """The gateway could not answer: never a verdict; ask again after Retry-After or a
+        backoff with jitter, as for payments."""
+        async with self.db.transaction() as session:
+            row = (
+                await session.execute(
+                    select(refunds_table.c.check_failures, refunds_table.c.status).where(
+                        refunds_table.c.id == refund_id
+                    )
+                )
+            ).one()
+            failures = row.check_failures + 1
+            wait = wait_after_unavailable(retry_after, failures, jitter=self.settlement.jitter())
+            values: dict[str, Any] = {"check_failures": failures, "last_error": error[:500]}
+            if row.status in _IN_FLIGHT:
+                values["next_check_at"] = utcnow() + timedelta(seconds=wait)
+            await session.execute(
+                update(refunds_table).where(refunds_table.c.id == refund_id).values(**values)
+            )
+        logger.warning(
+            "refund %s: the gateway could not answer (%s); next try in %.1fs",
+            refund_id,
+            error,
+            wait,
+        )
+
+    async def _reschedule(self, refund_id: str, at: datetime) -> None:
+        async with self.db.transaction() as session:
+            await session.execute(
+                update(refunds_table)
+                .where(refunds_table.c.id == refund_id, refunds_table.c.status.in_(_IN_FLIGHT))
+                .values(next_check_at=at)
+            )
+
+    def _next_check(self, refund: Any, gateway: str, now: datetime) -> datetime:
+        """When to ask about a refund still in flight: its gateway's payment schedule, counted
+        from the refund's creation; past the schedule's horizon, at the tail's pace (a refund
+        is never given up on)."""
+        schedule = self.settlement.schedule(gateway)
+        elapsed = (now - refund.created_at).total_seconds()
+        step = schedule.next_check(elapsed, first=schedule.first_min)
+        if step is None:
+            return now + timedelta(seconds=schedule.tail_then)
+        created: datetime = refund.created_at
+        return created + timedelta(seconds=step[0])
+
+    # -- apply ---------------------------------------------------------------------------------
+
+    async def apply(
+        self,
+        refund_id: str,
+        state: RefundState,
+        *,
+        actor: Actor,
+        evidence: Evidence = Evidence.STATUS_API,
+        checked: bool = False,
+        receipt: Receipt | None = None,
+    ) -> str:
+        """Apply one answer about a refund through ``decide_refund``, in one transaction (with
+        its webhook's receipt, if it came as one); the verdict (``duplicate`` for a receipt
+        already recorded). A success after FAILED claimed by a webhook, or any claim a webhook
+        cannot bind, is confirmed with the gateway after the commit."""
+        now = utcnow()
         async with self.db.transaction() as session:
             conn = await session.connection()
-            order_id = (
+            peek = (
                 await conn.execute(
-                    select(refunds_table.c.order_id).where(refunds_table.c.id == refund_id)
+                    select(refunds_table.c.order_id, refunds_table.c.payment_id).where(
+                        refunds_table.c.id == refund_id
+                    )
                 )
-            ).scalar_one()
-            order = _order_row(
-                (await conn.execute(_LOCK_ORDER, {"order_id": order_id})).one()._mapping
-            )
+            ).one()
+            receipt_id = None
+            if receipt is not None:
+                receipt_id = await insert_receipt(
+                    conn,
+                    postgres=self.db.is_postgres,
+                    receipt=receipt,
+                    payment_id=peek.payment_id,
+                    outcome="received",
+                    now=now,
+                )
+                if receipt_id is None:
+                    return "duplicate"
+            ledger = await Ledger.lock(session, peek.order_id)
+            assert ledger is not None  # a refund's order is never deleted
+            payment = await ledger.lock_payment(peek.payment_id)
             refund = (
                 await conn.execute(
                     select(refunds_table).where(refunds_table.c.id == refund_id).with_for_update()
                 )
             ).one()
             current = RefundStatus(refund.status)
-            settled = current in (RefundStatus.SUCCEEDED, RefundStatus.FAILED)
-            if settled or current == target:
-                return False
-            await conn.execute(
-                update(refunds_table)
-                .where(refunds_table.c.id == refund_id)
-                .values(
-                    status=target.value,
-                    gateway_ref=state.refund_ref or refund.gateway_ref,
-                    updated_at=utcnow(),
+            decision = decide_refund(current, state.status, evidence)
+            refused = None
+            if decision.changes:
+                refused = amount_mismatch(
+                    expected_amount=refund.amount,
+                    expected_currency=refund.currency,
+                    observed_amount=state.amount,
+                    observed_currency=state.currency,
                 )
-            )
-            await self._record(
-                session, conn, order, refund_id, current.value, actor, deliveries, event_ids
-            )
-        await self.settlement.publisher.publish(deliveries, event_ids)
-        return True
+            verdict = "refused" if refused else decision.verdict.value
+            values: dict[str, Any] = {}
+            if checked:
+                values.update(attempts=refund.attempts + 1, check_failures=0, last_error=None)
+            if state.refund_ref and refund.gateway_ref is None:
+                values["gateway_ref"] = state.refund_ref
+            status = current
+            if decision.changes and refused is None:
+                assert decision.to is not None
+                status = decision.to
+                values.update(status=status.value, updated_at=now)
+            if status.value in _SETTLED:
+                values["next_check_at"] = None
+            elif checked or decision.changes:
+                values["next_check_at"] = self._next_check(refund, payment.gateway, now)
+            if values:
+                await conn.execute(
+                    update(refunds_table).where(refunds_table.c.id == refund_id).values(**values)
+                )
+            if decision.changes and refused is None:
+                await self._record(ledger, refund_id, current.value, actor, now)
+                await ledger.save()
+            else:
+                if refused is not None:
+                    logger.error("refund %s: %s; refused, order flagged", refund_id, refused)
+                    ledger.change(now, needs_review=True)
+                    await ledger.save()
+                await conn.execute(
+                    insert(events_table),
+                    {
+                        "order_id": ledger.order.id,
+                        "kind": REFUND_OBSERVATION,
+                        "from_status": current.value,
+                        "to_status": state.status.value,
+                        "source": actor.source,
+                        "actor": actor.name,
+                        "data": {
+                            "refund_id": refund_id,
+                            "verdict": verdict,
+                            "reason": refused or decision.reason,
+                            "evidence": evidence.name.lower(),
+                            "gateway_status": state.gateway_status,
+                        },
+                        "created_at": now,
+                        "published_at": now,
+                    },
+                )
+            if receipt_id is not None:
+                await set_receipt_outcome(conn, receipt_id, verdict)
+        await ledger.publish(self.settlement.publisher)
+        logger.info(
+            "refund %s: %s says %s (%s) -> %s: %s",
+            refund_id,
+            actor.source,
+            state.status.value,
+            evidence.name.lower(),
+            verdict,
+            refused or decision.reason,
+        )
+        if decision.verdict is Verdict.CONFIRM:
+            return f"confirmed:{await self.send(refund_id)}"
+        return verdict
 
     async def _record(
         self,
-        session: AsyncSession,
-        conn: AsyncConnection,
-        order: documents.OrderRow,
+        ledger: Ledger,
         refund_id: str,
         from_status: str | None,
         actor: Actor,
-        deliveries: list[Delivery],
-        event_ids: list[int],
-    ) -> documents.OrderRow:
+        now: datetime,
+    ) -> None:
         """The refund's event, and its payment's status from the SUCCEEDED refund rows."""
+        conn = ledger.conn
         refund = (await _refunds(conn, [refund_id]))[0]
-        now = utcnow()
         payment = (
             await conn.execute(
                 select(payments_table).where(payments_table.c.id == refund.payment_id)
@@ -329,16 +617,11 @@ class Refunds:
                 .where(payments_table.c.id == payment.id)
                 .values(status=new_status.value)
             )
-        order = dataclasses.replace(
-            order,
-            payment_status=new_status.value if moved_payment else order.payment_status,
-            version=order.version + 1,
-            updated_at=now,
-        )
-        await conn.execute(_UPDATE_ORDER, _order_values(order))
-        event, moved = await append_event(
-            session,
-            order,
+        if moved_payment:
+            ledger.change(now, payment_status=new_status.value)
+        else:
+            ledger.change(now)
+        await ledger.append(
             kind=REFUND_STATUS,
             from_status=from_status,
             to_status=refund.status,
@@ -346,15 +629,11 @@ class Refunds:
             note=f"refund {refund.id} of {refund.amount}: {refund.reason}",
             extra={"refund": refund_view(refund)},
         )
-        deliveries.extend(moved)
-        event_ids.append(event.id)
         if moved_payment:
             after = (
                 await conn.execute(select(payments_table).where(payments_table.c.id == payment.id))
             ).one()
-            event, moved = await append_event(
-                session,
-                order,
+            await ledger.append(
                 kind="payment.status",
                 from_status=payment.status,
                 to_status=new_status.value,
@@ -362,9 +641,82 @@ class Refunds:
                 note=f"refund {refund.id}",
                 extra={"payment": payment_view(after)},
             )
-            deliveries.extend(moved)
-            event_ids.append(event.id)
-        return order
+        await receipts.after_refund(
+            ledger, refund.id, actor=actor, tax_rate_bp=self.settlement.receipt_tax_rate_bp
+        )
+
+    # -- webhooks ------------------------------------------------------------------------------
+
+    async def receive_webhook(self, event: WebhookEvent) -> str:
+        """Apply a verified webhook once: a refund's through ``apply`` (deduped by its event id
+        in the same transaction), any other through the settlement's payment path."""
+        refund_state = event.refund
+        refund_id: str | None = None
+        if refund_state is not None:
+            refund_id = await self._refund_for(
+                event.gateway, refund_state.reference, refund_state.refund_ref
+            )
+        elif event.state is not None and event.ref:
+            # PhonePe v1 calls back about a refund as about a payment, under the refund's id.
+            refund_id = await self._refund_for(event.gateway, event.ref, None)
+            if refund_id is not None:
+                refund_state = RefundState(
+                    status=_FROM_PAYMENT.get(event.state.status, Observed.UNKNOWN),
+                    reference=event.ref,
+                    refund_ref=event.state.gateway_transaction_id,
+                    amount=event.state.amount,
+                    currency=event.state.currency,
+                    gateway_status=event.state.gateway_status,
+                    raw=event.state.raw,
+                )
+        if refund_state is None:
+            return await self.settlement.receive_webhook(event)
+        receipt = Receipt(event.gateway, event.event_id, event.raw)
+        if refund_id is None:
+            # Not ours (or not yet recorded): acknowledged, so the gateway stops retrying.
+            if not await self.settlement._record_receipt(receipt, None, "unknown_refund"):
+                return "duplicate"
+            logger.info("webhook %s/%s names no refund of ours", event.gateway, event.event_id)
+            return "unknown_refund"
+        actor = Actor.system("webhook", f"gateway:{event.gateway}")
+        if not event.trusted:
+            # A hint: recorded once, then the gateway's refund status says what is true.
+            async with self.db.read() as session:
+                payment_id = (
+                    await session.execute(
+                        select(refunds_table.c.payment_id).where(refunds_table.c.id == refund_id)
+                    )
+                ).scalar()
+            if not await self.settlement._record_receipt(receipt, payment_id, "hint"):
+                return "duplicate"
+            return f"confirmed:{await self.send(refund_id)}"
+        return await self.apply(
+            refund_id, refund_state, actor=actor, evidence=Evidence.SIGNED, receipt=receipt
+        )
+
+    async def _refund_for(
+        self, gateway: str, reference: str | None, refund_ref: str | None
+    ) -> str | None:
+        """Our refund a gateway's event names: by our reference, else by the gateway's id."""
+        async with self.db.read() as session:
+            base = (
+                select(refunds_table.c.id)
+                .join(payments_table, payments_table.c.id == refunds_table.c.payment_id)
+                .where(payments_table.c.gateway == gateway)
+            )
+            if reference:
+                found = (
+                    await session.execute(base.where(refunds_table.c.id == reference))
+                ).scalar()
+                if found is not None:
+                    return str(found)
+            if refund_ref:
+                found = (
+                    await session.execute(base.where(refunds_table.c.gateway_ref == refund_ref))
+                ).scalar()
+                if found is not None:
+                    return str(found)
+        return None
 
 
 def select_order(order_id: str) -> Any:

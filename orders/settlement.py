@@ -51,20 +51,20 @@ from gateways.base import (
     WebhookEvent,
 )
 from gateways.base import PaymentStatus as Observed
-from orders import documents, money
+from orders import documents, money, receipts
 from orders.actors import Role
 from orders.db import Database
 from orders.errors import Conflict, GatewayRefused, GatewayUnreachable, Invalid, NotFound
 from orders.hooks import NO_HOOKS, Hooks
+from orders.ledger import LOCK_ORDER as _LOCK_ORDER
+from orders.ledger import LOCK_PAYMENTS as _LOCK_PAYMENTS
+from orders.ledger import PAYMENT_BY_ID as _PAYMENT_BY_ID
+from orders.ledger import UPDATE_ORDER as _UPDATE_ORDER
+from orders.ledger import Ledger, Receipt, insert_receipt, set_receipt_outcome
+from orders.ledger import order_row as _order_row
+from orders.ledger import order_values as _order_values
 from orders.metrics import Metrics
-from orders.models import (
-    events_table,
-    orders_table,
-    payments_table,
-    refunds_table,
-    utcnow,
-    webhook_receipts_table,
-)
+from orders.models import events_table, payments_table, refunds_table, utcnow
 from orders.payments import (
     LIVE,
     PAID,
@@ -76,11 +76,10 @@ from orders.payments import (
     Verdict,
     amount_mismatch,
     decide_payment,
-    late_success_needs_refund,
-    order_after_payment,
+    late_success_refund,
 )
 from orders.schedule import Schedule, wait_after_unavailable
-from orders.workflow import Mover, OrderStatus, PaymentMethod, can_move
+from orders.workflow import OrderStatus, PaymentMethod
 from orders.writes import (
     ORDER_ID,
     ORDER_STATUS,
@@ -98,15 +97,6 @@ PAYMENT_STATUS = "payment.status"
 PAYMENT_OBSERVATION = "payment.observation"
 
 P = PaymentStatus
-
-
-@dataclass(frozen=True, slots=True)
-class Receipt:
-    """A verified webhook to record once, in the same transaction as what it changes."""
-
-    gateway: str
-    event_id: str
-    body: Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -169,17 +159,6 @@ def payment_view(row: Any) -> dict[str, Any]:
     return view
 
 
-def _order_row(mapping: Any) -> documents.OrderRow:
-    return documents.OrderRow(
-        **{f.name: mapping[f.name] for f in dataclasses.fields(documents.OrderRow)}
-    )
-
-
-def _insert_ignore(db: Database, table: Any) -> Any:
-    dialect = postgresql if db.is_postgres else sqlite
-    return dialect.insert(table).on_conflict_do_nothing()
-
-
 class Settlement:
     """Starts payments, applies gateway observations, and checks payments in a single flight.
 
@@ -200,6 +179,7 @@ class Settlement:
         clock: Callable[[], datetime] = utcnow,
         jitter: Callable[[], float] = random.random,
         hooks: Hooks = NO_HOOKS,
+        receipt_tax_rate_bp: int = 0,
     ) -> None:
         self.db = db
         self.publisher = publisher
@@ -212,6 +192,8 @@ class Settlement:
         self.clock = clock
         self.jitter = jitter
         self.hooks = hooks
+        #: RECEIPT_TAX_RATE_BP: the tax included in prices, printed on receipts (0: none).
+        self.receipt_tax_rate_bp = receipt_tax_rate_bp
         self._inflight: dict[str, asyncio.Task[CheckResult]] = {}
 
     def schedule(self, gateway: str) -> Schedule:
@@ -384,14 +366,11 @@ class Settlement:
         if not ORDER_ID.fullmatch(order_id):
             raise NotFound("no such order")
         now = self.clock()
-        deliveries: list[Delivery] = []
-        event_ids: list[int] = []
         async with self.db.transaction() as session:
-            conn = await session.connection()
-            row = (await conn.execute(_LOCK_ORDER, {"order_id": order_id})).first()
-            if row is None:
+            ledger = await Ledger.lock(session, order_id)
+            if ledger is None:
                 raise NotFound("no such order")
-            order = _order_row(row._mapping)
+            conn, order = ledger.conn, ledger.order
             principal = actor.principal
             if principal is None or principal.role is Role.CUSTOMER:
                 raise NotFound("no such order")
@@ -442,15 +421,11 @@ class Settlement:
             view = payment_view(new_row)
             paid = sums.paid + amount
             order_status = OrderStatus(order.status)
-            order = dataclasses.replace(
-                order,
+            ledger.change(
+                now,
                 payment_status=P.COMPLETED.value if paid >= order.amount else order.payment_status,
-                version=order.version + 1,
-                updated_at=now,
             )
-            event, moved = await append_event(
-                session,
-                order,
+            await ledger.append(
                 kind=PAYMENT_STATUS,
                 from_status=None,
                 to_status=P.COMPLETED.value,
@@ -459,35 +434,19 @@ class Settlement:
                 + (f" (reference {reference})" if reference else ""),
                 extra={"payment": view},
             )
-            deliveries.extend(moved)
-            event_ids.append(event.id)
-            target = order_after_payment(
+            await ledger.cascade(
                 order_status,
                 P.COMPLETED,
-                amount=order.amount,
-                paid=paid,
-                live_attempts=0,
-                on_failure=self.policy,
+                payment_id=payment_id,
+                actor=actor,
+                policy=self.policy,
+                now=now,
             )
-            if target is not None and can_move(order_status, target, Mover.SYSTEM):
-                order = dataclasses.replace(
-                    order, status=target.value, version=order.version + 1, updated_at=now
-                )
-                event, moved = await append_event(
-                    session,
-                    order,
-                    kind=ORDER_STATUS,
-                    from_status=order_status.value,
-                    to_status=target.value,
-                    actor=actor,
-                    note=f"payment {payment_id} COMPLETED",
-                )
-                deliveries.extend(moved)
-                event_ids.append(event.id)
-            await conn.execute(_UPDATE_ORDER, _order_values(order))
-            payment_summary = await money.summary_of(conn, order)
+            await ledger.save()
+            await receipts.after_payment(ledger, actor=actor, tax_rate_bp=self.receipt_tax_rate_bp)
+            snapshot = await ledger.snapshot()
         self.metrics.events_written.labels(kind=PAYMENT_STATUS, source=actor.source).inc()
-        await self.publisher.publish(deliveries, event_ids)
+        await ledger.publish(self.publisher)
         logger.info(
             "manual %s payment %s of %d for order %s recorded by %s",
             method,
@@ -496,12 +455,7 @@ class Settlement:
             order_id,
             actor.name,
         )
-        return Applied(
-            payment=view,
-            order=documents.order_snapshot(order, payment_summary),
-            decision=None,
-            changed=True,
-        )
+        return Applied(payment=view, order=snapshot, decision=None, changed=True)
 
     async def _record_start(self, payment_id: str, started: PaymentStart) -> dict[str, Any]:
         async with self.db.transaction() as session:
@@ -557,29 +511,20 @@ class Settlement:
         """
         started = time.perf_counter()
         now = self.clock()
-        deliveries: list[Delivery] = []
-        event_ids: list[int] = []
         refund_requested = False
         refused: str | None = None
         async with self.db.transaction() as session:
             conn = await session.connection()
             receipt_id = None
             if receipt is not None:
-                receipt_id = (
-                    await conn.execute(
-                        _insert_ignore(self.db, webhook_receipts_table).returning(
-                            webhook_receipts_table.c.id
-                        ),
-                        {
-                            "gateway": receipt.gateway,
-                            "gateway_event_id": receipt.event_id,
-                            "payment_id": payment_id,
-                            "outcome": "received",
-                            "received_at": now,
-                            "body": dict(receipt.body),
-                        },
-                    )
-                ).scalar()
+                receipt_id = await insert_receipt(
+                    conn,
+                    postgres=self.db.is_postgres,
+                    receipt=receipt,
+                    payment_id=payment_id,
+                    outcome="received",
+                    now=now,
+                )
                 if receipt_id is None:
                     self.metrics.payment_decisions.labels(
                         verdict="duplicate", source=actor.source
@@ -589,9 +534,9 @@ class Settlement:
             if peek is None:
                 return None
             # Fixed lock order: the order, then its payment.
-            order_row = (await conn.execute(_LOCK_ORDER, {"order_id": peek.order_id})).one()
-            payment = (await conn.execute(_LOCK_PAYMENT, {"payment_id": payment_id})).one()
-            order = _order_row(order_row._mapping)
+            ledger = await Ledger.lock(session, peek.order_id)
+            assert ledger is not None  # a payment's order is never deleted
+            payment = await ledger.lock_payment(payment_id)
             current = P(payment.status)
             decision = decide_payment(current, state.status, evidence)
             if final and current in LIVE and not (decision.changes and decision.to not in LIVE):
@@ -623,12 +568,10 @@ class Settlement:
                     payment_id,
                     state.status.value,
                     refused,
-                    order.id,
+                    ledger.order.id,
                 )
-                order = dataclasses.replace(
-                    order, needs_review=True, version=order.version + 1, updated_at=now
-                )
-                await conn.execute(_UPDATE_ORDER, _order_values(order))
+                ledger.change(now, needs_review=True)
+                await ledger.save()
                 verdict = "refused"
             elif decision.changes:
                 assert decision.to is not None
@@ -653,18 +596,14 @@ class Settlement:
             after = (await conn.execute(_PAYMENT_BY_ID, {"payment_id": payment_id})).one()
             view = payment_view(after)
             if refused is None and decision.changes:
-                order_status = OrderStatus(order.status)
-                needs_review = order.needs_review or decision.verdict is Verdict.LATE_SUCCESS
-                order = dataclasses.replace(
-                    order,
+                order_status = OrderStatus(ledger.order.status)
+                late = decision.verdict is Verdict.LATE_SUCCESS
+                ledger.change(
+                    now,
                     payment_status=new_status.value,
-                    needs_review=needs_review,
-                    version=order.version + 1,
-                    updated_at=now,
+                    needs_review=ledger.order.needs_review or late,
                 )
-                event, moved = await append_event(
-                    session,
-                    order,
+                await ledger.append(
                     kind=PAYMENT_STATUS,
                     from_status=current.value,
                     to_status=new_status.value,
@@ -672,49 +611,26 @@ class Settlement:
                     note=decision.reason,
                     extra={"payment": view},
                 )
-                deliveries.extend(moved)
-                event_ids.append(event.id)
-                if decision.verdict is Verdict.LATE_SUCCESS:
-                    logger.warning(
-                        "late success of payment %s (order %s in %s): flagged for review",
-                        payment_id,
-                        order.id,
-                        order.status,
-                    )
-                    if late_success_needs_refund(order_status):
-                        refund_requested = await self._request_refund(conn, after, now)
-                siblings = (await conn.execute(_LOCK_PAYMENTS, {"order_id": order.id})).all()
-                paid = sum(p.amount for p in siblings if p.status in PAID)
-                live_others = sum(1 for p in siblings if p.status in LIVE and p.id != payment_id)
-                target = order_after_payment(
+                if late:
+                    refund_requested = await self._refund_late_success(ledger, after, now)
+                await ledger.cascade(
                     order_status,
                     new_status,
-                    amount=order.amount,
-                    paid=paid,
-                    live_attempts=live_others,
-                    on_failure=self.policy,
+                    payment_id=payment_id,
+                    actor=actor,
+                    policy=self.policy,
+                    now=now,
                 )
-                if target is not None and can_move(order_status, target, Mover.SYSTEM):
-                    order = dataclasses.replace(
-                        order, status=target.value, version=order.version + 1, updated_at=now
+                await ledger.save()
+                if new_status is P.COMPLETED:
+                    await receipts.after_payment(
+                        ledger, actor=actor, tax_rate_bp=self.receipt_tax_rate_bp
                     )
-                    event, moved = await append_event(
-                        session,
-                        order,
-                        kind=ORDER_STATUS,
-                        from_status=order_status.value,
-                        to_status=target.value,
-                        actor=actor,
-                        note=f"payment {payment_id} {new_status.value}",
-                    )
-                    deliveries.extend(moved)
-                    event_ids.append(event.id)
-                await conn.execute(_UPDATE_ORDER, _order_values(order))
             else:
                 await conn.execute(
                     insert(events_table),
                     {
-                        "order_id": order.id,
+                        "order_id": ledger.order.id,
                         "kind": PAYMENT_OBSERVATION,
                         "from_status": current.value,
                         "to_status": state.status.value,
@@ -732,13 +648,9 @@ class Settlement:
                     },
                 )
             if receipt_id is not None:
-                await conn.execute(
-                    update(webhook_receipts_table)
-                    .where(webhook_receipts_table.c.id == receipt_id)
-                    .values(outcome=verdict)
-                )
+                await set_receipt_outcome(conn, receipt_id, verdict)
             # As the rows stand at this commit (a late success's refund request included).
-            payment_summary = await money.summary_of(conn, order)
+            snapshot = await ledger.snapshot()
         self.metrics.write_seconds.observe(time.perf_counter() - started)
         self.metrics.payment_decisions.labels(verdict=verdict, source=actor.source).inc()
         logger.info(
@@ -750,12 +662,12 @@ class Settlement:
             verdict,
             refused or decision.reason,
         )
-        if deliveries:
+        if ledger.deliveries:
             self.metrics.events_written.labels(kind=PAYMENT_STATUS, source=actor.source).inc()
-            await self.publisher.publish(deliveries, event_ids)
+            await ledger.publish(self.publisher)
         return Applied(
             payment=view,
-            order=documents.order_snapshot(order, payment_summary),
+            order=snapshot,
             decision=decision,
             changed=refused is None and decision.changes,
             refused=refused,
@@ -780,22 +692,47 @@ class Settlement:
             return None if step is None else payment.created_at + timedelta(seconds=step[0])
         return None
 
-    async def _request_refund(self, conn: Any, payment: Any, now: datetime) -> bool:
-        """Record one refund request for a late success (idempotent by its key)."""
+    async def _refund_late_success(self, ledger: Ledger, payment: Any, now: datetime) -> bool:
+        """Money that arrived late: the whole payment back if the order is over, else what it
+        paid beyond the order's amount (an over-payment of a split order). The order is
+        flagged for review either way; True if a refund was recorded now."""
+        paid = sum(p.amount for p in await ledger.payments() if p.status in PAID)
+        excess = late_success_refund(
+            OrderStatus(ledger.order.status),
+            amount=ledger.order.amount,
+            paid=paid,
+            payment=payment.amount,
+        )
+        if excess <= 0:
+            return False
+        logger.warning(
+            "late success of payment %s (order %s in %s): flagged for review, %d to refund",
+            payment.id,
+            ledger.order.id,
+            ledger.order.status,
+            excess,
+        )
+        return await self._request_refund(ledger.conn, payment, excess, now)
+
+    async def _request_refund(self, conn: Any, payment: Any, amount: int, now: datetime) -> bool:
+        """Record one refund request for a late success (idempotent by its key); the
+        reconciler sends it (it is due at once)."""
         refund_id = "ref_" + secrets.token_hex(12)
+        dialect = postgresql if self.db.is_postgres else sqlite
         result = await conn.execute(
-            _insert_ignore(self.db, refunds_table).returning(refunds_table.c.id),
+            dialect.insert(refunds_table).on_conflict_do_nothing().returning(refunds_table.c.id),
             {
                 "id": refund_id,
                 "order_id": payment.order_id,
                 "payment_id": payment.id,
-                "amount": payment.amount,
+                "amount": amount,
                 "currency": payment.currency,
                 "status": "REQUESTED",
                 "reason": "late_success",
                 "idempotency_key": f"late_success:{payment.id}",
                 "created_at": now,
                 "updated_at": now,
+                "next_check_at": now,
             },
         )
         return result.scalar() is not None
@@ -810,27 +747,21 @@ class Settlement:
         """
         now = self.clock()
         async with self.db.transaction() as session:
-            conn = await session.connection()
-            row = (await conn.execute(_LOCK_ORDER, {"order_id": order_id})).first()
-            if row is None:
+            ledger = await Ledger.lock(session, order_id)
+            if ledger is None:
                 return False
-            order = _order_row(row._mapping)
+            order = ledger.order
             if (
                 order.status != OrderStatus.PENDING_PAYMENT.value
                 or order.expires_at is None
                 or order.expires_at > now
             ):
                 return False
-            payments = (await conn.execute(_LOCK_PAYMENTS, {"order_id": order_id})).all()
-            if any(p.status in LIVE or p.status in PAID for p in payments):
+            if any(p.status in LIVE or p.status in PAID for p in await ledger.payments()):
                 return False
-            order = dataclasses.replace(
-                order, status=OrderStatus.EXPIRED.value, version=order.version + 1, updated_at=now
-            )
-            await conn.execute(_UPDATE_ORDER, _order_values(order))
-            event, deliveries = await append_event(
-                session,
-                order,
+            ledger.change(now, status=OrderStatus.EXPIRED.value)
+            await ledger.save()
+            await ledger.append(
                 kind=ORDER_STATUS,
                 from_status=OrderStatus.PENDING_PAYMENT.value,
                 to_status=OrderStatus.EXPIRED.value,
@@ -839,7 +770,7 @@ class Settlement:
             )
         self.metrics.events_written.labels(kind=ORDER_STATUS, source=actor.source).inc()
         self.metrics.orders_expired.inc()
-        await self.publisher.publish(deliveries, [event.id])
+        await ledger.publish(self.publisher)
         logger.info("order %s expired unpaid", order_id)
         return True
 
@@ -883,15 +814,7 @@ class Settlement:
 
     async def _payment_for(self, event: WebhookEvent) -> str | None:
         """Our payment a webhook is about: by the gateway's ref, else by our own reference."""
-        candidates: list[str] = []
-        raw = event.state.raw if event.state is not None else event.raw
-        metadata = raw.get("metadata")
-        for value in (
-            raw.get("reference"),
-            metadata.get("payment_id") if isinstance(metadata, Mapping) else None,
-        ):
-            if isinstance(value, str):
-                candidates.append(value)
+        candidates = [event.payment_reference] if event.payment_reference else []
         async with self.db.read() as session:
             conn = await session.connection()
             if event.ref:
@@ -921,22 +844,14 @@ class Settlement:
     async def _record_receipt(self, receipt: Receipt, payment_id: str | None, outcome: str) -> bool:
         """Record a webhook that changes nothing by itself; False if it was already recorded."""
         async with self.db.transaction() as session:
-            conn = await session.connection()
-            inserted = (
-                await conn.execute(
-                    _insert_ignore(self.db, webhook_receipts_table).returning(
-                        webhook_receipts_table.c.id
-                    ),
-                    {
-                        "gateway": receipt.gateway,
-                        "gateway_event_id": receipt.event_id,
-                        "payment_id": payment_id,
-                        "outcome": outcome,
-                        "received_at": self.clock(),
-                        "body": dict(receipt.body),
-                    },
-                )
-            ).scalar()
+            inserted = await insert_receipt(
+                await session.connection(),
+                postgres=self.db.is_postgres,
+                receipt=receipt,
+                payment_id=payment_id,
+                outcome=outcome,
+                now=self.clock(),
+            )
         return inserted is not None
 
     # -- check (single flight) -----------------------------------------------------------------
@@ -1157,41 +1072,8 @@ class RateLimiterLike(Protocol):
 
 _KEEP = object()
 
-_LOCK_ORDER = (
-    select(orders_table).where(orders_table.c.id == bindparam("order_id")).with_for_update()
-)
-_PAYMENT_BY_ID = select(payments_table).where(payments_table.c.id == bindparam("payment_id"))
-_LOCK_PAYMENT = _PAYMENT_BY_ID.with_for_update()
-_LOCK_PAYMENTS = (
-    select(payments_table)
-    .where(payments_table.c.order_id == bindparam("order_id"))
-    .order_by(payments_table.c.id)
-    .with_for_update()
-)
 _RELEASE = (
     update(payments_table)
     .where(payments_table.c.id == bindparam("payment_id"))
     .values(check_lease_until=None)
 )
-_UPDATE_ORDER = (
-    update(orders_table)
-    .where(orders_table.c.id == bindparam("order_id"))
-    .values(
-        status=bindparam("status"),
-        payment_status=bindparam("payment_status"),
-        needs_review=bindparam("needs_review"),
-        version=bindparam("version"),
-        updated_at=bindparam("updated_at"),
-    )
-)
-
-
-def _order_values(order: documents.OrderRow) -> dict[str, Any]:
-    return {
-        "order_id": order.id,
-        "status": order.status,
-        "payment_status": order.payment_status,
-        "needs_review": order.needs_review,
-        "version": order.version,
-        "updated_at": order.updated_at,
-    }

@@ -18,7 +18,7 @@ import re
 import secrets
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -89,6 +89,13 @@ class Written:
     event: documents.EventRow
     deliveries: tuple[Delivery, ...]
 
+
+#: More work inside a status change's transaction: (session, the order as moved, deliveries,
+#: event ids) → the order as it leaves it (see ``change_order_status``).
+Within = Callable[
+    [AsyncSession, documents.OrderRow, list[Delivery], list[int]],
+    Awaitable[documents.OrderRow],
+]
 
 #: The most stream deliveries the publish sender puts in one pipelined round trip.
 _BATCH_DELIVERIES = 512
@@ -439,12 +446,19 @@ async def change_order_status(
     to: OrderStatus,
     actor: Actor,
     note: str | None = None,
+    within: Within | None = None,
 ) -> Written:
     """Move an order to ``to`` if the workflow lets ``actor`` do so; 404 / 409 otherwise.
 
+<<<<<<< HEAD
     One change in a transaction of its own, through SQLAlchemy: SQLite's path, and tools'.
     The service's endpoints go through ``orders.groupcommit.GroupCommit`` (on PostgreSQL: lean
     statements, and a POS change batched with its store's concurrent ones).
+=======
+    ``within``: more work in the same transaction after the move (a cancel's refunds); it
+    appends its own events to the deliveries and event ids it is handed and returns the order
+    as it leaves it (written by itself).
+>>>>>>> main
     """
     if not ORDER_ID.fullmatch(order_id):
         raise NotFound("no such order")
@@ -477,10 +491,21 @@ async def change_order_status(
             actor=actor,
             note=note,
         )
+        snapshot = event.data["order"]
+        if within is not None:
+            more: list[Delivery] = list(deliveries)
+            event_ids = [event.id]
+            order = await within(session, order, more, event_ids)
+            if len(event_ids) > 1:
+                deliveries = tuple(more)
+                snapshot = documents.order_snapshot(order, await money.summary_of(conn, order))
     metrics.write_seconds.observe(time.perf_counter() - started)
     metrics.events_written.labels(kind=ORDER_STATUS, source=actor.source).inc()
-    await publisher.publish(deliveries, [event.id])
-    return Written(event.data["order"], event, deliveries)
+    if within is None:
+        await publisher.publish(deliveries, [event.id])
+    else:
+        await publisher.publish(deliveries, event_ids)
+    return Written(snapshot, event, deliveries)
 
 
 # The hot path's statements, built once: building a statement costs more than running it.

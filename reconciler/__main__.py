@@ -65,6 +65,7 @@ async def main(settings: Settings) -> None:
                 gateways=offered.gateways,
                 schedules=offered.schedules,
                 policy=FailurePolicy(settings.payment_failure_policy),
+                receipt_tax_rate_bp=settings.receipt_tax_rate_bp,
                 limiter=limiter,
             )
             reconciler = Reconciler(

@@ -9,6 +9,10 @@ gateway call. The answer goes through the one write path with ``Evidence.STATUS_
 rescheduled by the gateway's ``Schedule``; an answer that never came (transport error, timeout,
 5xx, 429) is never a verdict: the payment waits for Retry-After or a backoff with jitter.
 
+Refunds still in flight are polled the same way (``Refunds.retry_due``): claimed when their
+``next_check_at`` comes, sent or asked about through the shared rate limit, rescheduled by the
+gateway's schedule, and never FAILED by an answer that never came.
+
 Then orders past ``expires_at`` that are still unpaid: a live payment gets a last check first;
 an order whose payment is still in flight after it stays open (the payment's own schedule runs
 to its timeout, which expires it), and only an order with no payment live or paid expires.
@@ -50,7 +54,6 @@ class Reconciler:
         lease: float = 60.0,
         clock: Callable[[], datetime] = utcnow,
         name: str = "reconciler",
-        refund_retry_after: float = 30.0,
     ) -> None:
         self._settlement = settlement
         self._db = settlement.db
@@ -61,8 +64,8 @@ class Reconciler:
         self._lease = timedelta(seconds=lease)
         self._clock = clock
         self._actor = Actor.system("reconciler", name)
-        self._refunds = Refunds(settlement)
-        self._refund_retry_after = refund_retry_after
+        self._refunds = Refunds(settlement, lease=lease)
+        self._concurrency = concurrency
 
     @property
     def metrics(self) -> Metrics:
@@ -75,8 +78,8 @@ class Reconciler:
         if claimed:
             await asyncio.gather(*(self._check(payment_id) for payment_id in claimed))
         expired = await self.expire_orders()
-        # Refunds the gateway could not take, or has not settled, are asked about again.
-        refunds = await self._refunds.retry_due(older_than=self._refund_retry_after)
+        # Refunds not yet settled, on the same schedule, rate limit and backoff as payments.
+        refunds = await self._refunds.retry_due(batch=self._batch, concurrency=self._concurrency)
         await self.measure()
         return len(claimed) + expired + refunds
 

@@ -29,7 +29,7 @@ from orders.metrics import Metrics
 from orders.payments import FailurePolicy
 from orders.settlement import Settlement
 from orders.writes import Publisher
-from server.api import demo, events, ops, orders, pos, webhooks
+from server.api import demo, events, ops, orders, pos, receipts, webhooks
 from server.api import money as money_api
 from server.api import payments as payments_api
 from server.auth import TokenVerifier
@@ -165,6 +165,7 @@ def create_app(
                 gateways=offered.gateways,
                 schedules=offered.schedules,
                 policy=FailurePolicy(settings.payment_failure_policy),
+                receipt_tax_rate_bp=settings.receipt_tax_rate_bp,
                 hooks=hooks,
                 limiter=await stack.enter_async_context(
                     GatewayRateLimiter(
@@ -247,6 +248,14 @@ def create_app(
         Route("/api/orders/{order_id}/payments", payments_api.start, methods=["POST"]),
         Route("/api/orders/{order_id}/payments/verify", payments_api.verify, methods=["POST"]),
         Route("/api/orders/{order_id}/refunds", money_api.request_refund, methods=["POST"]),
+        Route("/api/orders/{order_id}/receipts", receipts.list_receipts, methods=["GET"]),
+        # Before the JSON route, whose {number} would also match "1.html".
+        Route(
+            "/api/orders/{order_id}/receipts/{number}.html",
+            receipts.get_receipt_html,
+            methods=["GET"],
+        ),
+        Route("/api/orders/{order_id}/receipts/{number}", receipts.get_receipt, methods=["GET"]),
         Route("/webhooks/{gateway}", webhooks.receive, methods=["POST"]),
         Route("/api/pos/orders", pos.list_store, methods=["GET"]),
         Route("/api/pos/orders/{order_id}/status", pos.set_status, methods=["POST"]),

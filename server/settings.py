@@ -12,11 +12,10 @@ from dataclasses import dataclass, field, fields
 from datetime import timedelta
 from typing import Any, TypeVar
 
-from limits import parse as parse_rate
-
 from gateways import GatewaysConfig, PhonePeConfig, SandboxConfig, StripeConfig
 from gateways.stripe import DEFAULT_API_BASE as STRIPE_API_BASE
 from orders.schedule import Schedule
+from server.ratelimit import parse_rate
 
 T = TypeVar("T")
 
@@ -96,6 +95,8 @@ class Settings:
     payment_read_check_timeout: float = 2.0
     payment_check_reuse: float = 5.0
     payment_failure_policy: str = "retry"
+    # Receipts (issue 6): the tax included in prices, in basis points (1800 = 18 %); 0: none.
+    receipt_tax_rate_bp: int = 0
     gateway_timeout: float = 10.0
     gateway_connect_timeout: float = 3.0
     stripe_poll_schedule: str | None = None
@@ -391,6 +392,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "payment_read_check_after": (0, None),
     "payment_read_check_timeout": (0.01, 60),
     "payment_check_reuse": (0, None),
+    "receipt_tax_rate_bp": (0, 10_000),
     "gateway_timeout": (0.1, 300),
     "gateway_connect_timeout": (0.1, 300),
     "reconciler_interval": (0.01, None),

@@ -8,6 +8,10 @@ from starlette.responses import JSONResponse
 
 from orders import money
 from orders.models import Order
+<<<<<<< HEAD
+=======
+from orders.refunds import Refunds
+>>>>>>> main
 from orders.writes import Actor
 from server import protocol
 from server.api import schemas
@@ -35,7 +39,12 @@ async def set_status(request: Request) -> JSONResponse:
     caller = principal(request, Role.POS)
     change = await body(request, schemas.StatusChange)
     svc = services(request)
+<<<<<<< HEAD
     written = await svc.writer.change_status(
+=======
+    # A cancel of an order with money paid also requests its full refund.
+    written = await Refunds(svc.settlement).change_status(
+>>>>>>> main
         order_id=request.path_params["order_id"],
         to=change.status,
         actor=Actor.of(caller),

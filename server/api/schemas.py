@@ -112,6 +112,9 @@ Currency = Annotated[
     ),
 ]
 OrderId = Annotated[str, Meta(pattern=ORDER_ID_PATTERN, description="an order id")]
+ReceiptNumber = Annotated[
+    int, Meta(ge=1, le=MAX_SEQ, description="a receipt number in the order's store sequence")
+]
 Seq = Annotated[int, Meta(ge=0, le=MAX_SEQ, description=f"a stream position, 0 to {MAX_SEQ}")]
 
 
@@ -368,6 +371,98 @@ class Refund(Struct):
     updated_at: datetime
 
 
+class ReceiptLine(Struct):
+    """A line of the order, as the receipt prints it."""
+
+    sku: str | None
+    name: str | None
+    quantity: int
+    unit_price: int
+    amount: int
+
+
+class ReceiptTax(Struct):
+    """The tax included in the receipt's amount (RECEIPT_TAX_RATE_BP, rounded half up)."""
+
+    rate_bp: int
+    included: bool
+    amount: int
+    net: int
+
+
+class ReceiptPayment(Struct):
+    """A payment that took money, as it stood when the receipt was issued."""
+
+    id: str
+    gateway: str
+    method: str | None
+    reference: str | None
+    amount: int
+    status: str
+    at: datetime | None
+
+
+class ReceiptRefund(Struct):
+    """A refund that SUCCEEDED, as it stood when the receipt was issued."""
+
+    id: str
+    payment_id: str
+    amount: int
+    reason: str
+    reference: str | None
+    at: datetime | None
+
+
+class ReceiptTotals(Struct):
+    """The order's totals when the receipt was issued (its payment_summary then)."""
+
+    paid: int
+    refunded: int
+    outstanding: int
+
+
+class Receipt(Struct):
+    """An issued receipt: never changed after issue; ``number`` counts per store, no gaps;
+    ``amount`` is the order's (sale) or the refund's (refund); ``refund``: the refund this
+    receipt is for."""
+
+    number: int
+    label: str
+    kind: Literal["sale", "refund"]
+    issued_at: datetime
+    order_id: str
+    store_id: str
+    customer_id: str | None
+    currency: str
+    lines: list[ReceiptLine]
+    order_amount: int
+    amount: int
+    tax: ReceiptTax | None
+    refund: ReceiptRefund | None
+    payments: list[ReceiptPayment]
+    refunds: list[ReceiptRefund]
+    totals: ReceiptTotals
+
+
+class ReceiptList(Struct):
+    """The order's receipts, by number."""
+
+    receipts: list[Receipt]
+
+
+class ReceiptRef(Struct):
+    """The short form of a receipt a ``receipt.issued`` event carries."""
+
+    number: int
+    label: str
+    kind: Literal["sale", "refund"]
+    order_id: str
+    store_id: str
+    amount: int
+    currency: str
+    issued_at: datetime
+
+
 class RefundsRequested(Struct):
     """The refund records made, and the order after them."""
 
@@ -413,6 +508,8 @@ class StreamEvent(Struct):
     note: str | UnsetType = UNSET
     #: On a ``payment.status`` event: the payment attempt as it is after the change.
     payment: Payment | UnsetType = UNSET
+    #: On a ``receipt.issued`` event: the receipt's number, kind and amount.
+    receipt: ReceiptRef | UnsetType = UNSET
 
 
 class OrderCreated(Struct):

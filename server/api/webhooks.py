@@ -1,5 +1,8 @@
 """POST /webhooks/{gateway}: the signature first, then the one write path, deduped by event id.
 
+Payment and refund events alike (Stripe ``refund.updated`` / ``charge.refunded``, PhonePe's
+refund callbacks, the sandbox's ``refund.*``).
+
 A bad signature (or timestamp, or a webhook signed for another gateway) is a 400 and writes
 nothing. A verified event is recorded once in ``webhook_receipts`` (same transaction as the
 change it makes) and acknowledged with 200, also when it names a payment we do not know or
@@ -12,13 +15,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from gateways.base import InvalidSignature
+from orders.refunds import Refunds
 from server.errors import NotFound, PayloadTooLarge, error_response
 from server.services import services
 
 
 async def receive(request: Request) -> Response:
     """
-    summary: A gateway's status notification (signed)
+    summary: A gateway's payment or refund notification (signed)
     tags: [webhooks]
     parameters: [{name: gateway, in: path, required: true, schema: {type: string}}]
     responses:
@@ -46,6 +50,8 @@ async def receive(request: Request) -> Response:
     except InvalidSignature as exc:
         svc.metrics.webhooks.labels(gateway=name, outcome="bad_signature").inc()
         return error_response(400, "invalid_signature", f"webhook not accepted: {exc}")
-    outcome = await svc.settlement.receive_webhook(event)
+    # Refund events (and PhonePe v1's payment-shaped refund callbacks) settle the refund;
+    # every other event goes on to the payment path.
+    outcome = await Refunds(svc.settlement).receive_webhook(event)
     svc.metrics.webhooks.labels(gateway=name, outcome=outcome.split(":")[0]).inc()
     return JSONResponse({"received": True, "outcome": outcome})

@@ -8,13 +8,22 @@ Screenshots of each page go to $E2E_SCREENSHOT_DIR (default /tmp) for a human to
 from __future__ import annotations
 
 import os
+import re
 import time
 from collections.abc import AsyncIterator, Sequence
 from pathlib import Path
 
 import httpx
 import pytest
-from playwright.async_api import Browser, Page, async_playwright, expect
+from playwright.async_api import (
+    Browser,
+    Locator,
+    Page,
+    Request,
+    Route,
+    async_playwright,
+    expect,
+)
 
 from channels import create_broker
 from orders.db import Database
@@ -169,6 +178,11 @@ async def received_seqs(page: Page) -> list[int]:
     return seqs
 
 
+def short_id(order_id: str) -> str:
+    """The pages' short form of an order id (ui.js shortId)."""
+    return "#" + order_id.removeprefix("ord_")[:6].upper()
+
+
 async def screenshot(page: Page, name: str) -> None:
     # Playwright creates the directory if needed.
     await page.screenshot(path=str(SCREENSHOTS / f"orderstatus-{name}.png"), full_page=True)
@@ -239,11 +253,12 @@ async def test_the_customer_sees_every_pos_move_live_without_reloading(
         ("Mark ready", "READY", ["Out for delivery", "Picked up", "Cancel"]),
         ("Picked up", "DELIVERED", []),
     ]
-    await expect(card.get_by_role("button")).to_have_text(["Start preparing", "Cancel"])
+    moves = card.locator(".order-card__actions").get_by_role("button")
+    await expect(moves).to_have_text(["Start preparing", "Cancel"])
     for button, status, next_buttons in steps:
         await card.get_by_role("button", name=button).click()
         await expect(card).to_have_attribute("data-status", status)
-        await expect(card.get_by_role("button")).to_have_text(next_buttons)
+        await expect(moves).to_have_text(next_buttons)
         await expect_customer_sees(customer, status)
         if status == "PREPARING":
             await screenshot(customer, "customer-preparing")
@@ -339,7 +354,9 @@ async def test_the_pos_board_shows_a_409_plainly_when_another_terminal_got_there
     await expect(banner).to_contain_text("Allowed next: Ready, Cancelled.")
     # The card catches up with the truth and offers only what is allowed now.
     await expect(card).to_have_attribute("data-status", "PREPARING")
-    await expect(card.get_by_role("button")).to_have_text(["Mark ready", "Cancel"])
+    await expect(card.locator(".order-card__actions").get_by_role("button")).to_have_text(
+        ["Mark ready", "Cancel"]
+    )
     await screenshot(pos, "pos-409")
     errors.assert_none()
 
@@ -431,4 +448,399 @@ async def test_a_declined_payment_says_so_and_a_retry_pays_the_order(
             await http.get(f"/api/orders/{order_id}", headers={"Authorization": f"Bearer {token}"})
         ).json()
     assert [p["status"] for p in body["payments"]] == ["FAILED", "COMPLETED"]
+    errors.assert_none()
+
+
+# -- the money side: a cash payment and refunds on the POS board -----------------------------------
+
+
+class Posts:
+    """The POST requests a page sent (path and Idempotency-Key), to prove what was (not) sent."""
+
+    def __init__(self, page: Page) -> None:
+        self.sent: list[tuple[str, str | None]] = []
+        page.on("request", self._seen)
+
+    def _seen(self, request: Request) -> None:
+        if request.method == "POST" and "/api/" in request.url:
+            path = request.url.split("://", 1)[1].split("/", 1)[1]
+            self.sent.append(("/" + path, request.headers.get("idempotency-key")))
+
+    def to(self, suffix: str) -> list[tuple[str, str | None]]:
+        return [sent for sent in self.sent if sent[0].endswith(suffix)]
+
+
+async def expect_customer_money(page: Page, paid: str, refunded: str, outstanding: str) -> None:
+    await expect(page.locator("#money-paid")).to_have_text(paid)
+    await expect(page.locator("#money-refunded")).to_have_text(refunded)
+    await expect(page.locator("#money-outstanding")).to_have_text(outstanding)
+
+
+async def expect_card_money(card: Locator, paid: int, refunded: int, outstanding: int) -> None:
+    money = card.locator(".order-card__money")
+    await expect(money).to_have_attribute("data-paid", str(paid))
+    await expect(money).to_have_attribute("data-refunded", str(refunded))
+    await expect(money).to_have_attribute("data-outstanding", str(outstanding))
+
+
+async def record_cash_over_rest(http: httpx.AsyncClient, order_id: str, amount: int) -> None:
+    """Another terminal of the store takes the cash (the board under test only hears of it)."""
+    token = await demo_token(http, "till-2", role="pos", store_id=STORE)
+    response = await http.post(
+        f"/api/pos/orders/{order_id}/payments",
+        json={"method": "cash", "amount": amount},
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert response.status_code == 201, response.text
+
+
+async def summary_over_rest(http: httpx.AsyncClient, order_id: str) -> dict[str, object]:
+    token = await demo_token(http, "till-2", role="pos", store_id=STORE)
+    response = await http.get(
+        f"/api/orders/{order_id}", headers={"Authorization": f"Bearer {token}"}
+    )
+    assert response.status_code == 200, response.text
+    summary: dict[str, object] = response.json()["order"]["payment_summary"]
+    return summary
+
+
+async def test_a_cash_payment_recorded_on_the_pos_board_settles_the_customer_page_live(
+    browser: Browser, server: Running
+) -> None:
+    errors = PageErrors()
+    customer = await open_page(browser, errors, "customer")
+    await customer_signs_in(customer, server.http, "frank")
+    await customer.evaluate("() => { window.__sameDocument = true; }")
+    order_id = await customer_places_cash_order(customer)
+    # A cash order is confirmed at once, and owes its amount until the store takes the money.
+    await expect_customer_money(customer, "₹0.00", "₹0.00", "₹280.00")
+
+    pos = await open_page(browser, errors, "pos", width=1500)
+    posts = Posts(pos)
+    await pos_signs_in(pos, server.http)
+    card = pos.locator(f'.order-card[data-order-id="{order_id}"]')
+    await expect_card_money(card, paid=0, refunded=0, outstanding=28000)
+    await expect(card.get_by_role("button", name="Refund")).to_have_count(0)
+    await screenshot(pos, "pos-money")
+
+    await card.get_by_role("button", name="Record payment").click()
+    dialog = pos.get_by_role("dialog")
+    await expect(dialog).to_be_visible()
+    await expect(dialog.get_by_label("Method")).to_have_value("cash")
+    await expect(dialog.get_by_label("Amount (INR)")).to_have_value("280.00")  # outstanding
+    await dialog.get_by_label("Reference").fill("drawer 2")
+    await dialog.get_by_role("button", name="Review payment").click()
+    await expect(dialog.locator("#money-question")).to_have_text(
+        f"Record ₹280.00 of ₹280.00 outstanding, paid by cash, for order {short_id(order_id)}?"
+    )
+    await expect(dialog.locator("#money-detail")).to_contain_text("fully paid")
+    await screenshot(pos, "pos-record-payment-confirm")
+    assert posts.to("/payments") == [], "nothing is sent before the confirmation"
+
+    await dialog.get_by_role("button", name="Record ₹280.00").click()
+    await expect(dialog).to_be_hidden()
+    await expect_card_money(card, paid=28000, refunded=0, outstanding=0)
+    await expect(card.get_by_role("button", name="Record payment")).to_have_count(0)
+    await expect(card.get_by_role("button", name="Refund")).to_be_visible()
+    sent = posts.to(f"/api/pos/orders/{order_id}/payments")
+    assert len(sent) == 1 and sent[0][1], f"one POST with an Idempotency-Key: {sent}"
+
+    # The customer's page follows without a reload: paid, nothing owed, still CONFIRMED.
+    await expect_customer_money(customer, "₹280.00", "₹0.00", "₹0.00")
+    await expect_customer_sees(customer, "CONFIRMED")
+    await expect(customer.locator("#timeline")).to_contain_text("Payment received")
+    assert await customer.evaluate("() => window.__sameDocument === true"), "the page reloaded"
+    await screenshot(customer, "customer-cash-paid")
+    await screenshot(pos, "pos-cash-paid")
+    errors.assert_none()
+
+
+async def test_a_partial_refund_on_the_pos_board_shows_the_new_totals_on_the_customer_page_live(
+    browser: Browser, server: Running
+) -> None:
+    errors = PageErrors()
+    customer = await open_page(browser, errors, "customer")
+    await customer_signs_in(customer, server.http, "gina")
+    await customer.evaluate("() => { window.__sameDocument = true; }")
+    order_id = await customer_places_cash_order(customer)
+    async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+        await record_cash_over_rest(http, order_id, 28000)
+        # Another customer's cash order, still owed: the board shows both money buttons.
+        token = await demo_token(http, "hugo")
+        owing = await http.post(
+            "/api/orders",
+            json={
+                "store_id": STORE,
+                "currency": "INR",
+                "payment_method": "cash",
+                "items": [
+                    {"sku": "wrap", "name": "Paneer tikka wrap", "quantity": 1, "unit_price": 16000}
+                ],
+            },
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert owing.status_code == 201, owing.text
+    await expect_customer_money(customer, "₹280.00", "₹0.00", "₹0.00")
+
+    pos = await open_page(browser, errors, "pos", width=1500)
+    posts = Posts(pos)
+    await pos_signs_in(pos, server.http)
+    card = pos.locator(f'.order-card[data-order-id="{order_id}"]')
+    await expect_card_money(card, paid=28000, refunded=0, outstanding=0)
+    owing_card = pos.locator(f'.order-card[data-order-id="{owing.json()["order"]["id"]}"]')
+    await expect_card_money(owing_card, paid=0, refunded=0, outstanding=16000)
+    await expect(owing_card.get_by_role("button", name="Record payment")).to_be_visible()
+    await screenshot(pos, "pos-money-buttons")  # docs/screenshots/pos-money.png
+
+    await card.get_by_role("button", name="Refund").click()
+    dialog = pos.get_by_role("dialog")
+    await expect(dialog.get_by_label("Amount (INR)")).to_have_value("280.00")  # full by default
+    # A reason is required: without one the dialog says so and goes nowhere.
+    await dialog.get_by_role("button", name="Review refund").click()
+    await expect(dialog.locator("#money-error")).to_contain_text("Say why")
+    # Too many decimals for rupees is refused before anything is sent.
+    await dialog.get_by_label("Amount (INR)").fill("40.005")
+    await dialog.get_by_label("Reason").fill("Cold coffee")
+    await dialog.get_by_role("button", name="Review refund").click()
+    await expect(dialog.locator("#money-amount-error")).to_have_text(
+        "INR has 2 decimal places at most"
+    )
+    await dialog.get_by_label("Amount (INR)").fill("40")
+    await dialog.get_by_role("button", name="Review refund").click()
+    await expect(dialog.locator("#money-question")).to_have_text(
+        "Refund ₹40.00 of ₹280.00 to cash?"
+    )
+    await expect(dialog.locator("#money-detail")).to_contain_text("Hand the money back")
+    await screenshot(pos, "pos-refund-confirm")
+    await dialog.get_by_role("button", name="Refund ₹40.00").click()
+    await expect(dialog).to_be_hidden()
+    await expect_card_money(card, paid=28000, refunded=4000, outstanding=0)
+
+    refunds = posts.to(f"/api/orders/{order_id}/refunds")
+    assert len(refunds) == 1 and refunds[0][1], refunds
+    await expect_customer_money(customer, "₹280.00", "₹40.00", "₹0.00")
+    timeline = customer.locator("#timeline")
+    await expect(timeline).to_contain_text("Partly refunded")
+    # The refund's entry in rupees with its reason (the server's note counts in paise).
+    refund_entry = timeline.locator('li[data-status="SUCCEEDED"]')
+    await expect(refund_entry).to_contain_text("Refunded")
+    await expect(refund_entry).to_contain_text("₹40.00 · “Cold coffee”")
+    assert await customer.evaluate("() => window.__sameDocument === true"), "the page reloaded"
+    async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+        summary = await summary_over_rest(http, order_id)
+    assert (summary["paid"], summary["refunded"], summary["outstanding"]) == (28000, 4000, 0)
+    await screenshot(customer, "customer-partly-refunded")
+    errors.assert_none()
+
+
+async def test_the_money_dialog_can_be_cancelled_and_shows_the_servers_refusal(
+    browser: Browser, server: Running
+) -> None:
+    errors = PageErrors()
+    async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+        token = await demo_token(http, "hana")
+        created = await http.post(
+            "/api/orders",
+            json={
+                "store_id": STORE,
+                "currency": "INR",
+                "payment_method": "cash",
+                "items": [
+                    {"sku": "lassi", "name": "Mango lassi", "quantity": 2, "unit_price": 9000}
+                ],
+            },
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201, created.text
+        order_id: str = created.json()["order"]["id"]
+        await record_cash_over_rest(http, order_id, 18000)
+
+        pos = await open_page(browser, errors, "pos", width=1500)
+        posts = Posts(pos)
+        await pos_signs_in(pos, server.http)
+        card = pos.locator(f'.order-card[data-order-id="{order_id}"]')
+        await expect_card_money(card, paid=18000, refunded=0, outstanding=0)
+        dialog = pos.get_by_role("dialog")
+
+        # Cancelled at the confirmation: the question was asked, nothing was sent.
+        await card.get_by_role("button", name="Refund").click()
+        await dialog.get_by_label("Reason").fill("Changed their mind")
+        await dialog.get_by_role("button", name="Review refund").click()
+        await expect(dialog.locator("#money-question")).to_have_text(
+            "Refund ₹180.00 of ₹180.00 to cash?"
+        )
+        await dialog.get_by_role("button", name="Cancel").click()
+        await expect(dialog).to_be_hidden()
+        # Focus goes back to the button that opened it.
+        await expect(card.get_by_role("button", name="Refund")).to_be_focused()
+        # Escape at the form closes it too.
+        await card.get_by_role("button", name="Refund").click()
+        await expect(dialog).to_be_visible()
+        await pos.keyboard.press("Escape")
+        await expect(dialog).to_be_hidden()
+        assert posts.to("/refunds") == []
+        assert (await summary_over_rest(http, order_id))["refunded"] == 0
+        await expect_card_money(card, paid=18000, refunded=0, outstanding=0)
+
+        # The race: the question is on screen of a board that stopped hearing the stream, and
+        # another terminal refunds it all. The confirmation is refused, and the dialog says why,
+        # from the JSON error body.
+        await pos.evaluate("() => window.posBoard.client.stop()")
+        await card.get_by_role("button", name="Refund").click()
+        await dialog.get_by_label("Reason").fill("Spilled")
+        await dialog.get_by_role("button", name="Review refund").click()
+        await expect(dialog.locator("#money-question")).to_have_text(
+            "Refund ₹180.00 of ₹180.00 to cash?"
+        )
+        till_2 = await demo_token(http, "till-2", role="pos", store_id=STORE)
+        refunded = await http.post(
+            f"/api/orders/{order_id}/refunds",
+            json={"reason": "Spilled"},
+            headers={"Authorization": f"Bearer {till_2}"},
+        )
+        assert refunded.status_code == 201, refunded.text
+
+    await dialog.get_by_role("button", name="Refund ₹180.00").click()
+    error = dialog.locator("#money-error")
+    await expect(error).to_contain_text("409 nothing_to_refund")
+    await expect(error).to_contain_text("Everything paid has been refunded")
+    await screenshot(pos, "pos-refund-refused")
+    # The board read the order again: the card now tells the truth.
+    await expect_card_money(card, paid=18000, refunded=18000, outstanding=0)
+    await dialog.get_by_role("button", name="Cancel").click()
+    await expect(dialog).to_be_hidden()
+    await expect(card.get_by_role("button", name="Refund")).to_have_count(0)
+    assert len(posts.to("/refunds")) == 1
+    errors.assert_none()
+
+
+async def test_a_refund_of_an_online_payment_goes_to_the_gateway_and_the_customer_sees_it_settle(
+    browser: Browser, server: Running
+) -> None:
+    errors = PageErrors()
+    customer = await open_page(browser, errors, "customer")
+    await customer_signs_in(customer, server.http, "jack")
+    order_id, payment_page = await customer_places_online_order(customer)
+    await payment_page.get_by_role("button", name="Approve").click()
+    await expect_customer_sees(customer, "CONFIRMED")
+    await expect_customer_money(customer, "₹80.00", "₹0.00", "₹0.00")
+
+    pos = await open_page(browser, errors, "pos", width=1500)
+    await pos_signs_in(pos, server.http)
+    card = pos.locator(f'.order-card[data-order-id="{order_id}"]')
+    await expect_card_money(card, paid=8000, refunded=0, outstanding=0)
+    await card.get_by_role("button", name="Refund").click()
+    dialog = pos.get_by_role("dialog")
+    await dialog.get_by_label("Amount (INR)").fill("12.5")
+    await dialog.get_by_label("Reason").fill("One coffee was cold")
+    await dialog.get_by_role("button", name="Review refund").click()
+    await expect(dialog.locator("#money-question")).to_have_text(
+        "Refund ₹12.50 of ₹80.00 to the customer's sandbox payment?"
+    )
+    await expect(dialog.locator("#money-detail")).to_contain_text("The gateway is asked")
+    await dialog.get_by_role("button", name="Refund ₹12.50").click()
+    await expect(dialog).to_be_hidden()
+
+    # Refunded once the sandbox says so (its answer, a webhook or the reconciler), on both pages.
+    await expect_card_money(card, paid=8000, refunded=1250, outstanding=0)
+    await expect_customer_money(customer, "₹80.00", "₹12.50", "₹0.00")
+    refund_entry = customer.locator('#timeline li[data-status="SUCCEEDED"]')
+    await expect(refund_entry).to_contain_text("₹12.50 · “One coffee was cold”")
+    errors.assert_none()
+
+
+async def test_a_lost_answer_to_a_recorded_payment_is_retried_with_its_key_and_pays_once(
+    browser: Browser, server: Running
+) -> None:
+    errors = PageErrors()
+    async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+        token = await demo_token(http, "ivan")
+        created = await http.post(
+            "/api/orders",
+            json={
+                "store_id": STORE,
+                "currency": "INR",
+                "payment_method": "cash",
+                "items": [
+                    {"sku": "idli", "name": "Idli sambar", "quantity": 1, "unit_price": 8000}
+                ],
+            },
+            headers={"Authorization": f"Bearer {token}"},
+        )
+        assert created.status_code == 201, created.text
+        order_id: str = created.json()["order"]["id"]
+
+        pos = await open_page(browser, errors, "pos", width=1500)
+        posts = Posts(pos)
+        replayed: list[str | None] = []
+
+        async def lose_the_first_answer(route: Route) -> None:
+            # The server runs the request; the terminal never hears back (a flaky network).
+            answer = await route.fetch()
+            replayed.append(answer.headers.get("idempotent-replayed"))
+            if len(replayed) == 1:
+                await route.abort("connectionreset")
+            else:
+                await route.fulfill(response=answer)
+
+        await pos.route(f"**/api/pos/orders/{order_id}/payments", lose_the_first_answer)
+        await pos_signs_in(pos, server.http)
+        card = pos.locator(f'.order-card[data-order-id="{order_id}"]')
+        await card.get_by_role("button", name="Record payment").click()
+        dialog = pos.get_by_role("dialog")
+        await dialog.get_by_role("button", name="Review payment").click()
+        await dialog.get_by_role("button", name="Record ₹80.00").click()
+        await expect(dialog).to_be_hidden()
+        await expect_card_money(card, paid=8000, refunded=0, outstanding=0)
+
+        sent = posts.to(f"/api/pos/orders/{order_id}/payments")
+        assert len(sent) == 2 and sent[0][1] and sent[0][1] == sent[1][1], sent
+        assert replayed == [None, "true"], "the retry got the stored answer"
+        till_2 = await demo_token(http, "till-2", role="pos", store_id=STORE)
+        body = (
+            await http.get(f"/api/orders/{order_id}", headers={"Authorization": f"Bearer {till_2}"})
+        ).json()
+    assert [(p["gateway"], p["amount"]) for p in body["payments"]] == [("manual", 8000)]
+    errors.assert_none()
+
+
+async def test_receipts_appear_live_on_the_customer_page_and_open_as_a_printable_page(
+    browser: Browser, server: Running
+) -> None:
+    errors = PageErrors()
+    customer = await open_page(browser, errors, "customer")
+    await customer_signs_in(customer, server.http, "ines")
+    order_id = await customer_places_cash_order(customer)
+    receipts = customer.locator("#receipts > li")
+    await expect(receipts).to_have_count(0)
+
+    async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
+        await record_cash_over_rest(http, order_id, 28000)
+        # Fully paid: a sale receipt, announced on the stream (receipt.issued), no reload.
+        await expect(receipts).to_have_count(1)
+        await expect(receipts.first).to_have_attribute("data-kind", "sale")
+        await expect(receipts.first).to_contain_text("sale ₹280.00")
+        till_2 = await demo_token(http, "till-2", role="pos", store_id=STORE)
+        refunded = await http.post(
+            f"/api/orders/{order_id}/refunds",
+            json={"amount": 4000, "reason": "Cold coffee"},
+            headers={"Authorization": f"Bearer {till_2}"},
+        )
+        assert refunded.status_code == 201, refunded.text
+    await expect(receipts).to_have_count(2)
+    await expect(receipts.nth(1)).to_have_attribute("data-kind", "refund")
+    await expect(receipts.nth(1)).to_contain_text("refund ₹40.00")
+    await expect(customer.locator("#timeline")).to_contain_text("Receipt issued")
+    await screenshot(customer, "customer-receipts")
+
+    # The link fetches the page with the bearer token and shows it from a blob URL.
+    link = receipts.first.get_by_role("link")
+    name = (await link.inner_text()).removeprefix("Receipt ")
+    async with customer.expect_popup() as popup_info:
+        await link.click()
+    receipt_page = await popup_info.value
+    await expect(receipt_page).to_have_url(re.compile(r"^blob:"))
+    await expect(receipt_page.locator("body")).to_contain_text(name)
+    await expect(receipt_page.locator("body")).to_contain_text("Masala dosa")
+    await screenshot(receipt_page, "receipt")
     errors.assert_none()

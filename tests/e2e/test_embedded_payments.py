@@ -47,13 +47,15 @@ async def test_the_embedded_default_pays_in_its_own_sandbox_and_the_order_confir
             # The customer presses Approve on the sandbox's page.
             r = await http.post(f"/sandbox/pay/{sandbox_id.group(1)}/approve")
             assert r.status_code == 200, r.text
-            events = await recv_events(ws, 4, timeout=15)
+            events = await recv_events(ws, 5, timeout=15)
             assert [(e["kind"], e["status"]) for e in events] == [
                 ("order.status", "PENDING_PAYMENT"),
                 ("payment.status", "INITIATED"),
                 ("payment.status", "COMPLETED"),
                 ("order.status", "CONFIRMED"),
+                ("receipt.issued", "ISSUED"),
             ]
-            assert events[-1]["order"]["payment_status"] == "COMPLETED"
+            assert events[-2]["order"]["payment_status"] == "COMPLETED"
+            assert events[-1]["receipt"]["kind"] == "sale"
         metrics = (await http.get("/metrics")).text
         assert 'webhooks_total{gateway="sandbox",outcome="apply"} 1.0' in metrics

@@ -21,8 +21,16 @@ from tests.support.clients import SECRET, auth, order_body, recv_json, token
 from tests.support.servers import ROOT, free_port, serve_subprocess, stop_process, wait_ready
 
 
+async def wait_for_line(log: Path, text: str, *, timeout: float) -> None:
+    """Until ``text`` appears in the file ``log`` (AssertionError after ``timeout`` s)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while text not in await asyncio.to_thread(log.read_text, errors="replace"):
+        assert asyncio.get_running_loop().time() < deadline, f"{log.name}: no {text!r}"
+        await asyncio.sleep(0.05)
+
+
 async def test_python_m_reconciler_publishes_what_a_dead_writer_left_unpublished(
-    pg_backend: Backend,
+    pg_backend: Backend, tmp_path: Path
 ) -> None:
     async with serve_subprocess(pg_backend.env()) as web, httpx.AsyncClient(timeout=10) as http:
         created = await http.post(
@@ -39,14 +47,26 @@ async def test_python_m_reconciler_publishes_what_a_dead_writer_left_unpublished
             db, dead, metrics, order_id=order_id, to=OrderStatus.PREPARING, actor=Actor.system()
         )
         async with broker.subscribe(pg_backend.prefix + "customer:xena") as sub:
-            env = {**os.environ, **pg_backend.env(RELAY_GRACE="0.2", RELAY_INTERVAL="0.2")}
-            workers = [
-                subprocess.Popen([sys.executable, "-m", "reconciler"], cwd=ROOT, env=env)
-                for _ in range(2)
-            ]
+            env = {
+                **os.environ,
+                **pg_backend.env(RELAY_GRACE="0.2", RELAY_INTERVAL="0.2", LOG_LEVEL="INFO"),
+            }
+            logs = [tmp_path / f"worker-{n}.log" for n in range(2)]
+            workers = []
+            for log in logs:
+                with log.open("wb") as stderr:  # the child keeps its own copy of the descriptor
+                    workers.append(
+                        subprocess.Popen(
+                            [sys.executable, "-m", "reconciler"], cwd=ROOT, env=env, stderr=stderr
+                        )
+                    )
             try:
                 item = await asyncio.wait_for(sub.get(), 20)
                 assert isinstance(item, Message) and item.data.startswith("2 ")
+                # Stop each worker only once it runs: a SIGTERM that lands while the interpreter
+                # is still importing takes the default action (-15), not the worker's handler.
+                for log in logs:
+                    await wait_for_line(log, "reconciling payments of", timeout=20)
             finally:
                 for worker in workers:
                     stop_process(worker)

@@ -154,6 +154,32 @@ def test_a_refund_webhook_carries_the_refund_and_its_payment() -> None:
     assert parsed.ref == "pi_3MtwBwLkdIwHu7ix28a3tqPa"
 
 
+@pytest.mark.parametrize("listed", [True, False])
+def test_charge_refunded_carries_the_newest_refund_when_the_charge_lists_it(listed: bool) -> None:
+    clock = Clock()
+    charge: dict[str, object] = {
+        "id": "ch_3MtwBw",
+        "object": "charge",
+        "payment_intent": "pi_3MtwBwLkdIwHu7ix28a3tqPa",
+        "amount_refunded": 1000,
+        "refunded": True,
+    }
+    if listed:
+        older = {**recorded.STRIPE_REFUND, "id": "re_older", "metadata": {"reference": "ref_0"}}
+        charge["refunds"] = {"object": "list", "data": [recorded.STRIPE_REFUND, older]}
+    raw = event(charge, "charge.refunded")
+    headers = {"Stripe-Signature": signing.sign(raw, "whsec_abc", int(clock.now))}
+    parsed = gateway(Recorder(), clock).verify_webhook(headers, raw)
+    assert parsed.state is None and parsed.ref == "pi_3MtwBwLkdIwHu7ix28a3tqPa"
+    if listed:
+        assert parsed.refund is not None and parsed.refund.reference == "ref_1"
+        assert parsed.refund.status is RefundStatus.SUCCEEDED
+        assert parsed.refund_reference == "ref_1"
+    else:
+        assert parsed.refund is None  # about the charge only: refund.updated settles it
+        assert parsed.refund_reference is None
+
+
 @pytest.mark.parametrize("case", ["stale", "tampered", "other_secret", "missing", "unsigned_json"])
 def test_a_bad_webhook_is_refused(case: str) -> None:
     clock = Clock()

@@ -16,11 +16,13 @@ import httpx
 import pytest
 
 from gateways import signing
-from gateways.base import InvalidSignature
+from gateways.base import InvalidSignature, PaymentRequest
 from gateways.phonepe import PhonePeConfig, PhonePeGateway
+from gateways.sandbox import SandboxConfig, SandboxGateway
+from gateways.sandbox_server import SIGNATURE_HEADER
 from gateways.stripe import StripeConfig, StripeGateway
 from tests.gateways import recorded
-from tests.gateways.mock import Clock, Recorder
+from tests.gateways.mock import Clock, Recorder, form
 
 STRIPE = StripeConfig(api_key="sk_test_123", webhook_secret="whsec_abc", api_base="https://s.test")
 SALT = "099eb0cd-02cf-4e2a-8aca-3e6c6aff0399"
@@ -178,3 +180,103 @@ def test_phonepe_v2_with_half_its_callback_credentials_refuses_every_callback(
         PhonePeGateway(config, client=httpx.AsyncClient()).verify_webhook(
             {"Authorization": forged}, raw
         )
+
+
+# --- our own references, as typed fields (the receiver matches on them, never on raw fields)
+
+
+async def test_a_stripe_intent_webhook_carries_the_reference_start_payment_wrote_in_metadata() -> (
+    None
+):
+    recorder = Recorder(
+        {("POST", "/v1/payment_intents"): httpx.Response(200, json=recorded.STRIPE_INTENT_CREATED)}
+    )
+    clock = Clock()
+    gateway = StripeGateway(STRIPE, client=recorder.client(), clock=clock)
+    await gateway.start_payment(PaymentRequest("pay_7", 2000, "USD"))
+    assert form(recorder.sent("POST", "/v1/payment_intents")[0])["metadata[reference]"] == "pay_7"
+    raw = stripe_event(recorded.STRIPE_INTENT_SUCCEEDED, "payment_intent.succeeded")
+    parsed = gateway.verify_webhook(
+        {"Stripe-Signature": signing.sign(raw, "whsec_abc", int(clock.now))}, raw
+    )
+    assert (parsed.payment_reference, parsed.refund_reference) == ("pay_7", None)
+    assert parsed.ref == recorded.STRIPE_INTENT_SUCCEEDED["id"]
+
+
+def test_a_stripe_intent_created_elsewhere_is_named_by_its_payment_id_metadata() -> None:
+    obj = {**recorded.STRIPE_INTENT_SUCCEEDED, "metadata": {"payment_id": "pay_9"}}
+    clock = Clock()
+    raw = stripe_event(obj, "payment_intent.succeeded")
+    parsed = StripeGateway(STRIPE, client=Recorder().client(), clock=clock).verify_webhook(
+        {"Stripe-Signature": signing.sign(raw, "whsec_abc", int(clock.now))}, raw
+    )
+    assert parsed.payment_reference == "pay_9"
+
+
+def test_a_stripe_refund_webhook_carries_our_refund_reference_and_the_intent_as_ref() -> None:
+    clock = Clock()
+    raw = stripe_event(recorded.STRIPE_REFUND, "refund.updated")
+    parsed = StripeGateway(STRIPE, client=Recorder().client(), clock=clock).verify_webhook(
+        {"Stripe-Signature": signing.sign(raw, "whsec_abc", int(clock.now))}, raw
+    )
+    assert (parsed.payment_reference, parsed.refund_reference) == (None, "ref_1")
+    assert parsed.ref == "pi_3MtwBwLkdIwHu7ix28a3tqPa"
+
+
+def test_phonepe_callbacks_carry_the_merchant_transaction_and_order_ids_as_our_references() -> None:
+    headers, raw = v1_signed(encoded=recorded.PHONEPE_V1_CALLBACK_RESPONSE)
+    v1 = PhonePeGateway(PHONEPE_V1, client=httpx.AsyncClient()).verify_webhook(headers, raw)
+    assert (v1.payment_reference, v1.refund_reference) == ("merchantTransactionId", None)
+    v2 = PhonePeGateway(PHONEPE_V2, client=httpx.AsyncClient())
+    paid = v2.verify_webhook(
+        {"Authorization": V2_AUTHORIZATION},
+        json.dumps(recorded.PHONEPE_V2_WEBHOOK_COMPLETED).encode(),
+    )
+    assert (paid.payment_reference, paid.refund_reference) == ("MO1", None)
+    refunded = v2.verify_webhook(
+        {"Authorization": V2_AUTHORIZATION},
+        json.dumps(recorded.PHONEPE_V2_WEBHOOK_REFUND).encode(),
+    )
+    assert (refunded.payment_reference, refunded.refund_reference) == ("MO1", "R1")
+
+
+def sandbox_event(obj: dict[str, object], event_type: str) -> bytes:
+    return json.dumps({"id": "evt_s1", "type": event_type, "data": {"object": obj}}).encode()
+
+
+@pytest.mark.parametrize(
+    ("obj", "event_type", "references"),
+    [
+        (
+            {"object": "payment", "id": "sbx_pay_1", "reference": "pay_1", "status": "succeeded"},
+            "payment.succeeded",
+            ("pay_1", None),
+        ),
+        (
+            {"object": "refund", "id": "sbx_re_1", "reference": "ref_1", "payment": "sbx_pay_1"},
+            "refund.succeeded",
+            (None, "ref_1"),
+        ),
+        # Metadata is the caller's business: only the gateway's own "reference" names ours.
+        (
+            {"object": "payment", "id": "sbx_pay_1", "metadata": {"payment_id": "pay_1"}},
+            "payment.succeeded",
+            (None, None),
+        ),
+    ],
+)
+def test_a_sandbox_webhook_carries_our_references_from_its_reference_field(
+    obj: dict[str, object], event_type: str, references: tuple[str | None, str | None]
+) -> None:
+    clock = Clock()
+    raw = sandbox_event(obj, event_type)
+    gateway = SandboxGateway(
+        SandboxConfig(api_base="http://sb.test", webhook_secret="whsec_sb"),
+        client=Recorder().client(),
+        clock=clock,
+    )
+    parsed = gateway.verify_webhook(
+        {SIGNATURE_HEADER: signing.sign(raw, "whsec_sb", int(clock.now))}, raw
+    )
+    assert (parsed.payment_reference, parsed.refund_reference) == references
+    assert parsed.ref == "sbx_pay_1"

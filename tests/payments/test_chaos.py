@@ -13,12 +13,25 @@ from sqlalchemy import func, select
 from websockets.asyncio.client import connect
 
 from gateways.sandbox_server import Chaos
-from orders.models import Order, Payment, StreamEvent
-from tests.conftest import StartService
+from orders.models import Order, Payment, Refund, Stream, StreamEvent
+from tests.conftest import Service, StartService
 from tests.payments.helpers import events_of
 from tests.reconciler.support import FAST_SCHEDULE, reconciler_for
 from tests.support.clients import auth, order_body, recv_json, token
 from tests.support.sandbox import running_sandbox
+
+
+async def refund_statuses(service: Service, order_id: str) -> list[str]:
+    async with service.db.read() as session:
+        rows = (await session.execute(select(Refund).where(Refund.order_id == order_id))).scalars()
+        return [r.status for r in rows]
+
+
+async def store_head(service: Service) -> int:
+    async with service.db.read() as session:
+        stream = await session.get(Stream, "store:store-1")
+    return stream.head_seq if stream is not None else 0
+
 
 #: As the issue asks.
 PAYMENTS = 200
@@ -96,13 +109,20 @@ async def test_chaos_every_payment_settles_once_at_the_gateways_truth(
                 f"/api/orders/{sentinel_payment.order_id}/cancel", headers=auth(STORE_POS)
             )
             assert r.status_code == 200, r.text
+            # A paid sentinel is refunded by its cancel (the sandbox's 429s may leave that to
+            # the reconciler's backoff); an unpaid one refunds nothing.
+            async with reconciler_for(service) as reconciler, asyncio.timeout(30):
+                while truth[sentinel] == "COMPLETED" and (
+                    await refund_statuses(service, sentinel_payment.order_id)
+                ) != ["SUCCEEDED"]:
+                    await reconciler.run_once()
+                    await asyncio.sleep(0.2)
             async with asyncio.timeout(15):
-                while not any(
-                    e["status"] == "CANCELLED" and e["order_id"] == sentinel_payment.order_id
-                    for e in seen
-                ):
+                while not seen or seen[-1]["seq"] < await store_head(service):
                     await asyncio.sleep(0.05)
             listener.cancel()
+    if truth[sentinel] == "COMPLETED":
+        truth[sentinel] = "REFUNDED"
 
     async with service.db.read() as session:
         payments = {p.id: p for p in (await session.execute(select(Payment))).scalars()}
@@ -116,7 +136,11 @@ async def test_chaos_every_payment_settles_once_at_the_gateways_truth(
             for e in await events_of(service, order_id, "payment.status")
             if e.to_status in ("COMPLETED", "FAILED")
         ]
-        assert settled == [status], payment_id
+        if status != "REFUNDED":
+            assert settled == [status], payment_id
+        if status == "REFUNDED":
+            assert settled == ["COMPLETED"], payment_id
+            continue
         expected = "CONFIRMED" if status == "COMPLETED" else "PENDING_PAYMENT"
         if order_id != sentinel_payment.order_id:
             assert orders[order_id].status == expected
@@ -135,5 +159,11 @@ async def test_chaos_every_payment_settles_once_at_the_gateways_truth(
         if e["kind"] == "payment.status" and e["status"] in ("COMPLETED", "FAILED")
     )
     assert terminal == Counter(truth.keys())
+    async with service.db.read() as session:
+        refunds = list((await session.execute(select(Refund))).scalars())
+    # The only refund is the paid sentinel's, once.
+    assert [(r.order_id, r.status) for r in refunds] == (
+        [(sentinel_payment.order_id, "SUCCEEDED")] if truth[sentinel] == "REFUNDED" else []
+    )
     assert sandbox.server.stats["webhooks_dropped"] > 0
     assert sandbox.server.stats["status_429"] > 0

@@ -4,6 +4,7 @@ never FAILED by a transport error; the totals after every step equal what the ro
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -172,8 +173,12 @@ async def test_a_refund_whose_gateway_is_down_stays_requested_never_failed(
     assert_error(await refund(paying, order_id), 409, "nothing_to_refund")
     # The gateway is back (an instance that reaches it): the reconciler sends it again, by the
     # same reference, and it settles once.
-    reconciler = Reconciler(paying.services.settlement, refund_retry_after=0)
-    await reconciler.run_once()
+    # It is due after a backoff of at most a second (its first failure).
+    reconciler = Reconciler(paying.services.settlement)
+    async with asyncio.timeout(10):
+        while (await refund_rows(paying, order_id))[0].status != "SUCCEEDED":
+            await reconciler.run_once()
+            await asyncio.sleep(0.2)
     (settled,) = await refund_rows(paying, order_id)
     assert settled.id == kept["id"] and settled.status == "SUCCEEDED"
     assert (await payment_row(paying, row.id)).status == "REFUNDED"

@@ -65,6 +65,8 @@ async def test_an_approved_sandbox_payment_confirms_the_order_through_its_webhoo
         ("payment.status", "INITIATED"),
         ("payment.status", "COMPLETED"),
         ("order.status", "CONFIRMED"),
+        # Paid in full: its sale receipt, in the same transaction (test_receipts.py).
+        ("receipt.issued", "ISSUED"),
     ]
 
 

@@ -40,14 +40,22 @@ def _config(cash: list[str], online: list[str]) -> str:
     """schemathesis.toml: the token and the real order id each operation is called with."""
 
     def block(
-        path: str, bearer: str, *, method: str | None = None, order: str | None = None
+        path: str,
+        bearer: str,
+        *,
+        method: str | None = None,
+        order: str | None = None,
+        number: int | None = None,
     ) -> str:
         lines = ["[[operations]]", f"include-path = {json.dumps(path)}"]
         if method:
             lines.append(f"include-method = {json.dumps(method)}")
         lines.append(f"headers = {{ Authorization = {json.dumps('Bearer ' + bearer)} }}")
         if order:
-            lines.append(f"parameters = {{ order_id = {json.dumps(order)} }}")
+            # Every path parameter fixed: the fuzzer cannot make one of them invalid while the
+            # configured one makes the call valid again.
+            more = f", number = {number}" if number is not None else ""
+            lines.append(f"parameters = {{ order_id = {json.dumps(order)}{more} }}")
         return "\n".join(lines)
 
     return "\n\n".join(
@@ -58,6 +66,9 @@ def _config(cash: list[str], online: list[str]) -> str:
             block("/api/orders", POS1, method="POST"),
             block("/api/orders/{order_id}", ADMIN, order=cash[0]),
             block("/api/orders/{order_id}/events", ADMIN, order=cash[0]),
+            block("/api/orders/{order_id}/receipts", ADMIN, order=cash[0]),
+            block("/api/orders/{order_id}/receipts/{number}", ADMIN, order=cash[0], number=1),
+            block("/api/orders/{order_id}/receipts/{number}.html", ADMIN, order=cash[0], number=1),
             block("/api/orders/{order_id}/cancel", ALICE, order=cash[1]),
             block("/api/orders/{order_id}/payments", ALICE, order=online[0]),
             block("/api/orders/{order_id}/payments/verify", ADMIN, order=online[0]),
@@ -70,6 +81,13 @@ def _config(cash: list[str], online: list[str]) -> str:
 async def run_schemathesis(service: Service, tmp_path: Path, *extra: str) -> tuple[int, str]:
     """Run the schemathesis CLI against ``service``; its exit code and output."""
     cash = [await _order(service) for _ in range(3)]
+    # Paid at the counter: the first cash order has a receipt (number 1) to read.
+    r = await service.http.post(
+        f"/api/pos/orders/{cash[0]}/payments",
+        json={"method": "cash", "amount": order_body()["items"][0]["unit_price"] * 2},
+        headers=auth(POS1),
+    )
+    assert r.status_code == 201, r.text
     online = [await _order(service, "online")]
     config = tmp_path / "schemathesis.toml"
     config.write_text(_config(cash, online) + "\n")

@@ -27,6 +27,7 @@ from orders.payments import (
     decide_payment,
     decide_refund,
     late_success_needs_refund,
+    late_success_refund,
     order_after_payment,
     refunded_status,
 )
@@ -264,3 +265,16 @@ def test_the_order_cascade(
 @pytest.mark.parametrize("order", list(OrderStatus))
 def test_a_late_success_is_refunded_only_when_the_order_is_over(order: OrderStatus) -> None:
     assert late_success_needs_refund(order) == (order in (OS.CANCELLED, OS.EXPIRED))
+
+
+@pytest.mark.parametrize("order", list(OrderStatus))
+def test_a_late_success_refunds_the_whole_payment_if_over_else_only_the_excess(
+    order: OrderStatus,
+) -> None:
+    refund = late_success_refund(order, amount=1000, paid=1200, payment=400)
+    assert refund == (400 if order in (OS.CANCELLED, OS.EXPIRED) else 200)
+    # Paid not above the amount: nothing to refund on an open order.
+    open_refund = late_success_refund(order, amount=1000, paid=900, payment=400)
+    assert open_refund == (400 if order in (OS.CANCELLED, OS.EXPIRED) else 0)
+    # Never more than the payment itself.
+    assert late_success_refund(order, amount=100, paid=2000, payment=400) == 400

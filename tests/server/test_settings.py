@@ -94,6 +94,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "PAYMENT_READ_CHECK_TIMEOUT": ("1.5", 1.5),
     "PAYMENT_CHECK_REUSE": ("3", 3.0),
     "PAYMENT_FAILURE_POLICY": ("cancel", "cancel"),
+    "RECEIPT_TAX_RATE_BP": ("1800", 1800),
     "GATEWAY_TIMEOUT": ("8", 8.0),
     "GATEWAY_CONNECT_TIMEOUT": ("2", 2.0),
     "STRIPE_POLL_SCHEDULE": ("first=5 10x60 timeout=600", "first=5 10x60 timeout=600"),
@@ -127,6 +128,7 @@ INTS = [
     "PUBLISH_QUEUE_SIZE",
     "GROUP_COMMIT_MAX_BATCH",
     "GROUP_COMMIT_MAX_QUEUED",
+    "RECEIPT_TAX_RATE_BP",
 ]
 FLOATS = [
     "JWT_LEEWAY",
@@ -328,6 +330,8 @@ def test_allowed_origins_is_a_comma_separated_list(raw: str, expected: tuple[str
         ("MAX_BODY_BYTES", "0"),
         ("WS_MAX_CONNECTIONS_PER_USER", "0"),
         ("LONGPOLL_MAX_PER_USER", "0"),
+        ("RECEIPT_TAX_RATE_BP", "-1"),
+        ("RECEIPT_TAX_RATE_BP", "10001"),
     ],
 )
 def test_an_out_of_range_number_names_its_variable(variable: str, raw: str) -> None:
