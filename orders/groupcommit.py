@@ -339,7 +339,9 @@ class GroupCommit:
 
     ``change_status`` is what the endpoints call. A POS change queues under its store's stream
     (the only stream set its order may have besides its customer's, and every order a terminal
-    may move is of its store); any other caller's change is a batch of its own.
+    may move is of its store); any other caller's change is a batch of its own. Cancels do not
+    come here: a cancel of a paid order requests its refunds in the same transaction
+    (``Refunds.change_status``), which the lean statements do not do.
     """
 
     def __init__(

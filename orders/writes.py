@@ -450,15 +450,14 @@ async def change_order_status(
 ) -> Written:
     """Move an order to ``to`` if the workflow lets ``actor`` do so; 404 / 409 otherwise.
 
-<<<<<<< HEAD
-    One change in a transaction of its own, through SQLAlchemy: SQLite's path, and tools'.
-    The service's endpoints go through ``orders.groupcommit.GroupCommit`` (on PostgreSQL: lean
-    statements, and a POS change batched with its store's concurrent ones).
-=======
+    One change in a transaction of its own, through SQLAlchemy: SQLite's path, cancels' (see
+    ``Refunds.change_status``) and tools'. The endpoints' other moves go through
+    ``orders.groupcommit.GroupCommit`` (on PostgreSQL: lean statements, and a POS change
+    batched with its store's concurrent ones).
+
     ``within``: more work in the same transaction after the move (a cancel's refunds); it
     appends its own events to the deliveries and event ids it is handed and returns the order
     as it leaves it (written by itself).
->>>>>>> main
     """
     if not ORDER_ID.fullmatch(order_id):
         raise NotFound("no such order")

@@ -263,12 +263,8 @@ async def cancel(request: Request) -> JSONResponse:
     caller = principal(request)
     reason = (await body(request, schemas.CancelRequest, required=False)).reason
     svc = services(request)
-<<<<<<< HEAD
-    written = await svc.writer.change_status(
-=======
     # With money paid, the cancel also requests its full refund (in the same transaction).
     written = await Refunds(svc.settlement).change_status(
->>>>>>> main
         order_id=request.path_params["order_id"],
         to=OrderStatus.CANCELLED,
         actor=Actor.of(caller),

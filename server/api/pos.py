@@ -8,10 +8,8 @@ from starlette.responses import JSONResponse
 
 from orders import money
 from orders.models import Order
-<<<<<<< HEAD
-=======
 from orders.refunds import Refunds
->>>>>>> main
+from orders.workflow import OrderStatus
 from orders.writes import Actor
 from server import protocol
 from server.api import schemas
@@ -39,12 +37,14 @@ async def set_status(request: Request) -> JSONResponse:
     caller = principal(request, Role.POS)
     change = await body(request, schemas.StatusChange)
     svc = services(request)
-<<<<<<< HEAD
-    written = await svc.writer.change_status(
-=======
-    # A cancel of an order with money paid also requests its full refund.
-    written = await Refunds(svc.settlement).change_status(
->>>>>>> main
+    # A cancel of an order with money paid also requests its full refund (in the same
+    # transaction, so it takes the one-change path); every other move is group-committed.
+    move = (
+        Refunds(svc.settlement).change_status
+        if change.status is OrderStatus.CANCELLED
+        else svc.writer.change_status
+    )
+    written = await move(
         order_id=request.path_params["order_id"],
         to=change.status,
         actor=Actor.of(caller),
