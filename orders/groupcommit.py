@@ -16,18 +16,21 @@ the batch left it; a refused change gets its own error and writes nothing, so it
 the others. COMMIT (one fsync) covers the whole batch; every caller is answered only after it
 returns, and the deliveries are queued for publishing in seq order.
 
-:class:`GroupCommit` forms the batches: concurrent POS changes of one store queue under that
-store's stream, and one worker per stream applies the queue batch by batch (at most
-``max_batch`` changes each; the rest wait for the next). While one batch commits the next one
-gathers, so the store's stream row is held once per batch instead of once per change. The queue
-is bounded: past ``max_queued`` waiting changes a caller is refused with ``write_queue_full``
-(nothing written). A batch whose statements fail before COMMIT is rolled back and its changes
-are applied again one by one, so one change cannot fail another. COMMIT itself failing fails
-every change of the batch the same way (``CommitOutcomeUnknown`` when the connection went).
+:class:`GroupCommit` forms the batches: concurrent POS changes queue in a *lane* (a store's
+changes always in the same one; ``lanes`` of them, stores spread over them by a hash of the
+store id), and one worker per lane applies its queue batch by batch (at most ``max_batch``
+changes each; the rest wait for the next). While one batch commits the next one gathers, so a
+store's stream row is held once per batch instead of once per change, and many stores share a
+COMMIT when one store's changes alone are few. The queue is bounded: past ``max_queued`` waiting
+changes in a lane a caller is refused with ``write_queue_full`` (nothing written). A batch whose
+statements fail before COMMIT is rolled back and its changes are applied again one by one, so
+one change cannot fail another. COMMIT itself failing fails every change of the batch the same
+way (``CommitOutcomeUnknown`` when the connection went).
 
-Lock order (no deadlock with the other writers): order rows first (here sorted by id; the other
-writers lock one), then stream rows in sorted name order, none taken while waiting for another
-kind.
+Lock order (no deadlock with the other writers, nor between lanes or processes): order rows
+first (here all of the batch's, sorted by id; the other writers lock one), then stream rows in
+sorted name order (here all of the batch's in one upsert), never an order row after a stream
+row.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+import zlib
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -54,7 +58,7 @@ from orders.errors import DomainError, NotFound, Overloaded
 from orders.hooks import NO_HOOKS, Hooks
 from orders.metrics import Metrics
 from orders.models import utcnow
-from orders.streams import new_epoch, store_stream, streams_of
+from orders.streams import new_epoch, streams_of
 from orders.workflow import OrderStatus
 from orders.writes import (
     ORDER_ID,
@@ -335,11 +339,12 @@ async def _failed(conn: AsyncConnection, driver: Any) -> None:
 
 
 class GroupCommit:
-    """Status changes on PostgreSQL, batched per store stream; SQLite keeps the simple path.
+    """Status changes on PostgreSQL, batched in lanes of stores; SQLite keeps the simple path.
 
-    ``change_status`` is what the endpoints call. A POS change queues under its store's stream
-    (the only stream set its order may have besides its customer's, and every order a terminal
-    may move is of its store); any other caller's change is a batch of its own. Cancels do not
+    ``change_status`` is what the endpoints call. A POS change queues in its store's lane
+    (every order a terminal may move is of its store, so the lane is known before the order is
+    read, and one store's changes keep their order); any other caller's change is a batch of
+    its own. Cancels do not
     come here: a cancel of a paid order requests its refunds in the same transaction
     (``Refunds.change_status``), which the lean statements do not do.
     """
@@ -352,10 +357,12 @@ class GroupCommit:
         *,
         max_batch: int = 100,
         max_queued: int = 2_000,
+        lanes: int = 4,
         hooks: Hooks = NO_HOOKS,
     ) -> None:
-        if max_batch < 1 or max_queued < 1:
-            raise ValueError("max_batch and max_queued must be at least 1")
+        if max_batch < 1 or max_queued < 1 or lanes < 1:
+            raise ValueError("max_batch, max_queued and lanes must be at least 1")
+        self._lanes = lanes
         self._db = db
         self._publisher = publisher
         self._metrics = metrics
@@ -389,10 +396,14 @@ class GroupCommit:
         if principal is None or principal.role is not Role.POS or principal.store_id is None:
             outcome = (await self._run([change]))[0]
         else:
-            outcome = await self._queue(store_stream(principal.store_id), change)
+            outcome = await self._queue(self.lane_of(principal.store_id), change)
         if isinstance(outcome, Exception):
             raise outcome
         return outcome
+
+    def lane_of(self, store_id: str) -> str:
+        """The lane whose worker applies ``store_id``'s changes."""
+        return f"lane-{zlib.crc32(store_id.encode()) % self._lanes}"
 
     async def close(self) -> None:
         """Stop the workers; a change still queued is refused (nothing of it was written)."""
@@ -409,30 +420,28 @@ class GroupCommit:
                     future.set_exception(Overloaded("the service is shutting down; try again"))
         self._queues.clear()
 
-    async def _queue(self, stream: str, change: Change) -> Outcome:
-        queue = self._queues.setdefault(stream, deque())
+    async def _queue(self, lane: str, change: Change) -> Outcome:
+        queue = self._queues.setdefault(lane, deque())
         if len(queue) >= self._max_queued:
             self._metrics.group_commit_overflow.inc()
             raise Overloaded(
-                f"{len(queue)} changes of this store are waiting to be written; try again",
+                f"{len(queue)} status changes are waiting to be written already; try again",
                 code="write_queue_full",
             )
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         queue.append((change, future))
-        if stream not in self._workers:
-            self._workers[stream] = asyncio.create_task(
-                self._drain(stream, queue), name=f"group-commit {stream}"
+        if lane not in self._workers:
+            self._workers[lane] = asyncio.create_task(
+                self._drain(lane, queue), name=f"group-commit {lane}"
             )
-        await self._hooks.after_write_queued(stream, change.order_id)
+        await self._hooks.after_write_queued(lane, change.order_id)
         return await future
 
-    async def _drain(
-        self, stream: str, queue: deque[tuple[Change, asyncio.Future[Outcome]]]
-    ) -> None:
-        """Apply ``stream``'s queue batch by batch until it is empty."""
+    async def _drain(self, lane: str, queue: deque[tuple[Change, asyncio.Future[Outcome]]]) -> None:
+        """Apply ``lane``'s queue batch by batch until it is empty."""
         try:
             while queue:
-                await self._hooks.before_write_batch(stream)
+                await self._hooks.before_write_batch(lane)
                 batch = [queue.popleft() for _ in range(min(len(queue), self._max_batch))]
                 # A caller that gave up before its batch began is not applied, as it would not
                 # have been alone.
@@ -457,10 +466,10 @@ class GroupCommit:
                     if not future.done():
                         future.set_result(outcome)
         finally:
-            if self._workers.get(stream) is asyncio.current_task():
-                del self._workers[stream]
-                if not queue and self._queues.get(stream) is queue:
-                    del self._queues[stream]
+            if self._workers.get(lane) is asyncio.current_task():
+                del self._workers[lane]
+                if not queue and self._queues.get(lane) is queue:
+                    del self._queues[lane]
 
     async def _run(self, changes: list[Change]) -> list[Outcome]:
         """Apply one batch, then queue its deliveries in seq order; every change's outcome."""

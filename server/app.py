@@ -182,6 +182,7 @@ def create_app(
                 metrics,
                 max_batch=settings.group_commit_max_batch,
                 max_queued=settings.group_commit_max_queued,
+                lanes=settings.group_commit_lanes,
                 hooks=hooks,
             )
             stack.push_async_callback(writer.close)

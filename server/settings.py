@@ -60,6 +60,7 @@ class Settings:
     publish_queue_size: int = 10_000
     group_commit_max_batch: int = 100
     group_commit_max_queued: int = 2_000
+    group_commit_lanes: int = 4
     relay_in_process: bool | None = None
     relay_grace: float = 2.0
     relay_interval: float = 1.0
@@ -377,6 +378,7 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "publish_queue_size": (1, None),
     "group_commit_max_batch": (1, 10_000),
     "group_commit_max_queued": (1, None),
+    "group_commit_lanes": (1, 1_000),
     "relay_grace": (0, None),
     "relay_interval": (0.01, None),
     "event_retention_days": (0, None),

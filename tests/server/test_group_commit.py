@@ -24,6 +24,8 @@ from tests.support.clients import auth, order_body, token
 
 POS = token("till-7", role="pos", store_id="store-1")
 STORE = "store:store-1"
+#: The only lane these tests write in (store-1's).
+LANE = "lane-0"
 
 
 @pytest.fixture
@@ -44,12 +46,12 @@ class HoldFirstBatch(Hooks):
         self.kill_commit = kill_commit
         self.killed: list[int] = []
 
-    async def after_write_queued(self, stream: str, order_id: str) -> None:
-        if self.armed and stream == STORE:
+    async def after_write_queued(self, lane: str, order_id: str) -> None:
+        if self.armed and lane == LANE:
             self.queued.append(order_id)
 
-    async def before_write_batch(self, stream: str) -> None:
-        if self.armed and stream == STORE:
+    async def before_write_batch(self, lane: str) -> None:
+        if self.armed and lane == LANE:
             async with asyncio.timeout(10):
                 await self.gate.wait()
             self.armed = False
@@ -80,31 +82,37 @@ class HoldFirstBatch(Hooks):
                 await asyncio.sleep(0.01)
 
 
-async def create(service: Service, customer: str) -> str:
-    """A cash order of store-1 for ``customer`` (CONFIRMED); its id."""
+async def create(service: Service, customer: str, store: str = "store-1") -> str:
+    """A cash order of ``store`` for ``customer`` (CONFIRMED); its id."""
     r = await service.http.post(
-        "/api/orders", json=order_body("store-1"), headers=auth(token(customer))
+        "/api/orders", json=order_body(store), headers=auth(token(customer))
     )
     assert r.status_code == 201, r.text
     order_id: str = r.json()["order"]["id"]
     return order_id
 
 
-async def move(service: Service, order_id: str, status: str) -> httpx.Response:
+async def move(service: Service, order_id: str, status: str, tok: str = POS) -> httpx.Response:
     """POST a POS status change."""
     return await service.http.post(
-        f"/api/pos/orders/{order_id}/status", json={"status": status}, headers=auth(POS)
+        f"/api/pos/orders/{order_id}/status", json={"status": status}, headers=auth(tok)
     )
 
 
 async def batch(
-    service: Service, hooks: HoldFirstBatch, order_ids: list[str], status: str
+    service: Service,
+    hooks: HoldFirstBatch,
+    order_ids: list[str],
+    status: str,
+    tokens: dict[str, str] | None = None,
 ) -> dict[str, httpx.Response]:
     """Send one change per order at once, held until all are queued; each order's answer."""
+    tokens = tokens or {}
     hooks.armed = True
     commits = len(hooks.commits)
     tasks = {
-        order_id: asyncio.create_task(move(service, order_id, status)) for order_id in order_ids
+        order_id: asyncio.create_task(move(service, order_id, status, tokens.get(order_id, POS)))
+        for order_id in order_ids
     }
     await hooks.until_queued(len(order_ids))
     hooks.gate.set()
@@ -143,7 +151,7 @@ async def test_concurrent_changes_of_one_store_commit_once_with_contiguous_seqs(
     start_service: StartService,
 ) -> None:
     hooks = HoldFirstBatch()
-    service = await start_service(hooks=hooks)
+    service = await start_service(hooks=hooks, group_commit_lanes=1)
     order_ids = [await create(service, f"cust-{i}") for i in range(8)]
 
     answers = await batch(service, hooks, order_ids, "PREPARING")
@@ -167,11 +175,31 @@ async def test_concurrent_changes_of_one_store_commit_once_with_contiguous_seqs(
     assert set((await statuses(service, order_ids)).values()) == {"PREPARING"}
 
 
+async def test_stores_of_one_lane_share_a_commit_and_each_keeps_its_own_seqs(
+    start_service: StartService,
+) -> None:
+    hooks = HoldFirstBatch()
+    service = await start_service(hooks=hooks, group_commit_lanes=1)
+    pos2 = token("till-9", role="pos", store_id="store-2")
+    stores = ["store-1", "store-2"] * 3
+    order_ids = [await create(service, f"cust-{i}", store) for i, store in enumerate(stores)]
+    tokens = {o: pos2 for o, store in zip(order_ids, stores, strict=True) if store == "store-2"}
+
+    answers = await batch(service, hooks, order_ids, "PREPARING", tokens)
+
+    for store in ("store-1", "store-2"):
+        mine = [o for o in hooks.queued if dict(zip(order_ids, stores, strict=True))[o] == store]
+        events = [event_of(answers[o])["event_id"] for o in mine]
+        seqs = await seqs_of(service, f"store:{store}", events)
+        in_queue_order = [seqs[event_id] for event_id in events]
+        assert in_queue_order == list(range(in_queue_order[0], in_queue_order[0] + 3))
+
+
 async def test_a_refused_change_in_the_middle_of_a_batch_does_not_stop_the_others(
     start_service: StartService,
 ) -> None:
     hooks = HoldFirstBatch()
-    service = await start_service(hooks=hooks)
+    service = await start_service(hooks=hooks, group_commit_lanes=1)
     order_ids = [await create(service, f"cust-{i}") for i in range(5)]
     already = order_ids[2]
     assert (await move(service, already, "PREPARING")).status_code == 200
@@ -193,7 +221,7 @@ async def test_a_connection_lost_during_the_batch_commit_is_unknown_to_every_cal
     start_service: StartService,
 ) -> None:
     hooks = HoldFirstBatch(kill_commit=True)
-    service = await start_service(hooks=hooks)
+    service = await start_service(hooks=hooks, group_commit_lanes=1)
     order_ids = [await create(service, f"cust-{i}") for i in range(4)]
 
     answers = await batch(service, hooks, order_ids, "PREPARING")
@@ -212,7 +240,7 @@ async def test_a_full_queue_refuses_the_change_with_write_queue_full(
     start_service: StartService,
 ) -> None:
     hooks = HoldFirstBatch()
-    service = await start_service(hooks=hooks, group_commit_max_queued=2)
+    service = await start_service(hooks=hooks, group_commit_lanes=1, group_commit_max_queued=2)
     order_ids = [await create(service, f"cust-{i}") for i in range(3)]
     hooks.armed = True
     waiting = [asyncio.create_task(move(service, order_id, "READY")) for order_id in order_ids[:2]]

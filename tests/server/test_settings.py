@@ -56,6 +56,7 @@ EVERY_VARIABLE: dict[str, tuple[str, Any]] = {
     "PUBLISH_QUEUE_SIZE": ("64", 64),
     "GROUP_COMMIT_MAX_BATCH": ("32", 32),
     "GROUP_COMMIT_MAX_QUEUED": ("500", 500),
+    "GROUP_COMMIT_LANES": ("2", 2),
     "RELAY_IN_PROCESS": ("1", True),
     "RELAY_GRACE": ("3", 3.0),
     "RELAY_INTERVAL": ("0.75", 0.75),
@@ -128,6 +129,7 @@ INTS = [
     "PUBLISH_QUEUE_SIZE",
     "GROUP_COMMIT_MAX_BATCH",
     "GROUP_COMMIT_MAX_QUEUED",
+    "GROUP_COMMIT_LANES",
     "RECEIPT_TAX_RATE_BP",
 ]
 FLOATS = [
