@@ -245,14 +245,18 @@ function addTimeline(orderId, entry) {
     timeline = new Map();
     state.timelines.set(orderId, timeline);
   }
-  // A live payment or receipt event carries its record; a refund's (and the audit trail) only
-  // the server's note, which counts in minor units: read the amount and reason from it.
+  // A live payment, refund or receipt event carries its record; the audit trail only the
+  // server's note, which counts in minor units: read the amount and reason from it.
   const live = /** @type {any} */ (entry);
-  const record = live.payment ?? live.receipt ?? null;
+  const record = live.payment ?? live.refund ?? live.receipt ?? null;
   const currency = state.orders.get(orderId)?.currency ?? CURRENCY;
   const money =
     record && typeof record.amount === "number"
-      ? { amount: record.amount, currency: String(record.currency ?? currency), reason: null }
+      ? {
+          amount: record.amount,
+          currency: String(record.currency ?? currency),
+          reason: live.refund ? String(live.refund.reason ?? "") || null : null,
+        }
       : (moneyFromNote(entry.kind ?? "", entry.note ?? null, currency) ?? timeline.get(entry.event_id)?.money ?? null);
   timeline.set(entry.event_id, {
     money,

@@ -103,12 +103,12 @@ def event_payload(stream: str, seq: int, event: Event | EventRow) -> dict[str, A
     note = event.data.get("note")
     if note is not None:
         payload["note"] = note
-    payment = event.data.get("payment")
-    if payment is not None:
-        payload["payment"] = payment
-    receipt = event.data.get("receipt")
-    if receipt is not None:
-        payload["receipt"] = receipt
+    # What the change was about, as it stood after the change: the payment attempt, the refund,
+    # the receipt issued (each only on its own kind of event).
+    for subject in ("payment", "refund", "receipt"):
+        value = event.data.get(subject)
+        if value is not None:
+            payload[subject] = value
     return payload
 
 

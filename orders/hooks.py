@@ -24,6 +24,10 @@ class Hooks:
     async def after_snapshot_head(self, stream: str) -> None:
         """The hub has read ``stream``'s head inside a snapshot, not yet its open orders."""
 
+    async def before_stream_read(self, kind: str, streams: Sequence[str]) -> None:
+        """The hub is about to read ``streams`` in one go: ``snapshot`` (hello), ``log`` (their
+        heads, for a resume or a repair) or ``events`` (one stream's backlog)."""
+
     async def before_backfill_read(self, stream: str) -> None:
         """The hub is about to read a page of ``stream``'s backlog from the database."""
 

@@ -7,9 +7,10 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import TextClause, delete, func, select, text, update
+from sqlalchemy import TextClause, delete, func, select, text, tuple_, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncSession
+from sqlalchemy.orm import aliased
 
 from orders.db import Database
 from orders.documents import OrderRow
@@ -160,6 +161,25 @@ async def read_heads(session: AsyncSession, streams: Iterable[str]) -> dict[str,
     return heads
 
 
+async def ensure_streams(session: AsyncSession, streams: Iterable[str]) -> None:
+    """Create each of ``streams`` that does not exist yet (seq 0, a new epoch of its own)."""
+    names = sorted(set(streams))  # sorted: two hubs creating the same rows cannot deadlock
+    if not names:
+        return
+    insert = _insert(session)
+    for start in range(0, len(names), 500):
+        await session.execute(
+            insert(Stream)
+            .values(
+                [
+                    {"name": name, "head_seq": 0, "epoch": new_epoch(), "pruned_seq": 0}
+                    for name in names[start : start + 500]
+                ]
+            )
+            .on_conflict_do_nothing(index_elements=[Stream.name])
+        )
+
+
 def position_problem(head: StreamHead | None, epoch: str | None, seq: int) -> str | None:
     """Why a reader at ``seq`` (of ``epoch``, if known) cannot go on along this log, or None.
 
@@ -186,6 +206,23 @@ async def event_id_at(session: AsyncSession, stream: str, seq: int) -> int | Non
         select(StreamEvent.event_id).where(StreamEvent.stream == stream, StreamEvent.seq == seq)
     )
     return None if value is None else int(value)
+
+
+async def event_ids_at(
+    session: AsyncSession, positions: Iterable[tuple[str, int]]
+) -> dict[tuple[str, int], int]:
+    """The id of the event at each (stream, seq) that holds one (``event_id_at`` for many)."""
+    wanted = sorted({(stream, seq) for stream, seq in positions if seq > 0})
+    found: dict[tuple[str, int], int] = {}
+    for start in range(0, len(wanted), 500):
+        rows = await session.execute(
+            select(StreamEvent.stream, StreamEvent.seq, StreamEvent.event_id).where(
+                tuple_(StreamEvent.stream, StreamEvent.seq).in_(wanted[start : start + 500])
+            )
+        )
+        for stream, seq, event_id in rows:
+            found[(stream, int(seq))] = int(event_id)
+    return found
 
 
 async def resume_problem(
@@ -239,15 +276,66 @@ async def open_orders(session: AsyncSession, stream: str, *, limit: int) -> Sequ
     return rows.scalars().all()
 
 
-async def prune(db: Database, before: datetime, *, batch: int = 1000, chunk: int = 100) -> int:
-    """Delete up to ``batch`` events older than ``before`` and their stream positions.
+async def open_orders_of(
+    session: AsyncSession, streams: Iterable[str], *, limit: int
+) -> dict[str, list[Order]]:
+    """``open_orders`` of many streams in one query per kind: up to ``limit`` each."""
+    by_kind: dict[str, dict[str, str]] = {}
+    for stream in streams:
+        kind, _, key = stream.partition(":")
+        by_kind.setdefault("customer" if kind == "customer" else "store", {})[key] = stream
+    found: dict[str, list[Order]] = {
+        stream: [] for keys in by_kind.values() for stream in keys.values()
+    }
+    if limit <= 0:
+        return found
+    for kind, keys in by_kind.items():
+        if not keys:
+            continue
+        column = Order.customer_id if kind == "customer" else Order.store_id
+        newest_first = (Order.created_at.desc(), Order.id.desc())
+        for start in range(0, len(keys), 500):
+            chunk = list(keys)[start : start + 500]
+            # Numbered per stream, newest first, so one query bounds every stream at ``limit``.
+            ranked = (
+                select(
+                    Order,
+                    func.row_number()
+                    .over(partition_by=column, order_by=newest_first)
+                    .label("rank"),
+                )
+                .where(column.in_(chunk), Order.status.not_in([s.value for s in TERMINAL]))
+                .subquery()
+            )
+            order = aliased(Order, ranked)
+            rows = await session.execute(
+                select(order)
+                .where(ranked.c.rank <= limit)
+                .order_by(order.created_at.desc(), order.id.desc())
+            )
+            for row in rows.scalars():
+                owner = row.customer_id if kind == "customer" else row.store_id
+                assert owner is not None
+                found[keys[owner]].append(row)
+    return found
 
-    Each stream's ``pruned_seq`` first moves up to the newest seq about to be deleted, so a
-    client resuming from before it gets a ``reset`` instead of a silent hole (and a hub
-    backfilling across it resets its client). It works in small transactions, ``chunk`` events
-    at a time: each stream row is locked alone, in the fixed (sorted) order, for one UPDATE,
-    and no stream row is held while events are deleted — writers queue on these rows, so
-    pruning must neither hold them long nor lock two against the writers' order.
+
+async def prune(db: Database, before: datetime, *, batch: int = 1000, chunk: int = 100) -> int:
+    """Delete up to ``batch`` events older than ``before``, pruning each stream by seq.
+
+    ``created_at`` is taken before the stream lock, so under concurrent writes a stream's seq
+    order is not its ``created_at`` order: an event at seq 2 can be older than the one at seq 1.
+    Pruning therefore cuts each stream at a seq, never event by event: for the ``chunk`` oldest
+    events (by id) it takes, per stream, the newest seq among them, raises ``pruned_seq`` to it
+    and removes *every* position at or below it. What is left of each stream is always the
+    contiguous suffix above ``pruned_seq``, so a client at ``pruned_seq`` or later replays, and
+    one before it gets a ``reset``. An event row goes when it is old; a newer one whose
+    positions fell below a cut stays (for its order's history) until it is old too.
+
+    It works in small transactions: each stream row is locked alone, in the fixed (sorted)
+    order, for one UPDATE, and no stream row is held while positions and events are deleted —
+    writers queue on these rows, so pruning must neither hold them long nor lock two against
+    the writers' order.
     """
     total = 0
     while total < batch:
@@ -264,6 +352,8 @@ async def prune(db: Database, before: datetime, *, batch: int = 1000, chunk: int
             )
             if not ids:
                 break
+            # Every position of these events is at or below its stream's cut, so deleting the
+            # positions up to the cuts frees every one of these events.
             newest = (
                 await session.execute(
                     select(StreamEvent.stream, func.max(StreamEvent.seq))
@@ -271,7 +361,8 @@ async def prune(db: Database, before: datetime, *, batch: int = 1000, chunk: int
                     .group_by(StreamEvent.stream)
                 )
             ).all()
-        for stream, seq in sorted(newest):
+        cuts = sorted((str(stream), int(seq)) for stream, seq in newest)
+        for stream, seq in cuts:
             async with db.transaction() as session:
                 await session.execute(
                     update(Stream)
@@ -279,7 +370,10 @@ async def prune(db: Database, before: datetime, *, batch: int = 1000, chunk: int
                     .values(pruned_seq=seq)
                 )
         async with db.transaction() as session:
-            await session.execute(delete(StreamEvent).where(StreamEvent.event_id.in_(ids)))
+            for stream, seq in cuts:
+                await session.execute(
+                    delete(StreamEvent).where(StreamEvent.stream == stream, StreamEvent.seq <= seq)
+                )
             await session.execute(delete(Event).where(Event.id.in_(ids)))
         total += len(ids)
     return total

@@ -32,20 +32,17 @@ from orders.db import Database
 from orders.hooks import NO_HOOKS, Hooks
 from orders.metrics import Metrics
 from orders.streams import (
-    StreamHead,
-    ensure_stream,
-    event_id_at,
-    events_after,
-    open_orders,
+    ensure_streams,
+    event_ids_at,
+    open_orders_of,
     position_problem,
-    read_head,
     read_heads,
-    resume_problem,
 )
 from server import protocol
 from server.auth import AuthError, Principal, TokenVerifier, bearer_token, origin_allowed
 from server.errors import CloseCode
 from server.settings import Settings
+from server.stream_reads import BATCH_STREAMS, Coalescer, LogRead, LogReads
 
 logger = logging.getLogger(__name__)
 
@@ -134,6 +131,12 @@ class Hub:
         # Pongs' head reads: one in flight per stream, at most one per _PING_REFRESH.
         self._head_reads: dict[str, asyncio.Task[None]] = {}
         self._head_read_at: dict[str, float] = {}
+        # Set-up and repair reads, shared: the sockets of one stream (and the streams arriving
+        # together) that ask at the same time get one read between them.
+        self._snapshots: Coalescer[str, protocol.Snapshot] = Coalescer(
+            self._read_snapshots, batch=BATCH_STREAMS
+        )
+        self._log = LogReads(db, self._db_slots, hooks, page=_BACKFILL_PAGE)
         self.opened_total = 0
 
     def channel(self, stream: str) -> str:
@@ -295,40 +298,58 @@ class Hub:
 
     # -- hello and replay ---------------------------------------------------------------------
 
-    async def _head(self, stream: str) -> StreamHead:
-        async with self._db_slots:
-            async with self._db.read() as session:
-                head = await read_head(session, stream)
-            if head is None:
-                async with self._db.transaction() as session:
-                    head = await ensure_stream(session, stream)
-        return head
-
     async def snapshot(self, stream: str) -> protocol.Snapshot:
         """The stream's head and its open orders, read in one database snapshot.
 
         At most ``SNAPSHOT_MAX_ORDERS`` orders; one more is read to know whether it was cut.
+        Streams asked for together are read together (one snapshot, a few queries for all).
         """
-        await self._head(stream)  # make sure the row exists before the read-only snapshot
+        return await self._snapshots.get(stream)
+
+    async def _read_snapshots(self, streams: list[str]) -> dict[str, protocol.Snapshot]:
+        await self._hooks.before_stream_read("snapshot", streams)
+        async with self._db_slots:
+            snaps = await self._snapshot_batch(streams)
+            missing = [stream for stream in streams if stream not in snaps]
+            if missing:
+                # Never written to: create them (seq 0), then read those again.
+                async with self._db.transaction() as session:
+                    await ensure_streams(session, missing)
+                snaps.update(await self._snapshot_batch(missing))
+        return snaps
+
+    async def _snapshot_batch(self, streams: list[str]) -> dict[str, protocol.Snapshot]:
         limit = self._settings.snapshot_max_orders
-        async with self._db_slots, self._db.snapshot() as session, session.begin():
-            head = await read_head(session, stream)
-            assert head is not None
-            await self._hooks.after_snapshot_head(stream)
-            orders = list(await open_orders(session, stream, limit=limit + 1))
-            head_event_id = await event_id_at(session, stream, head.head_seq)
-            # The totals from the same database snapshot as the orders and the head.
-            summaries = await money.summaries(session, orders[:limit])
-        truncated = len(orders) > limit
-        del orders[limit:]
-        return protocol.Snapshot(
-            epoch=head.epoch,
-            head_seq=head.head_seq,
-            head_event_id=head_event_id,
-            orders=[protocol.order_snapshot(order, summaries[order.id]) for order in orders],
-            truncated=truncated,
-            next_cursor=protocol.order_list_cursor(orders[-1]) if truncated and orders else None,
-        )
+        async with self._db.snapshot() as session, session.begin():
+            heads = await read_heads(session, streams)
+            for stream in heads:
+                await self._hooks.after_snapshot_head(stream)
+            # A stream at seq 0 has no event, so no order (an order's creation is an event of
+            # both its streams): only the others need the next two queries.
+            written = [stream for stream, head in heads.items() if head.head_seq > 0]
+            orders = await open_orders_of(session, written, limit=limit + 1)
+            head_event_ids = await event_ids_at(
+                session, [(stream, heads[stream].head_seq) for stream in written]
+            )
+            # The totals from the same database snapshot as the orders and the heads.
+            shown = [order for stream in written for order in orders[stream][:limit]]
+            summaries = await money.summaries(session, shown)
+        snaps: dict[str, protocol.Snapshot] = {}
+        for stream, head in heads.items():
+            listed = orders.get(stream, [])
+            truncated = len(listed) > limit
+            del listed[limit:]
+            snaps[stream] = protocol.Snapshot(
+                epoch=head.epoch,
+                head_seq=head.head_seq,
+                head_event_id=head_event_ids.get((stream, head.head_seq)),
+                orders=[protocol.order_snapshot(order, summaries[order.id]) for order in listed],
+                truncated=truncated,
+                next_cursor=protocol.order_list_cursor(listed[-1])
+                if truncated and listed
+                else None,
+            )
+        return snaps
 
     async def _start(
         self,
@@ -344,12 +365,21 @@ class Hub:
             await conn.ws.send_text(protocol.hello_with_snapshot(conn.stream, snap))
             self._place(conn, snap.epoch, snap.head_seq, snap.head_seq)
             return
-        head = await self._head(conn.stream)
+        # One read for the hello and the replay both (shared with the stream's other sockets
+        # asking now): the head, the events after since, and the event at since.
+        check = last_event_id is not None and since > 0
+        await self._hooks.before_backfill_read(conn.stream)
+        read = await self._log.read(conn.stream, since, check=check)
+        if read.head is None:
+            await self.snapshot(conn.stream)  # never written to: creates it at seq 0
+            read = await self._log.read(conn.stream, since, check=check)
+        head = read.head
         problem = position_problem(head, epoch, since)
-        if problem is None and last_event_id is not None:
-            async with self._db_slots:  # one read: is the event at since still last_event_id?
-                problem = await resume_problem(self._db, head, epoch, since, last_event_id)
-        if problem is not None:
+        if problem is None and check and read.event_id_at not in (None, last_event_id):
+            # After a restore to an earlier point new events reuse seqs the client already
+            # has: another event at since means its position is not on this log (a reset).
+            problem = "reused"
+        if problem is not None or head is None:
             snap = await self.snapshot(conn.stream)
             logger.info(
                 "ws reset %s (%s): since=%s epoch=%s head=%s",
@@ -364,7 +394,7 @@ class Hub:
             return
         await conn.ws.send_text(protocol.hello(conn.stream, head.epoch, head.head_seq))
         self._place(conn, head.epoch, head.head_seq, since)
-        await self._backfill(conn, "resume")
+        await self._backfill(conn, "resume", first=read)
 
     def _place(self, conn: Connection, epoch: str, head_seq: int, last: int) -> None:
         """Put the connection at ``last`` of the log (``epoch``, now at ``head_seq``)."""
@@ -375,17 +405,23 @@ class Hub:
             conn.cursor.restart(last)  # the write loop holds this cursor
         self._note_head(conn.stream, head_seq)
 
-    async def _backfill(self, conn: Connection, reason: str) -> None:
-        """Send every event of the stream after the cursor, from the database."""
+    async def _backfill(self, conn: Connection, reason: str, first: LogRead | None = None) -> None:
+        """Send every event of the stream after the cursor, from the database.
+
+        The reads are shared: every socket of the stream repairing at once (a broker
+        reconnect, a poll) waits on one, and the heads of all those streams are one query.
+        ``first``: the first page, already read (a resume reads it with the hello).
+        """
         cursor = conn.cursor
         assert cursor is not None
         self._metrics.ws_backfills.labels(reason=reason).inc()
         while True:
-            await self._hooks.before_backfill_read(conn.stream)
-            async with self._db_slots, self._db.read() as session:
-                # The head first: the events read after it are at least as new.
-                head = await read_head(session, conn.stream)
-                rows = await events_after(session, conn.stream, cursor.last, limit=_BACKFILL_PAGE)
+            if first is None:
+                await self._hooks.before_backfill_read(conn.stream)
+                read = await self._log.read(conn.stream, cursor.last)
+            else:
+                read, first = first, None
+            head, rows = read.head, read.rows
             await self._hooks.after_backfill_read(conn.stream, [seq for seq, _ in rows])
             problem = position_problem(head, conn.epoch, cursor.last)
             if problem is None and head is not None:

@@ -508,6 +508,8 @@ class StreamEvent(Struct):
     note: str | UnsetType = UNSET
     #: On a ``payment.status`` event: the payment attempt as it is after the change.
     payment: Payment | UnsetType = UNSET
+    #: On a ``refund.status`` event: the refund as it is after the change.
+    refund: Refund | UnsetType = UNSET
     #: On a ``receipt.issued`` event: the receipt's number, kind and amount.
     receipt: ReceiptRef | UnsetType = UNSET
 

@@ -6,11 +6,12 @@ import asyncio
 from datetime import datetime, timedelta
 
 from sqlalchemy import func, select, update
+from websockets.asyncio.client import connect
 
 from orders.models import Event, Stream, StreamEvent, utcnow
 from orders.streams import prune
 from tests.conftest import Service, StartService
-from tests.support.clients import auth, order_body, token
+from tests.support.clients import auth, order_body, recv_events, recv_json, token
 
 POS = token("pos-p", role="pos", store_id="store-p")
 FLOW = ["PREPARING", "READY", "OUT_FOR_DELIVERY", "DELIVERED"]
@@ -104,3 +105,81 @@ async def test_pruning_in_small_chunks_deletes_all_that_is_old_and_raises_pruned
     async with service.db.read() as session:
         head = await session.scalar(select(Stream.pruned_seq).where(Stream.name == "customer:pq"))
     assert head == 2
+
+
+async def test_a_stream_whose_created_at_order_is_not_its_seq_order_keeps_a_contiguous_suffix(
+    start_service: StartService,
+) -> None:
+    """Seq 2 older than seq 1 (``created_at`` is taken before the stream lock, so a writer that
+    waited for the lock commits after one that started later): pruning cuts each stream at a
+    seq, so seq 1 goes with seq 2, and a client at the cut replays the rest, no ``reset``."""
+    service = await start_service()
+    order_id = await place(service, "pz")
+    for status in ("PREPARING", "READY"):
+        r = await service.http.post(
+            f"/api/pos/orders/{order_id}/status", json={"status": status}, headers=auth(POS)
+        )
+        assert r.status_code == 200, r.text
+    async with service.db.read() as session:
+        by_seq = dict(
+            (
+                await session.execute(
+                    select(StreamEvent.seq, StreamEvent.event_id).where(
+                        StreamEvent.stream == "customer:pz"
+                    )
+                )
+            ).all()
+        )
+    assert sorted(by_seq) == [1, 2, 3]
+    # The interleaving, forced: the event at seq 2 was stamped before the one at seq 1; only
+    # seq 2's is older than the retention. Seq 3 is recent.
+    now = utcnow()
+    stamps = {1: now - timedelta(days=1), 2: now - timedelta(days=40), 3: now}
+    async with service.db.transaction() as session:
+        for seq, stamp in stamps.items():
+            await session.execute(
+                update(Event).where(Event.id == by_seq[seq]).values(created_at=stamp)
+            )
+    assert await prune(service.db, now - timedelta(days=30)) == 1  # one event is old
+    async with service.db.read() as session:
+        heads = {
+            name: (head, pruned)
+            for name, head, pruned in await session.execute(
+                select(Stream.name, Stream.head_seq, Stream.pruned_seq)
+            )
+        }
+        positions = (await session.execute(select(StreamEvent.stream, StreamEvent.seq))).all()
+        events = set((await session.execute(select(Event.id))).scalars())
+    kept: dict[str, list[int]] = {}
+    for stream, seq in positions:
+        kept.setdefault(stream, []).append(seq)
+    # Both of the order's streams: everything at or below the cut is gone, the rest is there.
+    assert heads == {"customer:pz": (3, 2), "store:store-p": (3, 2)}
+    assert {stream: sorted(seqs) for stream, seqs in kept.items()} == {
+        "customer:pz": [3],
+        "store:store-p": [3],
+    }
+    # The newer event at seq 1 lost its positions but stays in the order's history until it
+    # is old itself; the old one is gone.
+    assert events == {by_seq[1], by_seq[3]}
+
+    # A client at the cut resumes onto the kept suffix: a hello and seq 3, not a reset.
+    epoch = (await recv_hello(service, "pz"))["epoch"]
+    url = f"{service.ws_url}?token={token('pz')}&since=2&epoch={epoch}"
+    async with connect(url) as ws:
+        hello = await recv_json(ws)
+        assert (hello["type"], hello["head_seq"]) == ("hello", 3)
+        [event] = await recv_events(ws, 1)
+        assert (event["seq"], event["event_id"]) == (3, by_seq[3])
+    # One before the cut needed seq 2, which is gone: that, and only that, is a reset.
+    async with connect(f"{service.ws_url}?token={token('pz')}&since=1&epoch={epoch}") as ws:
+        reset = await recv_json(ws)
+        assert (reset["type"], reset["head_seq"]) == ("reset", 3)
+
+
+async def recv_hello(service: Service, customer: str) -> dict[str, object]:
+    """The hello of a fresh connection to ``customer``'s stream."""
+    async with connect(f"{service.ws_url}?token={token(customer)}") as ws:
+        hello = await recv_json(ws)
+    assert hello["type"] == "hello", hello
+    return hello

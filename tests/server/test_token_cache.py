@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 
 import jwt
@@ -39,3 +40,15 @@ def test_the_cache_is_bounded() -> None:
         verifier.verify(tok)
     assert [verifier.verify(tok).sub for tok in tokens] == [f"user-{i}" for i in range(5)]
     assert len(verifier._cache) == 3
+
+
+def test_a_token_is_checked_once_and_cached_by_its_hash_not_its_text() -> None:
+    verifier = TokenVerifier(key=SECRET, algorithms=("HS256",))
+    tok = token("zoe")
+    for _ in range(50):  # e.g. every socket of one app reconnecting at once
+        assert verifier.verify(tok).sub == "zoe"
+    assert verifier.signature_checks == 1
+    assert list(verifier._cache) == [hashlib.sha256(tok.encode()).digest()]
+    # Another token of the same user is checked on its own (the hash is of the whole text).
+    assert verifier.verify(token("zoe", ttl=120)).sub == "zoe"
+    assert verifier.signature_checks == 2
