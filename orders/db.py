@@ -42,6 +42,10 @@ class CommitOutcomeUnknown(Exception):
     """The connection was lost during COMMIT: the change may or may not have been applied."""
 
 
+class StatementFailed(Exception):
+    """A statement sent on the driver connection itself failed; its transaction did not commit."""
+
+
 class Database:
     """Engine plus two session factories: ``write`` (locks for writing) and ``snapshot``."""
 

@@ -47,6 +47,12 @@ class Invalid(DomainError):
     code = "validation_error"
 
 
+class Overloaded(DomainError):
+    """Too much is waiting to be written already; nothing was changed, try again shortly."""
+
+    code = "overloaded"
+
+
 class GatewayRefused(DomainError):
     """The gateway refused to start the payment (it is FAILED; the customer may retry)."""
 

@@ -37,6 +37,12 @@ class Hooks:
     async def before_publish(self, event_ids: Sequence[int]) -> None:
         """The write path has committed ``event_ids`` and not yet published them."""
 
+    async def after_write_queued(self, lane: str, order_id: str) -> None:
+        """A status change of ``order_id`` has joined the group-commit queue of ``lane``."""
+
+    async def before_write_batch(self, lane: str) -> None:
+        """The group commit of ``lane`` is about to take its next batch from its queue."""
+
     async def before_commit(self, session: AsyncSession) -> None:
         """A write transaction has done its work on ``session`` and is about to COMMIT."""
 

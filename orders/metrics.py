@@ -48,6 +48,20 @@ class Metrics:
             buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
             registry=r,
         )
+        self.group_commit_batch = Histogram(
+            "group_commit_batch_size",
+            "Status changes applied in one transaction (one COMMIT)",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256),
+            registry=r,
+        )
+        self.group_commit_queued = Gauge(
+            "group_commit_queued", "Status changes waiting for their batch", registry=r
+        )
+        self.group_commit_overflow = Counter(
+            "group_commit_overflow_total",
+            "Status changes refused (503 write_queue_full) because their store's queue was full",
+            registry=r,
+        )
         self.relayed_events = Counter(
             "relay_events_total", "Events published by the outbox relay", registry=r
         )

@@ -33,6 +33,9 @@ _CLOSED = frozenset({"CANCELLED", "EXPIRED"})
 _PAID = tuple(sorted(s.value for s in PAID))
 _LIVE = tuple(sorted(s.value for s in LIVE))
 _REFUND_IN_FLIGHT = (RefundStatus.REQUESTED.value, RefundStatus.PENDING.value)
+#: The payment statuses and the refund statuses the sums count.
+PAID_AND_LIVE = _PAID + _LIVE
+REFUND_COUNTED = (RefundStatus.SUCCEEDED.value, *_REFUND_IN_FLIGHT)
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,24 +79,29 @@ async def load_sums(executor: Executor, order_ids: Sequence[str]) -> dict[str, S
     rows = await executor.execute(
         union_all(
             select(p.order_id, literal("payment"), p.status, func.sum(p.amount))
-            .where(p.order_id.in_(order_ids), p.status.in_(_PAID + _LIVE))
+            .where(p.order_id.in_(order_ids), p.status.in_(PAID_AND_LIVE))
             .group_by(p.order_id, p.status),
             select(r.order_id, literal("refund"), r.status, func.sum(r.amount))
             .where(
                 r.order_id.in_(order_ids),
-                r.status.in_((RefundStatus.SUCCEEDED.value, *_REFUND_IN_FLIGHT)),
+                r.status.in_(REFUND_COUNTED),
             )
             .group_by(r.order_id, r.status),
         )
     )
+    return bucket(tuple(row) for row in rows)
+
+
+def bucket(rows: Iterable[tuple[Any, ...]]) -> dict[str, Sums]:
+    """Each order's Sums from rows of (order id, "payment" or "refund", status, total)."""
     found: dict[str, dict[str, int]] = {}
     for order_id, kind, status, total in rows:
         if kind == "payment":
-            bucket = "paid" if status in _PAID else "live"
+            name = "paid" if status in _PAID else "live"
         else:
-            bucket = "refunded" if status == RefundStatus.SUCCEEDED.value else "refunding"
+            name = "refunded" if status == RefundStatus.SUCCEEDED.value else "refunding"
         sums = found.setdefault(order_id, {})
-        sums[bucket] = sums.get(bucket, 0) + int(total or 0)
+        sums[name] = sums.get(name, 0) + int(total or 0)
     return {order_id: Sums(**values) for order_id, values in found.items()}
 
 

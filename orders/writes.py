@@ -4,6 +4,8 @@ POS updates, customer cancels, order creation (and later webhooks, the reconcile
 all change state here and nowhere else. Publishing happens strictly after commit; a publish
 that fails leaves ``published_at`` empty and the outbox relay delivers the event later. The
 request path never waits on the broker: it queues the publish (see :class:`Publisher`).
+On PostgreSQL the endpoints' status changes take the same steps in fewer statements, many
+changes per COMMIT (``orders/groupcommit.py``, which validates with :func:`check_move`).
 """
 
 from __future__ import annotations
@@ -404,6 +406,37 @@ async def create_order(
     return Written(event.data["order"], event, deliveries)
 
 
+def check_move(
+    order: documents.OrderRow, to: OrderStatus, actor: Actor, metrics: Metrics
+) -> OrderStatus:
+    """The order's current status if ``actor`` may move it to ``to``; NotFound / Conflict if not."""
+    if actor.principal and not visible_to(order, actor.principal):
+        raise NotFound("no such order")
+    current = parse_status(order.status)
+    if current is None:
+        # A status this code does not know (written by a newer version, or by hand): no
+        # rule of ours can say where it may go, so nothing moves it; the order is kept as is.
+        logger.error("order %s has unknown status %r; refusing to move it", order.id, order.status)
+        metrics.rejected_transitions.inc()
+        raise Conflict(
+            f"order has status {order.status!r}, which this service does not know;"
+            " it cannot be moved",
+            code="unknown_status",
+            status=order.status,
+            allowed=[],
+        )
+    if not can_move(current, to, actor.mover):
+        allowed = [s.value for s in allowed_next(current, actor.mover)]
+        metrics.rejected_transitions.inc()
+        raise Conflict(
+            f"cannot move order from {current.value} to {to.value}",
+            code="invalid_transition",
+            status=current.value,
+            allowed=allowed,
+        )
+    return current
+
+
 async def change_order_status(
     db: Database,
     publisher: Publisher,
@@ -416,6 +449,11 @@ async def change_order_status(
     within: Within | None = None,
 ) -> Written:
     """Move an order to ``to`` if the workflow lets ``actor`` do so; 404 / 409 otherwise.
+
+    One change in a transaction of its own, through SQLAlchemy: SQLite's path, cancels' (see
+    ``Refunds.change_status``) and tools'. The endpoints' other moves go through
+    ``orders.groupcommit.GroupCommit`` (on PostgreSQL: lean statements, and a POS change
+    batched with its store's concurrent ones).
 
     ``within``: more work in the same transaction after the move (a cancel's refunds); it
     appends its own events to the deliveries and event ids it is handed and returns the order
@@ -430,34 +468,7 @@ async def change_order_status(
         if row is None:
             raise NotFound("no such order")
         current_order = documents.OrderRow(**row._mapping)
-        if actor.principal and not visible_to(current_order, actor.principal):
-            raise NotFound("no such order")
-        current = parse_status(current_order.status)
-        if current is None:
-            # A status this code does not know (written by a newer version, or by hand): no
-            # rule of ours can say where it may go, so nothing moves it; the order is kept as is.
-            logger.error(
-                "order %s has unknown status %r; refusing to move it",
-                order_id,
-                current_order.status,
-            )
-            metrics.rejected_transitions.inc()
-            raise Conflict(
-                f"order has status {current_order.status!r}, which this service does not know;"
-                " it cannot be moved",
-                code="unknown_status",
-                status=current_order.status,
-                allowed=[],
-            )
-        if not can_move(current, to, actor.mover):
-            allowed = [s.value for s in allowed_next(current, actor.mover)]
-            metrics.rejected_transitions.inc()
-            raise Conflict(
-                f"cannot move order from {current.value} to {to.value}",
-                code="invalid_transition",
-                status=current.value,
-                allowed=allowed,
-            )
+        current = check_move(current_order, to, actor, metrics)
         order = dataclasses.replace(
             current_order, status=to.value, version=current_order.version + 1, updated_at=utcnow()
         )

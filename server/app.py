@@ -21,8 +21,9 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from starlette.websockets import WebSocket
 
 from channels import Broker, Heartbeat, create_broker
-from orders.db import CommitOutcomeUnknown, Database, migrate
+from orders.db import CommitOutcomeUnknown, Database, StatementFailed, migrate
 from orders.errors import DomainError
+from orders.groupcommit import GroupCommit
 from orders.hooks import NO_HOOKS, Hooks
 from orders.metrics import Metrics
 from orders.payments import FailurePolicy
@@ -175,6 +176,16 @@ def create_app(
                     )
                 ),
             )
+            writer = GroupCommit(
+                db,
+                publisher,
+                metrics,
+                max_batch=settings.group_commit_max_batch,
+                max_queued=settings.group_commit_max_queued,
+                lanes=settings.group_commit_lanes,
+                hooks=hooks,
+            )
+            stack.push_async_callback(writer.close)
             hub = Hub(
                 db=db,
                 broker=the_broker,
@@ -205,6 +216,7 @@ def create_app(
                 hub=hub,
                 metrics=metrics,
                 settlement=settlement,
+                writer=writer,
             )
             stop = asyncio.Event()
             for job in background:
@@ -280,6 +292,7 @@ def create_app(
             HTTPException: handle_http_exception,
             CommitOutcomeUnknown: handle_commit_outcome_unknown,
             DBAPIError: handle_database_error,
+            StatementFailed: handle_database_error,
             SQLAlchemyTimeoutError: handle_database_error,
             # asyncpg's DB_COMMAND_TIMEOUT surfaces as a bare TimeoutError.
             TimeoutError: handle_database_timeout,

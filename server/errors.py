@@ -20,7 +20,8 @@ The domain's refusals (``orders/errors.py``) are translated here, at the boundar
     ├── NotFound            404  not_found
     ├── Conflict            409  invalid_transition, payment_in_progress, already_paid, ...
     ├── GatewayRefused      502  gateway_rejected
-    └── GatewayUnreachable  503  gateway_unavailable
+    ├── GatewayUnreachable  503  gateway_unavailable
+    └── Overloaded          503  write_queue_full (a store's group-commit queue is full)
 
 Database failures are answered here too: 503 ``database_unavailable`` (the transaction did not
 commit: nothing changed) and 503 ``commit_outcome_unknown`` (the connection was lost during the
@@ -137,6 +138,7 @@ DOMAIN_STATUS: dict[type[domain.DomainError], int] = {
     domain.Conflict: 409,
     domain.GatewayRefused: 502,
     domain.GatewayUnreachable: 503,
+    domain.Overloaded: 503,
 }
 
 
@@ -150,7 +152,9 @@ def domain_status(exc: domain.DomainError) -> int:
 
 async def handle_domain_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, domain.DomainError)
-    return error_response(domain_status(exc), exc.code, exc.message, exc.extra)
+    # Overloaded is momentary: say when to come back, as database_unavailable does.
+    headers = {"Retry-After": "1"} if isinstance(exc, domain.Overloaded) else None
+    return error_response(domain_status(exc), exc.code, exc.message, exc.extra, headers)
 
 
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 400: "bad_request"}

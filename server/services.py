@@ -9,6 +9,7 @@ from starlette.requests import HTTPConnection
 
 from channels import Broker, Heartbeat
 from orders.db import Database
+from orders.groupcommit import GroupCommit
 from orders.metrics import Metrics
 from orders.settlement import Settlement
 from orders.writes import Publisher
@@ -31,6 +32,8 @@ class Services:
     metrics: Metrics
     #: Payments: the gateways offered here, starting, applying and checking (single flight).
     settlement: Settlement
+    #: Status changes (batched per store on PostgreSQL).
+    writer: GroupCommit
 
 
 def services(conn: HTTPConnection) -> Services:

@@ -66,6 +66,9 @@ class Settings:
     broker_heartbeat_interval: float = 1.0
     broker_heartbeat_stale_after: float = 3.0
     publish_queue_size: int = 10_000
+    group_commit_max_batch: int = 100
+    group_commit_max_queued: int = 2_000
+    group_commit_lanes: int = 4
     relay_in_process: bool | None = None
     relay_grace: float = 2.0
     relay_interval: float = 1.0
@@ -381,6 +384,9 @@ _BOUNDS: dict[str, tuple[float, float | None]] = {
     "broker_heartbeat_interval": (0.01, None),
     "broker_heartbeat_stale_after": (0.01, None),
     "publish_queue_size": (1, None),
+    "group_commit_max_batch": (1, 10_000),
+    "group_commit_max_queued": (1, None),
+    "group_commit_lanes": (1, 1_000),
     "relay_grace": (0, None),
     "relay_interval": (0.01, None),
     "event_retention_days": (0, None),

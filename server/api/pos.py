@@ -9,6 +9,7 @@ from starlette.responses import JSONResponse
 from orders import money
 from orders.models import Order
 from orders.refunds import Refunds
+from orders.workflow import OrderStatus
 from orders.writes import Actor
 from server import protocol
 from server.api import schemas
@@ -36,8 +37,14 @@ async def set_status(request: Request) -> JSONResponse:
     caller = principal(request, Role.POS)
     change = await body(request, schemas.StatusChange)
     svc = services(request)
-    # A cancel of an order with money paid also requests its full refund.
-    written = await Refunds(svc.settlement).change_status(
+    # A cancel of an order with money paid also requests its full refund (in the same
+    # transaction, so it takes the one-change path); every other move is group-committed.
+    move = (
+        Refunds(svc.settlement).change_status
+        if change.status is OrderStatus.CANCELLED
+        else svc.writer.change_status
+    )
+    written = await move(
         order_id=request.path_params["order_id"],
         to=change.status,
         actor=Actor.of(caller),
