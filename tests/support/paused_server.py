@@ -30,7 +30,11 @@ class PauseBeforePublish(Hooks):
         self.marker = marker
 
     async def before_publish(self, event_ids: Sequence[int]) -> None:
-        self.marker.write_text(" ".join(str(i) for i in event_ids))
+        # Written aside and renamed into place: the test polls for the marker, and a file it can
+        # see before its text is written would read as "no event ids".
+        partial = self.marker.with_name(self.marker.name + ".partial")
+        partial.write_text(" ".join(str(i) for i in event_ids))
+        os.replace(partial, self.marker)
         await asyncio.Event().wait()  # until the test kills the process
 
 
