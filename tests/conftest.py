@@ -33,7 +33,7 @@ from tests.channels.cluster_helpers import LocalCluster
 from tests.channels.helpers import RedisServer, free_port
 from tests.support.ci import IN_CI
 from tests.support.clients import SECRET
-from tests.support.servers import Running, serve_in_process
+from tests.support.servers import IDLE_BEFORE_SERVER, Running, serve_in_process
 
 PG_DSN = os.environ.get("TEST_PG_DSN", "postgresql://postgres@127.0.0.1:5432/postgres")
 PG_HOST = PG_DSN.rsplit("/", 1)[0].replace("postgresql://", "postgresql+asyncpg://")
@@ -293,7 +293,7 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
                 )
             )
             http = await stack.enter_async_context(
-                httpx.AsyncClient(base_url=running.http, timeout=10)
+                httpx.AsyncClient(base_url=running.http, timeout=10, limits=IDLE_BEFORE_SERVER)
             )
             db = Database(settings.database_url, pool_size=4)
             stack.push_async_callback(db.dispose)

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from gateways.sandbox_server import Chaos, SandboxServer, SandboxServerConfig, create_app
-from tests.support.servers import serve_in_process
+from tests.support.servers import IDLE_BEFORE_SERVER, serve_in_process
 
 SANDBOX_SECRET = "whsec_sandbox_test_0123456789"
 
@@ -62,6 +62,6 @@ async def running_sandbox(
     server: SandboxServer = app.state.sandbox
     async with (
         serve_in_process(app) as running,
-        httpx.AsyncClient(base_url=running.http, timeout=10) as http,
+        httpx.AsyncClient(base_url=running.http, timeout=10, limits=IDLE_BEFORE_SERVER) as http,
     ):
         yield Sandbox(running.http, server, http)

@@ -22,6 +22,11 @@ from server.settings import WS_IMPLEMENTATIONS, Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 
+#: A test's HTTP client drops an idle connection after 1 s, well before uvicorn's 5 s keep-alive
+#: closes it: with equal limits a request could go out on a connection the server was closing
+#: and fail with ReadError (seen under load).
+IDLE_BEFORE_SERVER = httpx.Limits(keepalive_expiry=1.0)
+
 
 def free_port() -> int:
     """A TCP port nobody listens on right now."""
