@@ -17,7 +17,9 @@ line the score) and into the "Mutation testing" section of ``docs/testing.md``.
 Environment: ``MUTATION_JOBS`` (mutants tested at once, default 1), ``MUTATION_BACKENDS``
 (``all``, the default, or ``sqlite``: skip the PostgreSQL and Redis cells of the I/O tests),
 ``MUTATION_BUDGET`` (seconds: stop there and report the mutants checked so far; mutmut tests the
-mutants with the fastest tests first, so a partial result leans to those).
+mutants with the fastest tests first, so a partial result leans to those), ``MUTATION_FRESH``
+(set: throw away the module's earlier verdicts; by default a rerun keeps the killed mutants of
+unchanged functions, tests every survivor again and goes on with the unchecked ones).
 """
 
 from __future__ import annotations
@@ -167,6 +169,16 @@ TARGETS: tuple[Target, ...] = (
     ),
     Target(
         "io",
+        "orders/groupcommit.py",
+        (
+            "tests/server/test_group_commit.py",
+            "tests/server/test_api_pos.py",
+            "tests/server/test_hub.py",
+            "tests/server/test_commit_outcome.py",
+        ),
+    ),
+    Target(
+        "io",
         "channels/fanout.py",
         ("tests/channels/test_fanout.py", "tests/channels/test_contract.py"),
     ),
@@ -273,6 +285,19 @@ EQUIVALENT: dict[str, str] = {
     "orders.schedule.x_backoff__mutmut_19": (
         "equivalent: 2^62 or 2^63 times the base is above any cap (300 s by default) either way."
     ),
+    _PHONEPE + "_verify_v2__mutmut_50": (
+        "equivalent: a callback naming neither `event` nor `type` has no type; the placeholder "
+        "only changes the (still deterministic) dedupe key and the log."
+    ),
+}
+
+# The I/O core's survivors, one dict per module so that work on one module never touches
+# another's. The mutants are named by their place in the function: after a function changes, a
+# name may denote a different change, so re-read each diff before keeping its reason.
+_EQ_WRITES: dict[str, str] = {}
+_EQ_GROUPCOMMIT: dict[str, str] = {}
+_EQ_STREAMS: dict[str, str] = {}
+_EQ_HUB: dict[str, str] = {
     "server.hub.xǁHubǁ_backfill__mutmut_15": (
         "equivalent: without a limit the first read takes the whole backlog at once; the "
         "same events go out in the same order, and the next read finds nothing."
@@ -294,15 +319,18 @@ EQUIVALENT: dict[str, str] = {
     "server.hub.xǁHubǁ_write_loop__mutmut_11": _CLOSE_REASON,
     "server.hub.xǁHubǁ_write_loop__mutmut_12": _CLOSE_REASON,
     "server.hub.xǁHubǁ_write_loop__mutmut_13": _CLOSE_REASON,
+}
+_EQ_FANOUT: dict[str, str] = {
     "channels.fanout.xǁFanoutǁremove__mutmut_8": (
         "equivalent: `break` for `continue` on a channel with no entry, which cannot happen: "
         "every channel of a registered subscription has one until that subscription leaves."
     ),
-    _PHONEPE + "_verify_v2__mutmut_50": (
-        "equivalent: a callback naming neither `event` nor `type` has no type; the placeholder "
-        "only changes the (still deterministic) dedupe key and the log."
-    ),
 }
+EQUIVALENT.update(_EQ_WRITES)
+EQUIVALENT.update(_EQ_GROUPCOMMIT)
+EQUIVALENT.update(_EQ_STREAMS)
+EQUIVALENT.update(_EQ_HUB)
+EQUIVALENT.update(_EQ_FANOUT)
 
 # mutmut's statuses: which count as killed, which as survived; the rest are left out of N.
 KILLED = {"killed", "timeout", "segfault", "caught by type check"}
@@ -394,7 +422,7 @@ def pytest_selection(target: Target) -> list[str]:
 def prepare(target: Target, jobs: int) -> Path:
     """A fresh copy of the project (tracked and unignored files) configured for ``target``."""
     work = WORK / target.slug
-    if work.exists():
+    if work.exists() and os.environ.get("MUTATION_FRESH"):
         shutil.rmtree(work)
     files = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
@@ -431,7 +459,29 @@ def prepare(target: Target, jobs: int) -> Path:
     (work / "pyproject.toml").write_text(
         pyproject.replace(header, header + "\n".join(own) + "\n", 1)
     )
+    retest_survivors(work)
     return work
+
+
+def retest_survivors(work: Path) -> int:
+    """Forget the verdict of every surviving mutant of an earlier run in ``work``.
+
+    mutmut keeps its verdicts between runs and re-tests a mutant only when its function's source
+    changed; a test added since could kill a survivor, so survivors are always tested again.
+    Killed mutants stay killed: a new test cannot revive them, and a changed function is
+    re-tested by mutmut itself. Returns how many verdicts were forgotten.
+    """
+    forgotten = 0
+    for meta in (work / "mutants").rglob("*.meta"):
+        data = json.loads(meta.read_text())
+        verdicts = data.get("exit_code_by_key", {})
+        for name, code in verdicts.items():
+            # mutmut's exit codes: 0 is "survived", 33 "no tests"
+            if code in (0, 33):
+                verdicts[name] = None
+                forgotten += 1
+        meta.write_text(json.dumps(data))
+    return forgotten
 
 
 def toml_list(items: list[str]) -> str:
@@ -485,7 +535,10 @@ def run(target: Target, jobs: int, deadline: float | None) -> Result:
         tail = log.read_text(errors="replace")[-4000:]
         sys.exit(f"mutmut run failed ({process.returncode}) for {target.path}; see {log}\n{tail}")
     statuses: dict[str, str] = {}
-    wanted = [re.compile(fnmatch_to_regex(p)) for p in mutant_patterns(target)]
+    # The report covers the whole target as TARGETS names it, so a run narrowed to some functions
+    # adds to (and keeps) the verdicts of earlier runs on the others.
+    wanted = [re.compile(fnmatch_to_regex(p)) for p in mutant_patterns(base_target(target))]
+    narrowed = [re.compile(fnmatch_to_regex(p)) for p in mutant_patterns(target)]
     for line in mutmut(work, "results", "--all", "true").splitlines():
         name, sep, status = line.strip().rpartition(": ")
         if not sep or not name.startswith(target.dotted + "."):
@@ -493,12 +546,23 @@ def run(target: Target, jobs: int, deadline: float | None) -> Result:
         if wanted and not any(w.fullmatch(name) for w in wanted):
             continue
         statuses[name] = status
-    result = Result(target, statuses, {}, seconds)
-    if result.unchecked and not stopped:
-        sys.exit(f"{result.unchecked} mutant(s) of {target.path} not checked; see {log}")
+    result = Result(base_target(target), statuses, {}, seconds)
+    missed = [
+        name
+        for name, status in statuses.items()
+        if status not in KILLED | SURVIVED | {"skipped"}
+        and (not narrowed or any(n.fullmatch(name) for n in narrowed))
+    ]
+    if missed and not stopped:
+        sys.exit(f"{len(missed)} mutant(s) of {target.path} not checked; see {log}")
     for name in result.survivors:
         result.diffs[name] = short_diff(mutmut(work, "show", name))
     return result
+
+
+def base_target(target: Target) -> Target:
+    """The entry of TARGETS that ``target`` (perhaps narrowed to some functions) comes from."""
+    return next(t for t in TARGETS if t.path == target.path)
 
 
 def mutmut_env() -> dict[str, str]:
@@ -619,7 +683,15 @@ def write_report(results: list[Result]) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("names", nargs="*", help="pure, io, or module names (default: all)")
+    parser.add_argument(
+        "--table",
+        action="store_true",
+        help="run nothing: recompute the score table of docs/testing.md from its module entries",
+    )
     args = parser.parse_args()
+    if args.table:
+        write_report([])
+        return 0
     targets = select(args.names)
     jobs = int(os.environ.get("MUTATION_JOBS", "1"))
     budget = os.environ.get("MUTATION_BUDGET")
