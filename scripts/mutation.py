@@ -295,7 +295,65 @@ EQUIVALENT: dict[str, str] = {
 # another's. The mutants are named by their place in the function: after a function changes, a
 # name may denote a different change, so re-read each diff before keeping its reason.
 _EQ_WRITES: dict[str, str] = {}
-_EQ_GROUPCOMMIT: dict[str, str] = {}
+_GC = "orders.groupcommit.xǁGroupCommitǁ"
+_GC_DEFAULT = (
+    "equivalent: a default no caller uses — the app passes max_batch, max_queued and lanes "
+    "from the settings, and the tests construct it with all three."
+)
+_GC_SHUTDOWN_TEXT = (
+    "equivalent: only the wording of the shutdown refusal's message changes; the 503, its "
+    "`overloaded` code and Retry-After are what the tests check."
+)
+_GC_STRICT = (
+    "equivalent: `_run` returns exactly one outcome per change it was given (one per change "
+    "in `apply_changes`, one appended per change when applied one by one), so a strict zip "
+    "never finds lengths that differ."
+)
+_GC_CLEANUP = (
+    "equivalent: the worker leaves its loop only with its queue empty, and while it is the "
+    "lane's registered worker the lane's queue is its own; an empty deque left in `_queues` "
+    "is simply reused by the next change of the lane (`setdefault`), so nothing differs."
+)
+_GC_INVALIDATE = (
+    "near-equivalent: with the explicit invalidate skipped, the transaction's rollback on the "
+    "dead connection fails and SQLAlchemy discards the connection itself; the connection-lost "
+    "test (whose retry needs a live connection) passes with this mutant applied by hand."
+)
+_EQ_GROUPCOMMIT: dict[str, str] = {
+    _GC + "__init____mutmut_1": _GC_DEFAULT,
+    _GC + "__init____mutmut_2": _GC_DEFAULT,
+    _GC + "__init____mutmut_3": _GC_DEFAULT,
+    _GC + "_queue__mutmut_18": "equivalent: only the worker task's name (for debugging) changes.",
+    _GC + "_queue__mutmut_20": "equivalent: only the worker task's name (for debugging) changes.",
+    _GC + "close__mutmut_7": _GC_SHUTDOWN_TEXT,
+    _GC + "close__mutmut_8": _GC_SHUTDOWN_TEXT,
+    _GC + "_drain__mutmut_17": _GC_SHUTDOWN_TEXT,
+    _GC + "_drain__mutmut_18": _GC_SHUTDOWN_TEXT,
+    _GC + "_drain__mutmut_24": _GC_STRICT,
+    _GC + "_drain__mutmut_27": _GC_STRICT,
+    _GC + "_drain__mutmut_28": _GC_STRICT,
+    _GC + "_drain__mutmut_33": _GC_CLEANUP,
+    _GC + "_drain__mutmut_34": _GC_CLEANUP,
+    _GC + "_drain__mutmut_35": _GC_CLEANUP,
+    _GC + "_drain__mutmut_36": _GC_CLEANUP,
+    _GC + "change_status__mutmut_28": (
+        "equivalent: a principal has a store_id exactly when it is a POS terminal (auth refuses "
+        "a POS token without one and gives other roles none), so `or` and `and` between the "
+        "role test and the store test decide alike."
+    ),
+    "orders.groupcommit.x__event__mutmut_3": (
+        "equivalent: the summary reads the status only to owe nothing on a CANCELLED or EXPIRED "
+        "order, and neither comes here (the POS may not expire an order; cancels take the "
+        "refunding path, `Refunds.change_status`)."
+    ),
+    "orders.groupcommit.x__read__mutmut_49": _GC_INVALIDATE,
+    "orders.groupcommit.x__write__mutmut_69": _GC_INVALIDATE,
+    "orders.groupcommit.x__failed__mutmut_1": (
+        "equivalent: `conn.invalidate()` of a connection whose driver is closed does not raise "
+        "(the connection-lost test passes with this mutant applied by hand), so the suppress "
+        "never has anything to catch."
+    ),
+}
 _EQ_STREAMS: dict[str, str] = {}
 _EQ_HUB: dict[str, str] = {
     "server.hub.xǁHubǁ_backfill__mutmut_15": (

@@ -615,6 +615,8 @@ async def test_a_connection_lost_in_a_changes_statements_answers_503_and_writes_
     order_id = await create(service, "cust-0")
     dsn = service.settings.database_url.replace("postgresql+asyncpg://", "postgresql://")
     locker = await asyncpg.connect(dsn, timeout=5)
+    # Outside the locker's transaction, whose view of pg_stat_activity is frozen at its first read.
+    watcher = await asyncpg.connect(dsn, timeout=5)
     try:
         async with locker.transaction():
             # The change's read of the payment sums (its second statement) waits for the table.
@@ -624,12 +626,13 @@ async def test_a_connection_lost_in_a_changes_statements_answers_503_and_writes_
             async with asyncio.timeout(10):
                 while pid is None:
                     await asyncio.sleep(0.01)
-                    pid = await locker.fetchval(
+                    pid = await watcher.fetchval(
                         "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
                         " AND wait_event_type = 'Lock' AND query LIKE '%FROM payments%'"
                     )
             await terminate(pid)
     finally:
+        await watcher.close()
         await locker.close()
     (answer,) = await answers_of([task])
 
