@@ -64,7 +64,7 @@ from orders.ledger import Ledger, Receipt, insert_receipt, set_receipt_outcome
 from orders.ledger import order_row as _order_row
 from orders.ledger import order_values as _order_values
 from orders.metrics import Metrics
-from orders.models import events_table, payments_table, refunds_table, utcnow
+from orders.models import payments_table, refunds_table, utcnow
 from orders.payments import (
     LIVE,
     PAID,
@@ -627,24 +627,18 @@ class Settlement:
                         ledger, actor=actor, tax_rate_bp=self.receipt_tax_rate_bp
                     )
             else:
-                await conn.execute(
-                    insert(events_table),
-                    {
-                        "order_id": ledger.order.id,
-                        "kind": PAYMENT_OBSERVATION,
-                        "from_status": current.value,
-                        "to_status": state.status.value,
-                        "source": actor.source,
-                        "actor": actor.name,
-                        "data": {
-                            "payment_id": payment_id,
-                            "verdict": verdict,
-                            "reason": refused or decision.reason,
-                            "evidence": evidence.name.lower(),
-                            "gateway_status": state.gateway_status,
-                        },
-                        "created_at": now,
-                        "published_at": now,
+                await ledger.observe(
+                    kind=PAYMENT_OBSERVATION,
+                    from_status=current.value,
+                    to_status=state.status.value,
+                    actor=actor,
+                    now=now,
+                    data={
+                        "payment_id": payment_id,
+                        "verdict": verdict,
+                        "reason": refused or decision.reason,
+                        "evidence": evidence.name.lower(),
+                        "gateway_status": state.gateway_status,
                     },
                 )
             if receipt_id is not None:
