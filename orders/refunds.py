@@ -647,8 +647,12 @@ class Refunds:
         refund_state = event.refund
         refund_id: str | None = None
         if refund_state is not None:
+            # Our own reference as the adapter read it off the event (the typed field every
+            # adapter fills), else the one in the refund's state.
             refund_id = await self._refund_for(
-                event.gateway, refund_state.reference, refund_state.refund_ref
+                event.gateway,
+                event.refund_reference or refund_state.reference,
+                refund_state.refund_ref,
             )
         elif event.state is not None and event.ref:
             # PhonePe v1 calls back about a refund as about a payment, under the refund's id.
