@@ -323,7 +323,15 @@ _GC_NOT_COMMITTED = (
     "equivalent: `_NotCommitted` never leaves the module and its own message is never read — "
     "`_run` catches it and raises or returns its `cause`."
 )
+_GC_STATEMENT_TEXT = (
+    "equivalent: a StatementFailed's message only reaches the log; the answer is the fixed "
+    "503 `database_unavailable` (`handle_database_error`), which the tests check."
+)
 _EQ_GROUPCOMMIT: dict[str, str] = {
+    "orders.groupcommit.x__read__mutmut_53": _GC_STATEMENT_TEXT,
+    "orders.groupcommit.x__read__mutmut_54": _GC_STATEMENT_TEXT,
+    "orders.groupcommit.x__write__mutmut_73": _GC_STATEMENT_TEXT,
+    "orders.groupcommit.x__write__mutmut_74": _GC_STATEMENT_TEXT,
     "orders.groupcommit.xǁ_NotCommittedǁ__init____mutmut_1": _GC_NOT_COMMITTED,
     "orders.groupcommit.xǁ_NotCommittedǁ__init____mutmut_2": _GC_NOT_COMMITTED,
     _GC + "__init____mutmut_1": _GC_DEFAULT,
