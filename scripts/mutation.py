@@ -328,6 +328,10 @@ _GC_STATEMENT_TEXT = (
     "503 `database_unavailable` (`handle_database_error`), which the tests check."
 )
 _EQ_GROUPCOMMIT: dict[str, str] = {
+    "orders.groupcommit.x_apply_changes__mutmut_4": (
+        "equivalent: `seqs` is read only for the applied changes, and when there is one "
+        "`_write` has replaced the initial value."
+    ),
     "orders.groupcommit.x__read__mutmut_53": _GC_STATEMENT_TEXT,
     "orders.groupcommit.x__read__mutmut_54": _GC_STATEMENT_TEXT,
     "orders.groupcommit.x__write__mutmut_73": _GC_STATEMENT_TEXT,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from datetime import datetime
 from typing import Any
 
 import asyncpg
@@ -335,12 +336,20 @@ async def test_two_changes_of_one_order_in_one_batch_apply_in_queue_order(
     hooks = HoldFirstBatch()
     service = await start_service(hooks=hooks, group_commit_lanes=1)
     order_id = await create(service, "cust-0")
+    created = await service.http.get(f"/api/orders/{order_id}", headers=auth(POS))
 
     tasks = await queue_in_order(service, hooks, [(order_id, "PREPARING"), (order_id, "READY")])
     hooks.gate.set()
     first, second = await answers_of(tasks)
 
     assert hooks.commits == [[order_id, order_id]]
+    # Each change stamps the order, and its event is stamped with the same moment.
+    stamps = [created.json()["order"]["updated_at"]]
+    for answer in (first, second):
+        stamps.append(answer.json()["order"]["updated_at"])
+        assert event_of(answer)["at"] == stamps[-1]
+    moments = [datetime.fromisoformat(stamp) for stamp in stamps]
+    assert moments[0] < moments[1] <= moments[2]
     # The second change is checked against, and moves, the order as the first left it.
     assert (event_of(first)["previous_status"], event_of(first)["status"]) == (
         "CONFIRMED",
