@@ -17,6 +17,7 @@ import httpx
 import pytest
 from sqlalchemy import insert, select, text, update
 from sqlalchemy.ext.asyncio import AsyncSession
+from websockets.asyncio.client import connect
 
 from orders.actors import Principal, Role
 from orders.groupcommit import GroupCommit
@@ -27,7 +28,7 @@ from orders.workflow import OrderStatus
 from orders.writes import Actor
 from tests.conftest import PG_DSN, Backend, Service, StartService
 from tests.support.asserts import assert_error
-from tests.support.clients import auth, order_body, token
+from tests.support.clients import auth, order_body, recv_events, recv_json, token
 
 POS = token("till-7", role="pos", store_id="store-1")
 STORE = "store:store-1"
@@ -650,3 +651,25 @@ async def test_a_connection_lost_in_a_changes_statements_answers_503_and_writes_
     assert await statuses(service, [order_id]) == {order_id: "CONFIRMED"}
     # The dead connection was not kept: the retry is applied.
     assert event_of(await move(service, order_id, "PREPARING"))["status"] == "PREPARING"
+
+
+async def test_the_store_receives_each_change_of_a_batch_live_at_its_own_seq(
+    start_service: StartService,
+) -> None:
+    hooks = HoldFirstBatch()
+    service = await start_service(hooks=hooks, group_commit_lanes=1)
+    order_ids = [await create(service, f"cust-{i}") for i in range(3)]
+    async with connect(f"{service.ws_url}?token={POS}") as ws:
+        hello = await recv_json(ws)
+        assert hello["type"] == "hello"
+
+        answers = await batch(service, hooks, order_ids, "PREPARING")
+        live = await recv_events(ws, 3)
+
+    events = [event_of(answers[order_id])["event_id"] for order_id in hooks.queued]
+    seqs = await seqs_of(service, STORE, events)
+    # In queue order, each on the store's stream at the seq the log gave it, with its order.
+    assert [(m["stream"], m["seq"], m["event_id"]) for m in live] == [
+        (STORE, seqs[event_id], event_id) for event_id in events
+    ]
+    assert [m["order"] for m in live] == [answers[o].json()["order"] for o in hooks.queued]
