@@ -673,3 +673,27 @@ async def test_the_store_receives_each_change_of_a_batch_live_at_its_own_seq(
         (STORE, seqs[event_id], event_id) for event_id in events
     ]
     assert [m["order"] for m in live] == [answers[o].json()["order"] for o in hooks.queued]
+
+
+async def test_a_full_lane_does_not_refuse_or_hold_up_the_changes_of_another_lane(
+    start_service: StartService,
+) -> None:
+    hooks = HoldFirstBatch()
+    service = await start_service(hooks=hooks, group_commit_lanes=2, group_commit_max_queued=2)
+    writer = service.services.writer
+    assert writer.lane_of("store-1") == LANE != writer.lane_of("store-4")
+    order_ids = [await create(service, f"cust-{i}") for i in range(2)]
+    other = await create(service, "cust-9", "store-4")
+    hooks.armed = True
+    waiting = [asyncio.create_task(move(service, o, "PREPARING")) for o in order_ids]
+    await hooks.until_queued(2)
+
+    # store-1's lane is full and held; store-4's lane takes its change and applies it.
+    pos4 = token("till-4", role="pos", store_id="store-4")
+    async with asyncio.timeout(15):
+        assert event_of(await move(service, other, "PREPARING", pos4))["status"] == "PREPARING"
+
+    hooks.gate.set()
+    for answer in await answers_of(waiting):
+        assert event_of(answer)["status"] == "PREPARING"
+    assert hooks.commits == [[other], hooks.queued]
