@@ -254,12 +254,16 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
             *,
             relay: bool = False,
             broker: Broker | None = None,
+            owns_broker: bool = False,
             hooks: Hooks = NO_HOOKS,
             **overrides: Any,
         ) -> Service:
             settings = backend.settings(**overrides)
             if broker is None:
                 broker = create_broker(settings.redis_url)
+                owns_broker = True
+            if owns_broker:
+                # Connected here and disconnected after the service has stopped.
                 await broker.connect()
                 stack.push_async_callback(broker.disconnect)
             metrics = Metrics()
