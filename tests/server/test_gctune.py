@@ -61,10 +61,6 @@ class Node:
         self.other: Node | None = None
 
 
-# The thaw and gc.collect() below collect the whole process's frozen garbage, including what
-# earlier tests left behind (CI saw an aiosqlite connection some earlier test never closed,
-# frozen by an app's policy): its "deleted before being closed" warning is not this test's subject.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_what_the_policy_froze_is_freed_by_reference_counting_and_its_thaw_frees_cycles() -> None:
     opened = Opened()
     policy = GcPolicy(opened_total=opened, freeze_after=1, thaw_interval=0.05)
