@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from orders.hooks import Hooks
 from orders.models import Refund, WebhookReceipt
@@ -381,6 +381,18 @@ class RacingCancels(Hooks):
             await self.release.wait()
 
 
+async def _a_lock_is_waited_for(service: Service) -> bool:
+    """Whether some PostgreSQL backend of this database waits for a lock another one holds."""
+    async with service.db.read() as session:
+        waiting = await session.execute(
+            text(
+                "SELECT count(*) FROM pg_stat_activity"
+                " WHERE datname = current_database() AND wait_event_type = 'Lock'"
+            )
+        )
+        return bool(waiting.scalar_one())
+
+
 async def test_two_cancels_racing_create_one_refund(
     start_service: StartService, sandbox: Sandbox
 ) -> None:
@@ -398,7 +410,16 @@ async def test_two_cancels_racing_create_one_refund(
     second = asyncio.create_task(cancel(POS1))
     async with asyncio.timeout(10):
         await hooks.second_arrived.wait()
-    await asyncio.sleep(0.2)  # the second is now waiting for the order's lock
+    if service.db.dialect == "postgresql":
+        # Deterministic: the second's lock request on the order row is queued, not granted.
+        async with asyncio.timeout(10):
+            while not await _a_lock_is_waited_for(service):
+                await asyncio.sleep(0.02)
+    else:
+        # SQLite's writer lock wait cannot be seen from outside. The outcome checked below holds
+        # in every interleaving (the first cancels, the second finds it cancelled); this pause
+        # only makes the second likely to be waiting when the first lets go.
+        await asyncio.sleep(0.2)
     hooks.release.set()
     answers = sorted([(await first).status_code, (await second).status_code])
     assert answers == [200, 409]
