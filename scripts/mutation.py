@@ -143,6 +143,7 @@ TARGETS: tuple[Target, ...] = (
             "tests/server/test_api_pos.py",
             "tests/server/test_prune.py",
             "tests/reconciler/test_relay.py",
+            "tests/server/test_streams.py",
         ),
     ),
     Target(
