@@ -25,6 +25,7 @@ from orders.streams import (
     event_id_at,
     event_ids_at,
     events_after,
+    new_epoch,
     open_orders,
     open_orders_of,
     position_problem,
@@ -32,6 +33,7 @@ from orders.streams import (
     read_head,
     read_heads,
     resume_problem,
+    streams_of,
 )
 from tests.conftest import Backend
 
@@ -164,6 +166,21 @@ async def event_ids(db: Database) -> set[int]:
 
 
 # -- seq allocation ---------------------------------------------------------------------------
+
+
+def test_an_order_is_on_its_store_stream_and_its_customers_in_lock_order() -> None:
+    order = Order(**order_values("o1", "zed", "abc", "CONFIRMED", NOW))
+    assert streams_of(order) == ["customer:zed", "store:abc"]
+    order = Order(**order_values("o1", "abc", "zed", "CONFIRMED", NOW))
+    assert streams_of(order) == ["customer:abc", "store:zed"]
+    walk_in = Order(**order_values("o2", None, "abc", "CONFIRMED", NOW))
+    assert streams_of(walk_in) == ["store:abc"]
+
+
+def test_every_epoch_is_new() -> None:
+    epochs = {new_epoch() for _ in range(100)}
+    assert len(epochs) == 100
+    assert all(EPOCH.fullmatch(epoch) for epoch in epochs)
 
 
 async def test_each_stream_of_an_append_gets_its_next_seq_and_the_answer_keeps_the_given_order(
