@@ -13,7 +13,8 @@ from collections.abc import AsyncIterator, Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
-from sqlalchemy import insert, select, update
+from sqlalchemy import insert, select, text, update
+from sqlalchemy.ext.asyncio import AsyncSession
 
 from orders.db import Database, migrate
 from orders.models import Event, Order, Stream, StreamEvent
@@ -141,6 +142,16 @@ async def log(db: Database, stream: str, seqs: Iterable[int], *, first_id: int) 
             update(Stream).where(Stream.name == stream).values(head_seq=max(by_seq))
         )
     return by_seq
+
+
+async def scramble_unordered_reads(session: AsyncSession) -> None:
+    """Make this session's reads without an ORDER BY come back in another order than an
+    index would give: SQLite reverses them, PostgreSQL reads the table in insertion order."""
+    if session.get_bind().dialect.name == "sqlite":
+        await session.execute(text("PRAGMA reverse_unordered_selects = ON"))
+    else:
+        for setting in ("enable_indexscan", "enable_indexonlyscan", "enable_bitmapscan"):
+            await session.execute(text(f"SET LOCAL {setting} = off"))
 
 
 async def positions(db: Database) -> dict[tuple[str, int], int]:
@@ -377,12 +388,14 @@ async def test_event_ids_at_finds_every_held_position_past_its_chunks(db: Databa
 async def test_events_after_gives_the_seqs_after_a_position_up_to_a_bound_in_seq_order(
     db: Database,
 ) -> None:
-    # Inserted out of seq order: the order must come from the query, not the table.
+    # Inserted out of seq order, and read with the primary key's order taken away from an
+    # unordered read: the seq order must come from the query itself.
     a = await log(db, "customer:a", [4, 2, 5, 1, 3], first_id=1)
     await log(db, "customer:b", [3, 1, 2], first_id=100)
 
     async def read(after: int, **kwargs: int) -> list[tuple[int, int]]:
         async with db.read() as session:
+            await scramble_unordered_reads(session)
             rows = await events_after(session, "customer:a", after, **kwargs)
         assert all(type(seq) is int for seq, _ in rows)
         return [(seq, int(event.id)) for seq, event in rows]
@@ -444,22 +457,38 @@ async def test_resume_problem_takes_a_position_it_cannot_check_because_it_was_pr
 
 
 async def open_fixture(db: Database) -> None:
-    """Orders of customers a and b at stores s1 and s2, some of them finished."""
+    """Orders of customers a, b and ``x:y`` at stores s1, s2 and ``s:3``, some finished.
+
+    o03 and o04 were placed at the same moment (newest first is then by id) and o03 goes in
+    first and sorts first by status, so an order that forgot the id would put it first."""
     t = NOW
     for order_id, customer, store, status, created_at in [
-        ("o1", "a", "s1", "CONFIRMED", t),
-        ("o2", "a", "s1", "DELIVERED", t + timedelta(minutes=1)),
-        ("o3", "a", "s2", "PREPARING", t + timedelta(minutes=2)),
-        ("o4", "a", "s1", "PENDING_PAYMENT", t + timedelta(minutes=2)),  # same time: by id
-        ("o5", "b", "s1", "READY", t + timedelta(minutes=3)),
-        ("o6", "b", "s1", "CANCELLED", t + timedelta(minutes=4)),
-        ("o7", None, "s1", "OUT_FOR_DELIVERY", t + timedelta(minutes=5)),  # a walk-in
-        ("o8", "a", "s2", "EXPIRED", t + timedelta(minutes=6)),
-        ("o9", "a", "s2", "CONFIRMED", t - timedelta(minutes=1)),
+        ("o01", "a", "s1", "CONFIRMED", t),
+        ("o02", "a", "s1", "DELIVERED", t + timedelta(minutes=1)),
+        ("o03", "a", "s1", "CONFIRMED", t + timedelta(minutes=2)),
+        ("o04", "a", "s1", "PREPARING", t + timedelta(minutes=2)),
+        ("o05", "b", "s1", "READY", t + timedelta(minutes=3)),
+        ("o06", "b", "s1", "CANCELLED", t + timedelta(minutes=4)),
+        ("o07", None, "s1", "OUT_FOR_DELIVERY", t + timedelta(minutes=5)),  # a walk-in
+        ("o08", "a", "s2", "EXPIRED", t + timedelta(minutes=6)),
+        ("o09", "a", "s2", "CONFIRMED", t - timedelta(minutes=1)),
+        ("o10", "x:y", "s:3", "PENDING_PAYMENT", t),  # ids with a colon of their own
     ]:
         await add_order(
             db, order_id, customer=customer, store=store, status=status, created_at=created_at
         )
+
+
+OPEN = {
+    "customer:a": ["o04", "o03", "o01", "o09"],
+    "customer:b": ["o05"],
+    "customer:x:y": ["o10"],
+    "store:s1": ["o07", "o05", "o04", "o03", "o01"],
+    "store:s2": ["o09"],
+    "store:s:3": ["o10"],
+    "customer:z": [],
+    "store:z": [],
+}
 
 
 async def test_open_orders_are_a_streams_unfinished_orders_newest_first(db: Database) -> None:
@@ -469,11 +498,9 @@ async def test_open_orders_are_a_streams_unfinished_orders_newest_first(db: Data
         async with db.read() as session:
             return [o.id for o in await open_orders(session, stream, limit=limit)]
 
-    assert await ids("customer:a", 10) == ["o4", "o3", "o1", "o9"]
-    assert await ids("customer:a", 2) == ["o4", "o3"]
-    assert await ids("customer:b", 10) == ["o5"]
-    assert await ids("store:s1", 10) == ["o7", "o5", "o4", "o1"]
-    assert await ids("store:s2", 10) == ["o3", "o9"]
+    for stream, expected in OPEN.items():
+        assert await ids(stream, 10) == expected, stream
+        assert await ids(stream, 2) == expected[:2], stream
     assert await ids("customer:s1", 10) == []
     assert await ids("store:a", 10) == []
 
@@ -482,43 +509,21 @@ async def test_open_orders_of_many_streams_bounds_each_at_the_limit_newest_first
     db: Database,
 ) -> None:
     await open_fixture(db)
-    streams = ["customer:a", "customer:b", "store:s1", "store:s2", "customer:z", "store:z"]
 
     async def ids(limit: int) -> dict[str, list[str]]:
         async with db.read() as session:
-            found = await open_orders_of(session, iter(streams), limit=limit)
+            found = await open_orders_of(session, iter(OPEN), limit=limit)
         return {stream: [o.id for o in orders] for stream, orders in found.items()}
 
-    assert await ids(10) == {
-        "customer:a": ["o4", "o3", "o1", "o9"],
-        "customer:b": ["o5"],
-        "store:s1": ["o7", "o5", "o4", "o1"],
-        "store:s2": ["o3", "o9"],
-        "customer:z": [],
-        "store:z": [],
-    }
-    assert await ids(2) == {
-        "customer:a": ["o4", "o3"],
-        "customer:b": ["o5"],
-        "store:s1": ["o7", "o5"],
-        "store:s2": ["o3", "o9"],
-        "customer:z": [],
-        "store:z": [],
-    }
-    assert await ids(1) == {
-        "customer:a": ["o4"],
-        "customer:b": ["o5"],
-        "store:s1": ["o7"],
-        "store:s2": ["o3"],
-        "customer:z": [],
-        "store:z": [],
-    }
-    assert await ids(0) == {stream: [] for stream in streams}
+    for limit in (10, 3, 2, 1, 0):
+        assert await ids(limit) == {
+            stream: expected[:limit] for stream, expected in OPEN.items()
+        }, limit
     async with db.read() as session:
         assert await open_orders_of(session, [], limit=5) == {}
         only_customers = await open_orders_of(session, ["customer:b"], limit=5)
     assert {s: [o.id for o in orders] for s, orders in only_customers.items()} == {
-        "customer:b": ["o5"]
+        "customer:b": ["o05"]
     }
 
 
@@ -561,7 +566,9 @@ async def test_prune_deletes_at_most_a_batch_of_the_oldest_events_by_id_in_chunk
     await add_order(db, "o1")
     written = [await write(db, ["customer:c", "store:s"]) for _ in range(5)]
     ids = [event for event, _ in written]
-    await stamp(db, {i: timedelta(days=40) for i in ids})
+    # Stamped newest first: on PostgreSQL the rows then lie newest first in the table, so
+    # only the ORDER BY makes a prune take the oldest.
+    await stamp(db, {i: timedelta(days=40) for i in reversed(ids)})
     before = NOW - timedelta(days=30)
     assert await prune(db, before, batch=3, chunk=2) == 3
     assert await event_ids(db) == set(ids[3:])
@@ -631,3 +638,11 @@ async def test_prune_never_lowers_a_pruned_seq_an_interrupted_prune_already_rais
     assert await prune(db, NOW - timedelta(days=30)) == 2
     assert (await heads(db))["customer:c"][:2] == (4, 3)
     assert await positions(db) == {("customer:c", 3): ids[2], ("customer:c", 4): ids[3]}
+
+
+async def test_prune_deletes_at_most_a_thousand_events_by_default(db: Database) -> None:
+    at = await log(db, "customer:c", range(1, 1002), first_id=1)
+    assert await prune(db, NOW + timedelta(days=1)) == 1000
+    assert await event_ids(db) == {at[1001]}
+    assert await positions(db) == {("customer:c", 1001): at[1001]}
+    assert (await heads(db))["customer:c"][:2] == (1001, 1000)
