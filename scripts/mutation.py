@@ -310,6 +310,11 @@ _ST_OVERLAP = (
     "equivalent: chunks of 501 at steps of 500 overlap by one name, which is read (or inserted "
     "and skipped on conflict) twice with the same outcome."
 )
+_ST_STEP_ONE = (
+    "equivalent: a step of 1 instead of 500 starts a 500-name chunk at every name, so every "
+    "name is still covered, the overlaps read again or skipped on conflict: the same outcome "
+    "in many more statements."
+)
 _ST_ON_CONFLICT_ANY = (
     "equivalent: `ON CONFLICT DO NOTHING` without a target skips any unique violation, and the "
     "streams table has one unique key only, its primary key `name`."
@@ -352,7 +357,10 @@ _EQ_STREAMS: dict[str, str] = {
         "equivalent: `pruned_seq` left out takes its column default, 0."
     ),
     _ST + "ensure_streams__mutmut_16": _ST_ON_CONFLICT_ANY,
+    _ST + "ensure_streams__mutmut_12": _ST_STEP_ONE,
     _ST + "ensure_streams__mutmut_30": _ST_OVERLAP,
+    _ST + "event_ids_at__mutmut_11": _ST_STEP_ONE,
+    _ST + "read_heads__mutmut_9": _ST_STEP_ONE,
     _ST + "event_id_at__mutmut_1": _ST_NO_SEQ_ZERO,
     _ST + "event_ids_at__mutmut_3": _ST_NO_SEQ_ZERO,
     _ST + "event_ids_at__mutmut_29": _ST_OVERLAP,
