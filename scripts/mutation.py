@@ -147,6 +147,7 @@ TARGETS: tuple[Target, ...] = (
             "tests/server/test_api_pos.py",
             "tests/server/test_prune.py",
             "tests/reconciler/test_relay.py",
+            "tests/server/test_streams.py",
         ),
     ),
     Target(
@@ -382,7 +383,99 @@ _EQ_GROUPCOMMIT: dict[str, str] = {
         "never has anything to catch."
     ),
 }
-_EQ_STREAMS: dict[str, str] = {}
+_ST = "orders.streams.x_"
+_ST_SQL_CASE = (
+    "equivalent: only the case of SQL keywords and unquoted identifiers changes, which both "
+    "PostgreSQL (folding them to lower case) and SQLite read the same."
+)
+_ST_NO_SEQ_ZERO = (
+    "equivalent: seq 0 is the position before a stream's first event (seqs start at 1), so no "
+    "row is ever there and asking for it finds nothing either way."
+)
+_ST_OVERLAP = (
+    "equivalent: chunks of 501 at steps of 500 overlap by one name, which is read (or inserted "
+    "and skipped on conflict) twice with the same outcome."
+)
+_ST_STEP_ONE = (
+    "equivalent: a step of 1 instead of 500 starts a 500-name chunk at every name, so every "
+    "name is still covered, the overlaps read again or skipped on conflict: the same outcome "
+    "in many more statements."
+)
+_ST_ON_CONFLICT_ANY = (
+    "equivalent: `ON CONFLICT DO NOTHING` without a target skips any unique violation, and the "
+    "streams table has one unique key only, its primary key `name`."
+)
+_EQ_STREAMS: dict[str, str] = {
+    _ST + "_append_statements__mutmut_10": _ST_SQL_CASE,
+    _ST + "_append_statements__mutmut_11": _ST_SQL_CASE,
+    _ST + "_append_statements__mutmut_13": _ST_SQL_CASE,
+    _ST + "_upsert_sql__mutmut_6": _ST_SQL_CASE,
+    _ST + "_upsert_sql__mutmut_7": _ST_SQL_CASE,
+    _ST + "_upsert_sql__mutmut_9": _ST_SQL_CASE,
+    _ST + "_upsert_sql__mutmut_10": _ST_SQL_CASE
+    + " (The CTE's columns are read back lower case on PostgreSQL, by position on SQLite.)",
+    _ST + "_insert__mutmut_2": (
+        "equivalent: PostgreSQL's `Insert` compiles to the same `INSERT ... ON CONFLICT (name) "
+        "DO NOTHING` on SQLite (SQLite's on PostgreSQL does not, and that mutant is killed)."
+    ),
+    _ST + "append_to_streams__mutmut_2": (
+        "equivalent: a missed statement cache builds the same statements for this call."
+    ),
+    _ST + "append_to_streams__mutmut_14": (
+        "equivalent: PostgreSQL takes SQLite's two statements (upsert, then the positions), "
+        "plain SQL it speaks as well: the same seqs, rows and row locks held to commit, one "
+        "round trip more."
+    ),
+    _ST + "append_to_streams__mutmut_15": "equivalent: as `append_to_streams__mutmut_14`.",
+    _ST + "ensure_stream__mutmut_1": (
+        "equivalent: without the first read every call inserts with `ON CONFLICT DO NOTHING`, "
+        "which leaves an existing stream as it is, and the read after it returns the same head."
+    ),
+    _ST + "ensure_stream__mutmut_3": (
+        "equivalent: the first read looks for `name IS NULL`, finds nothing, and the call goes "
+        "the way of `ensure_stream__mutmut_1`."
+    ),
+    _ST + "ensure_stream__mutmut_10": _ST_ON_CONFLICT_ANY,
+    _ST + "ensure_stream__mutmut_16": (
+        "equivalent: `head_seq` left out takes its column default, 0."
+    ),
+    _ST + "ensure_stream__mutmut_18": (
+        "equivalent: `pruned_seq` left out takes its column default, 0."
+    ),
+    _ST + "ensure_streams__mutmut_16": _ST_ON_CONFLICT_ANY,
+    _ST + "ensure_streams__mutmut_12": _ST_STEP_ONE,
+    _ST + "ensure_streams__mutmut_30": _ST_OVERLAP,
+    _ST + "event_ids_at__mutmut_11": _ST_STEP_ONE,
+    _ST + "read_heads__mutmut_9": _ST_STEP_ONE,
+    _ST + "event_id_at__mutmut_1": _ST_NO_SEQ_ZERO,
+    _ST + "event_ids_at__mutmut_3": _ST_NO_SEQ_ZERO,
+    _ST + "event_ids_at__mutmut_29": _ST_OVERLAP,
+    _ST + "read_heads__mutmut_14": _ST_OVERLAP,
+    _ST + "open_orders_of__mutmut_18": (
+        "equivalent: the kind's label is only ever compared with `customer`, so any other "
+        "label for a store stream means the store column all the same."
+    ),
+    _ST + "open_orders_of__mutmut_19": "equivalent: as `open_orders_of__mutmut_18`.",
+    _ST + "open_orders_of__mutmut_21": (
+        "equivalent: with a limit of 0 the query runs and ranks nothing at or below 0, so every "
+        "stream's list stays empty, as the early return leaves it."
+    ),
+    _ST + "open_orders_of__mutmut_24": (
+        "equivalent: `break` for `continue` on a kind with no keys, which cannot happen: a kind "
+        "is only added with a key."
+    ),
+    _ST + "prune__mutmut_2": (
+        "equivalent: the default chunk only sets how many events each round takes; the batch's "
+        "oldest events by id go either way, and each stream's final cut is the same."
+    ),
+    _ST + "prune__mutmut_5": (
+        "equivalent: once the batch is full the extra round asks for `LIMIT 0`, finds nothing "
+        "and stops, as the loop's own condition would."
+    ),
+    _ST + "prune__mutmut_43": (
+        "equivalent: raising `pruned_seq` when it already equals the cut writes the same value."
+    ),
+}
 _EQ_HUB: dict[str, str] = {
     "server.hub.xǁHubǁ_backfill__mutmut_15": (
         "equivalent: without a limit the first read takes the whole backlog at once; the "
