@@ -6,15 +6,25 @@ message, so "nothing else came" is decided by an arrival, not by a silence windo
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Sequence
+from contextlib import AbstractAsyncContextManager
+
 import orjson
+import pytest
 from sqlalchemy import delete
 from websockets.asyncio.client import connect
 
+from channels import Broker, Gap, create_broker
+from channels.base import SubscriptionLike
+from orders.hooks import Hooks
 from orders.models import StreamEvent
 from orders.streams import customer_stream
 from orders.workflow import OrderStatus
+from orders.writes import Actor, change_order_status
 from server import protocol
-from tests.conftest import Service, StartService
+from tests.conftest import Backend, Service, StartService
 from tests.support.clients import auth, order_body, recv_events, recv_json, token
 from tests.support.writes import write_without_publishing
 
@@ -106,3 +116,122 @@ async def test_a_lost_tail_of_the_log_found_by_the_safety_poll_ends_in_a_reset(
         assert reset["type"] == "reset" and reset["head_seq"] == 2
     assert sample(service, "ws_backfills_total", reason="poll") >= 1
     assert sample(service, "ws_unfillable_gaps_total", cause="hole", outcome="reset") == 1
+
+
+class TrackingBroker:
+    """The real broker, remembering each subscription in the order the hub made them, so a
+    test can gap one socket's subscription alone (what a lost delivery to it looks like)."""
+
+    def __init__(self, inner: Broker) -> None:
+        self.inner = inner
+        self.subscriptions: list[SubscriptionLike] = []
+
+    @property
+    def connected(self) -> bool:
+        return self.inner.connected
+
+    async def connect(self) -> None:
+        await self.inner.connect()
+
+    async def disconnect(self) -> None:
+        await self.inner.disconnect()
+
+    async def publish(self, channel: str, data: str) -> None:
+        await self.inner.publish(channel, data)
+
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        await self.inner.publish_many(messages)
+
+    def subscribe(
+        self, *channels: str, maxsize: int = 256
+    ) -> AbstractAsyncContextManager[SubscriptionLike]:
+        return self._tracked(self.inner.subscribe(*channels, maxsize=maxsize))
+
+    @contextlib.asynccontextmanager
+    async def _tracked(
+        self, subscription: AbstractAsyncContextManager[SubscriptionLike]
+    ) -> AsyncIterator[SubscriptionLike]:
+        async with subscription as sub:
+            self.subscriptions.append(sub)
+            yield sub
+
+    def of(self, channel: str) -> list[SubscriptionLike]:
+        return [sub for sub in self.subscriptions if channel in sub.channels]
+
+
+class SlotHolder(Hooks):
+    """Holds the backlog read of ``stream`` inside its database slot (the hub's only one with
+    ``db_pool_size=1``) until released: every other hub read, a pong's head read too, waits."""
+
+    def __init__(self, stream: str) -> None:
+        self.stream = stream
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def before_stream_read(self, kind: str, streams: Sequence[str]) -> None:
+        if kind == "events" and list(streams) == [self.stream]:
+            self.holding.set()
+            await asyncio.wait_for(self.release.wait(), 30)
+
+
+@pytest.fixture
+async def tracking_broker(backend: Backend) -> AsyncIterator[TrackingBroker]:
+    """Asked for before ``start_service``, so it is disconnected after the app has stopped."""
+    inner = create_broker(backend.settings().redis_url)
+    await inner.connect()
+    try:
+        yield TrackingBroker(inner)
+    finally:
+        await inner.disconnect()
+
+
+async def test_a_pong_answered_from_memory_reports_the_heads_other_sockets_of_the_stream_saw(
+    tracking_broker: TrackingBroker, start_service: StartService
+) -> None:
+    # Two sockets of one stream: what one of them learnt of the stream's head (from its
+    # backfill, then from a live message) is what a pong to the other reports while the
+    # database cannot answer, so the other learns it is behind.
+    holder = SlotHolder("customer:hold")
+    broker = tracking_broker
+    try:
+        service = await start_service(
+            broker=broker, hooks=holder, db_pool_size=1, hub_poll_interval=3600
+        )
+        order_id = await place(service, "mem")
+        await place(service, "hold")
+        channel = service.publisher.channel(customer_stream("mem"))
+        async with (
+            connect(f"{service.ws_url}?token={token('mem')}") as a,
+            connect(f"{service.ws_url}?token={token('mem')}") as b,
+        ):
+            assert (await recv_json(a))["head_seq"] == 1
+            assert (await recv_json(b))["head_seq"] == 1
+            first, _ = broker.of(channel)  # a's subscription, then b's
+            await write_without_publishing(service, order_id, OrderStatus.PREPARING)
+            await write_without_publishing(service, order_id, OrderStatus.READY)
+            first.put_gap(Gap("reconnected"))  # only a repairs: it reads the head, 3
+            assert [e["seq"] for e in await recv_events(a, 2)] == [2, 3]
+            # Another stream's resume reads its backlog and holds the hub's one database slot.
+            async with connect(f"{service.ws_url}?token={token('hold')}&since=0") as c:
+                await asyncio.wait_for(holder.holding.wait(), 10)
+                await b.send('{"type": "ping"}')  # its head read waits: answered from memory
+                assert await recv_json(b) == {"type": "pong", "head_seq": 3}
+                # Seq 4 arrives live: a sends it and remembers it; b's repair (the pong poked
+                # it) waits for the slot, so only a's write loop has seen seq 4.
+                await change_order_status(
+                    service.db,
+                    service.publisher,
+                    service.metrics,
+                    order_id=order_id,
+                    to=OrderStatus.OUT_FOR_DELIVERY,
+                    actor=Actor.system(),
+                )
+                assert [e["seq"] for e in await recv_events(a, 1)] == [4]
+                await b.send('{"type": "ping"}')  # the same head read, still waiting
+                assert await recv_json(b) == {"type": "pong", "head_seq": 4}
+                holder.release.set()
+                assert (await recv_json(c))["head_seq"] == 1
+                assert [e["seq"] for e in await recv_events(c, 1)] == [1]
+                assert [e["seq"] for e in await recv_events(b, 3)] == [2, 3, 4]
+    finally:
+        holder.release.set()
