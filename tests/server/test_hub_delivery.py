@@ -235,3 +235,58 @@ async def test_a_pong_answered_from_memory_reports_the_heads_other_sockets_of_th
                 assert [e["seq"] for e in await recv_events(b, 3)] == [2, 3, 4]
     finally:
         holder.release.set()
+
+
+async def test_a_pong_from_memory_knows_a_streams_first_event_and_never_goes_back(
+    tracking_broker: TrackingBroker, start_service: StartService
+) -> None:
+    # A stream at seq 0 has no remembered head until its first event; a late copy of an older
+    # event must not take the remembered head back. Both show in a pong answered from memory
+    # to a socket of the stream whose own repair waits for the database.
+    holder = SlotHolder("customer:hold2")
+    broker = tracking_broker
+    try:
+        service = await start_service(
+            broker=broker, hooks=holder, db_pool_size=1, hub_poll_interval=3600
+        )
+        await place(service, "hold2")
+        channel = service.publisher.channel(customer_stream("new"))
+        async with (
+            connect(f"{service.ws_url}?token={token('new')}") as a,
+            connect(f"{service.ws_url}?token={token('new')}") as b,
+        ):
+            assert (await recv_json(a))["head_seq"] == 0
+            assert (await recv_json(b))["head_seq"] == 0
+            _, second = broker.of(channel)  # a's subscription, then b's
+            async with connect(f"{service.ws_url}?token={token('hold2')}&since=0") as c:
+                await asyncio.wait_for(holder.holding.wait(), 10)
+                second.put_gap(Gap("reconnected"))  # b's repair now waits for the slot
+                order_id = await place(service, "new")  # seq 1, live: only a's loop sees it
+                (created,) = await recv_events(a, 1)
+                assert created["seq"] == 1
+                await b.send('{"type": "ping"}')
+                assert await recv_json(b) == {"type": "pong", "head_seq": 1}
+                await change_order_status(
+                    service.db,
+                    service.publisher,
+                    service.metrics,
+                    order_id=order_id,
+                    to=OrderStatus.PREPARING,
+                    actor=Actor.system(),
+                )
+                assert [e["seq"] for e in await recv_events(a, 1)] == [2]
+                dropped = sample(service, "ws_duplicates_dropped_total")
+                await service.broker.publish(
+                    channel, protocol.pack(1, orjson.dumps(created).decode())
+                )
+                # a drops the late copy of seq 1 (b's loop is still in its repair).
+                async with asyncio.timeout(10):
+                    while sample(service, "ws_duplicates_dropped_total") == dropped:
+                        await asyncio.sleep(0.01)
+                await b.send('{"type": "ping"}')
+                assert await recv_json(b) == {"type": "pong", "head_seq": 2}
+                holder.release.set()
+                assert [e["seq"] for e in await recv_events(c, 1)] == [1]
+                assert [e["seq"] for e in await recv_events(b, 2)] == [1, 2]
+    finally:
+        holder.release.set()
