@@ -153,6 +153,8 @@ TARGETS: tuple[Target, ...] = (
             "tests/server/test_hub_gaps.py",
             "tests/server/test_hub_delivery.py",
             "tests/server/test_ws_protocol.py",
+            # A resume's check of the client's last event (a restored log reusing seqs).
+            "tests/server/test_restore.py",
         ),
         # The delivery loop: hello/replay, backfill, a reset for a hole the log cannot fill, the
         # write loop, and the poller's pokes.
