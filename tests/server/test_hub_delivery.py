@@ -48,6 +48,13 @@ def sample(service: Service, name: str, **labels: str) -> float:
     return service.metrics.registry.get_sample_value(name, labels) or 0.0
 
 
+async def counted(service: Service, name: str, value: float) -> None:
+    """Wait until the hub's counter ``name`` reaches ``value`` (what it does last for a step)."""
+    async with asyncio.timeout(10):
+        while sample(service, name) < value:
+            await asyncio.sleep(0.01)
+
+
 async def test_a_malformed_broker_message_is_dropped_and_delivery_goes_on(
     service: Service,
 ) -> None:
@@ -280,9 +287,7 @@ async def test_a_pong_from_memory_knows_a_streams_first_event_and_never_goes_bac
                     channel, protocol.pack(1, orjson.dumps(created).decode())
                 )
                 # a drops the late copy of seq 1 (b's loop is still in its repair).
-                async with asyncio.timeout(10):
-                    while sample(service, "ws_duplicates_dropped_total") == dropped:
-                        await asyncio.sleep(0.01)
+                await counted(service, "ws_duplicates_dropped_total", dropped + 1)
                 await b.send('{"type": "ping"}')
                 assert await recv_json(b) == {"type": "pong", "head_seq": 2}
                 holder.release.set()
@@ -290,3 +295,28 @@ async def test_a_pong_from_memory_knows_a_streams_first_event_and_never_goes_bac
                 assert [e["seq"] for e in await recv_events(b, 2)] == [1, 2]
     finally:
         holder.release.set()
+
+
+async def test_a_poll_pokes_exactly_the_sockets_behind_on_the_streams_it_is_asked_for(
+    start_service: StartService,
+) -> None:
+    # What the poller does while one shard of a cluster is not delivering: it polls only the
+    # streams that shard carries, and pokes only the sockets those heads show behind.
+    service = await start_service(hub_poll_interval=3600)
+    hub = service.services.hub
+    assert await hub.poll_heads() == 0  # no socket, nothing to read
+    x_order, y_order = await place(service, "px"), await place(service, "py")
+    async with (
+        connect(f"{service.ws_url}?token={token('px')}") as x,
+        connect(f"{service.ws_url}?token={token('py')}") as y,
+    ):
+        assert (await recv_json(x))["head_seq"] == (await recv_json(y))["head_seq"] == 1
+        await write_without_publishing(service, x_order, OrderStatus.PREPARING)
+        await write_without_publishing(service, y_order, OrderStatus.PREPARING)
+        assert await hub.poll_heads(lambda stream: stream == "customer:px") == 1
+        assert [e["seq"] for e in await recv_events(x, 1)] == [2]
+        # x has caught up (its cursor moved: counted right after): only y is behind now.
+        await counted(service, "ws_backfilled_events_total", 1)
+        assert await hub.poll_heads() == 1
+        assert [e["seq"] for e in await recv_events(y, 1)] == [2]
+    assert sample(service, "ws_backfills_total", reason="poll") == 2
