@@ -25,7 +25,7 @@ from orders.workflow import OrderStatus
 from orders.writes import Actor, change_order_status
 from server import protocol
 from tests.conftest import Backend, Service, StartService
-from tests.support.clients import auth, order_body, recv_events, recv_json, token
+from tests.support.clients import auth, expect_close, order_body, recv_events, recv_json, token
 from tests.support.writes import write_without_publishing
 
 POS = token("pos-d", role="pos", store_id="store-1")
@@ -121,6 +121,7 @@ async def test_a_lost_tail_of_the_log_found_by_the_safety_poll_ends_in_a_reset(
             )
         reset = await recv_json(ws, timeout=10)
         assert reset["type"] == "reset" and reset["head_seq"] == 2
+        assert reset["stream"] == "customer:tail"
     assert sample(service, "ws_backfills_total", reason="poll") >= 1
     assert sample(service, "ws_unfillable_gaps_total", cause="hole", outcome="reset") == 1
 
@@ -320,3 +321,38 @@ async def test_a_poll_pokes_exactly_the_sockets_behind_on_the_streams_it_is_aske
         assert await hub.poll_heads() == 1
         assert [e["seq"] for e in await recv_events(y, 1)] == [2]
     assert sample(service, "ws_backfills_total", reason="poll") == 2
+
+
+class FailingSnapshot(Hooks):
+    """Once armed, the next snapshot read fails, as a database that went away would."""
+
+    def __init__(self) -> None:
+        self.armed = False
+
+    async def before_stream_read(self, kind: str, streams: Sequence[str]) -> None:
+        if kind == "snapshot" and self.armed:
+            self.armed = False
+            raise RuntimeError("injected: the snapshot cannot be read")
+
+
+async def test_a_hole_whose_reset_cannot_be_read_closes_the_socket_1011_and_is_counted(
+    start_service: StartService,
+) -> None:
+    hooks = FailingSnapshot()
+    service = await start_service(hooks=hooks)
+    order_id = await place(service, "fail")
+    async with connect(f"{service.ws_url}?token={token('fail')}") as ws:
+        assert (await recv_json(ws))["head_seq"] == 1
+        await write_without_publishing(service, order_id, OrderStatus.PREPARING)
+        async with service.db.transaction() as session:
+            await session.execute(
+                delete(StreamEvent).where(
+                    StreamEvent.stream == "customer:fail", StreamEvent.seq == 2
+                )
+            )
+        hooks.armed = True
+        await move(service, order_id, "READY")  # seq 3 live: the log has no seq 2
+        assert await expect_close(ws) == 1011
+    unfillable = "ws_unfillable_gaps_total"
+    assert sample(service, unfillable, cause="hole", outcome="close") == 1
+    assert sample(service, unfillable, cause="hole", outcome="reset") == 0
