@@ -19,7 +19,7 @@ from websockets.asyncio.client import connect
 from channels import Broker, Gap, create_broker
 from channels.base import SubscriptionLike
 from orders.hooks import Hooks
-from orders.models import StreamEvent
+from orders.models import Stream, StreamEvent
 from orders.streams import customer_stream
 from orders.workflow import OrderStatus
 from orders.writes import Actor, change_order_status
@@ -356,3 +356,36 @@ async def test_a_hole_whose_reset_cannot_be_read_closes_the_socket_1011_and_is_c
     unfillable = "ws_unfillable_gaps_total"
     assert sample(service, unfillable, cause="hole", outcome="close") == 1
     assert sample(service, unfillable, cause="hole", outcome="reset") == 0
+
+
+async def test_a_socket_reset_onto_a_snapshot_still_notices_when_its_log_is_recreated(
+    start_service: StartService,
+) -> None:
+    # A reset places the socket on the snapshot's epoch; a log recreated after that is
+    # another epoch, whose seqs must not be taken for the continuation of the old one.
+    service = await start_service(hub_poll_interval=3600)
+    first, second = await place(service, "ep"), await place(service, "ep")
+    stream = "customer:ep"
+    async with connect(f"{service.ws_url}?token={token('ep')}") as ws:
+        hello = await recv_json(ws)
+        assert hello["head_seq"] == 2
+        await write_without_publishing(service, first, OrderStatus.PREPARING)
+        async with service.db.transaction() as session:
+            await session.execute(
+                delete(StreamEvent).where(StreamEvent.stream == stream, StreamEvent.seq == 3)
+            )
+        await move(service, first, "READY")  # seq 4 live: seq 3 is a hole
+        reset = await recv_json(ws)
+        assert (reset["type"], reset["head_seq"], reset["epoch"]) == ("reset", 4, hello["epoch"])
+        # The log is recreated (a new epoch) and grows past the socket's position unheard.
+        async with service.db.transaction() as session:
+            await session.execute(delete(StreamEvent).where(StreamEvent.stream == stream))
+            await session.execute(delete(Stream).where(Stream.name == stream))
+        for status in ("PREPARING", "READY", "OUT_FOR_DELIVERY", "DELIVERED"):
+            await write_without_publishing(service, second, OrderStatus(status))
+        await write_without_publishing(service, first, OrderStatus.OUT_FOR_DELIVERY)
+        assert await service.services.hub.poll_heads() == 1
+        again = await recv_json(ws)
+        assert again["type"] == "reset" and again["head_seq"] == 5
+        assert again["epoch"] != hello["epoch"]
+    assert sample(service, "ws_unfillable_gaps_total", cause="epoch", outcome="reset") == 1
