@@ -389,3 +389,28 @@ async def test_a_socket_reset_onto_a_snapshot_still_notices_when_its_log_is_recr
         assert again["type"] == "reset" and again["head_seq"] == 5
         assert again["epoch"] != hello["epoch"]
     assert sample(service, "ws_unfillable_gaps_total", cause="epoch", outcome="reset") == 1
+
+
+class ReadLog(Hooks):
+    """Records every shared read the hub makes: its kind and streams."""
+
+    def __init__(self) -> None:
+        self.reads: list[tuple[str, list[str]]] = []
+
+    async def before_stream_read(self, kind: str, streams: Sequence[str]) -> None:
+        self.reads.append((kind, list(streams)))
+
+
+async def test_a_resume_reads_its_hello_and_its_replay_in_one_read(
+    start_service: StartService,
+) -> None:
+    hooks = ReadLog()
+    service = await start_service(hooks=hooks, hub_poll_interval=3600)
+    order_id = await place(service, "one")
+    await move(service, order_id, "PREPARING")
+    hooks.reads.clear()
+    async with connect(f"{service.ws_url}?token={token('one')}&since=0") as ws:
+        hello = await recv_json(ws)
+        assert (hello["type"], hello["head_seq"]) == ("hello", 2)
+        assert [e["seq"] for e in await recv_events(ws, 2)] == [1, 2]
+        assert hooks.reads == [("log", ["customer:one"]), ("events", ["customer:one"])]
