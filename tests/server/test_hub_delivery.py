@@ -414,3 +414,54 @@ async def test_a_resume_reads_its_hello_and_its_replay_in_one_read(
         assert (hello["type"], hello["head_seq"]) == ("hello", 2)
         assert [e["seq"] for e in await recv_events(ws, 2)] == [1, 2]
         assert hooks.reads == [("log", ["customer:one"]), ("events", ["customer:one"])]
+
+
+class Holds(Hooks):
+    """Holds the shared reads named by (kind, stream) until each is released: a ``log`` read
+    waits before it takes a database slot, an ``events`` read inside its slot."""
+
+    def __init__(self, *points: tuple[str, str]) -> None:
+        self.reached = {point: asyncio.Event() for point in points}
+        self.released = {point: asyncio.Event() for point in points}
+
+    async def before_stream_read(self, kind: str, streams: Sequence[str]) -> None:
+        for stream in streams:
+            point = (kind, stream)
+            if point in self.reached:
+                self.reached[point].set()
+                await asyncio.wait_for(self.released[point].wait(), 30)
+
+    def release_all(self) -> None:
+        for event in self.released.values():
+            event.set()
+
+
+async def test_a_pong_from_memory_reports_the_head_a_poll_read(
+    tracking_broker: TrackingBroker, start_service: StartService
+) -> None:
+    # The poll's read is the only news of a stream's first event here: its socket's own
+    # repair waits, and the database cannot answer the pong.
+    log, slot = ("log", "customer:pl"), ("events", "customer:pl-hold")
+    holds = Holds(log, slot)
+    broker = tracking_broker
+    try:
+        service = await start_service(
+            broker=broker, hooks=holds, db_pool_size=1, hub_poll_interval=3600
+        )
+        await place(service, "pl-hold")
+        async with connect(f"{service.ws_url}?token={token('pl')}") as ws:
+            assert (await recv_json(ws))["head_seq"] == 0
+            (sub,) = broker.of(service.publisher.channel(customer_stream("pl")))
+            sub.put_gap(Gap("reconnected"))
+            await asyncio.wait_for(holds.reached[log].wait(), 10)  # its repair waits
+            await place(service, "pl")  # seq 1: queued behind the repair, unseen
+            assert await service.services.hub.poll_heads() == 1
+            async with connect(f"{service.ws_url}?token={token('pl-hold')}&since=0") as c:
+                await asyncio.wait_for(holds.reached[slot].wait(), 10)
+                await ws.send('{"type": "ping"}')
+                assert await recv_json(ws) == {"type": "pong", "head_seq": 1}
+                holds.release_all()
+                assert [e["seq"] for e in await recv_events(c, 1)] == [1]
+                assert [e["seq"] for e in await recv_events(ws, 1)] == [1]
+    finally:
+        holds.release_all()
