@@ -392,13 +392,21 @@ async def test_a_socket_reset_onto_a_snapshot_still_notices_when_its_log_is_recr
 
 
 class ReadLog(Hooks):
-    """Records every shared read the hub makes: its kind and streams."""
+    """Records every shared read the hub makes (its kind and streams) and every backlog page
+    it reads (the stream, and the seqs read)."""
 
     def __init__(self) -> None:
         self.reads: list[tuple[str, list[str]]] = []
+        self.pages: list[tuple[str, list[int] | None]] = []
 
     async def before_stream_read(self, kind: str, streams: Sequence[str]) -> None:
         self.reads.append((kind, list(streams)))
+
+    async def before_backfill_read(self, stream: str) -> None:
+        self.pages.append((stream, None))
+
+    async def after_backfill_read(self, stream: str, seqs: Sequence[int]) -> None:
+        self.pages.append((stream, list(seqs)))
 
 
 async def test_a_resume_reads_its_hello_and_its_replay_in_one_read(
@@ -409,11 +417,17 @@ async def test_a_resume_reads_its_hello_and_its_replay_in_one_read(
     order_id = await place(service, "one")
     await move(service, order_id, "PREPARING")
     hooks.reads.clear()
+    stream = "customer:one"
     async with connect(f"{service.ws_url}?token={token('one')}&since=0") as ws:
         hello = await recv_json(ws)
         assert (hello["type"], hello["head_seq"]) == ("hello", 2)
         assert [e["seq"] for e in await recv_events(ws, 2)] == [1, 2]
-        assert hooks.reads == [("log", ["customer:one"]), ("events", ["customer:one"])]
+        assert hooks.reads == [("log", [stream]), ("events", [stream])]
+        # A repair's page passes the same pause points, for its own stream and seqs.
+        await write_without_publishing(service, order_id, OrderStatus.READY)
+        assert await service.services.hub.poll_heads() == 1
+        assert [e["seq"] for e in await recv_events(ws, 1)] == [3]
+    assert hooks.pages == [(stream, None), (stream, [1, 2]), (stream, None), (stream, [3])]
 
 
 class Holds(Hooks):
