@@ -479,3 +479,20 @@ async def test_a_pong_from_memory_reports_the_head_a_poll_read(
                 assert [e["seq"] for e in await recv_events(ws, 1)] == [1]
     finally:
         holds.release_all()
+
+
+async def test_a_poll_that_finds_a_streams_row_gone_resets_its_socket(
+    start_service: StartService,
+) -> None:
+    service = await start_service(hub_poll_interval=3600)
+    await place(service, "gone")
+    stream = "customer:gone"
+    async with connect(f"{service.ws_url}?token={token('gone')}") as ws:
+        hello = await recv_json(ws)
+        async with service.db.transaction() as session:
+            await session.execute(delete(StreamEvent).where(StreamEvent.stream == stream))
+            await session.execute(delete(Stream).where(Stream.name == stream))
+        assert await service.services.hub.poll_heads() == 1
+        reset = await recv_json(ws)
+        assert reset["type"] == "reset" and reset["epoch"] != hello["epoch"]
+    assert sample(service, "ws_unfillable_gaps_total", cause="gone", outcome="reset") == 1
