@@ -496,3 +496,38 @@ async def test_a_poll_that_finds_a_streams_row_gone_resets_its_socket(
         reset = await recv_json(ws)
         assert reset["type"] == "reset" and reset["epoch"] != hello["epoch"]
     assert sample(service, "ws_unfillable_gaps_total", cause="gone", outcome="reset") == 1
+
+
+async def test_a_poll_skips_sockets_still_setting_up_and_sockets_that_left_while_it_read(
+    start_service: StartService,
+) -> None:
+    setup, held = ("log", "customer:su"), ("events", "customer:su-hold")
+    holds = Holds(setup, held)
+    try:
+        service = await start_service(hooks=holds, db_pool_size=1, hub_poll_interval=3600)
+        hub = service.services.hub
+        for customer in ("su", "su-hold", "lv"):
+            await place(service, customer)
+        async with (
+            connect(f"{service.ws_url}?token={token('su')}&since=0") as su,
+            connect(f"{service.ws_url}?token={token('lv')}") as lv,
+        ):
+            # su is subscribed and reading its backlog: it has no position yet.
+            await asyncio.wait_for(holds.reached[setup].wait(), 10)
+            assert await hub.poll_heads(lambda stream: stream == "customer:su") == 0
+            assert (await recv_json(lv))["head_seq"] == 1
+            async with connect(f"{service.ws_url}?token={token('su-hold')}&since=0") as c:
+                await asyncio.wait_for(holds.reached[held].wait(), 10)
+                polls = sample(service, "hub_polls_total")
+                poll = asyncio.create_task(hub.poll_heads(lambda s: s == "customer:lv"))
+                await counted(service, "hub_polls_total", polls + 1)  # waiting for the slot
+                await lv.close()
+                async with asyncio.timeout(10):
+                    while hub.known_head("customer:lv"):  # forgotten once its last socket left
+                        await asyncio.sleep(0.01)
+                holds.release_all()
+                assert await asyncio.wait_for(poll, 10) == 0
+                assert [e["seq"] for e in await recv_events(c, 1)] == [1]
+            assert [e["seq"] for e in await recv_events(su, 1)] == [1]
+    finally:
+        holds.release_all()
