@@ -531,3 +531,36 @@ async def test_a_poll_skips_sockets_still_setting_up_and_sockets_that_left_while
             assert [e["seq"] for e in await recv_events(su, 1)] == [1]
     finally:
         holds.release_all()
+
+
+async def test_a_pong_from_memory_reports_the_head_another_sockets_hello_read(
+    tracking_broker: TrackingBroker, start_service: StartService
+) -> None:
+    log, slot = ("log", "customer:hl"), ("events", "customer:hl-hold")
+    holds = Holds(log, slot)
+    broker = tracking_broker
+    try:
+        service = await start_service(
+            broker=broker, hooks=holds, db_pool_size=1, hub_poll_interval=3600
+        )
+        order_id = await place(service, "hl")
+        await place(service, "hl-hold")
+        url = f"{service.ws_url}?token={token('hl')}"
+        async with connect(url) as behind:
+            assert (await recv_json(behind))["head_seq"] == 1
+            (sub,) = broker.of(service.publisher.channel(customer_stream("hl")))
+            sub.put_gap(Gap("reconnected"))
+            await asyncio.wait_for(holds.reached[log].wait(), 10)  # its repair waits
+            await write_without_publishing(service, order_id, OrderStatus.PREPARING)
+            async with connect(url) as fresh:
+                # The newcomer's hello is the only news of seq 2.
+                assert (await recv_json(fresh))["head_seq"] == 2
+                async with connect(f"{service.ws_url}?token={token('hl-hold')}&since=0") as c:
+                    await asyncio.wait_for(holds.reached[slot].wait(), 10)
+                    await behind.send('{"type": "ping"}')
+                    assert await recv_json(behind) == {"type": "pong", "head_seq": 2}
+                    holds.release_all()
+                    assert [e["seq"] for e in await recv_events(c, 1)] == [1]
+                    assert [e["seq"] for e in await recv_events(behind, 1)] == [2]
+    finally:
+        holds.release_all()
