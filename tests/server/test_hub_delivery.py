@@ -320,7 +320,14 @@ async def test_a_poll_pokes_exactly_the_sockets_behind_on_the_streams_it_is_aske
         await counted(service, "ws_backfilled_events_total", 1)
         assert await hub.poll_heads() == 1
         assert [e["seq"] for e in await recv_events(y, 1)] == [2]
-    assert sample(service, "ws_backfills_total", reason="poll") == 2
+        await counted(service, "ws_backfilled_events_total", 2)
+        # Both behind again: both poked.
+        await write_without_publishing(service, x_order, OrderStatus.READY)
+        await write_without_publishing(service, y_order, OrderStatus.READY)
+        assert await hub.poll_heads() == 2
+        assert [e["seq"] for e in await recv_events(x, 1)] == [3]
+        assert [e["seq"] for e in await recv_events(y, 1)] == [3]
+    assert sample(service, "ws_backfills_total", reason="poll") == 4
 
 
 class FailingSnapshot(Hooks):
