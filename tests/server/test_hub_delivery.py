@@ -398,6 +398,31 @@ async def test_a_socket_reset_onto_a_snapshot_still_notices_when_its_log_is_recr
     assert sample(service, "ws_unfillable_gaps_total", cause="epoch", outcome="reset") == 1
 
 
+@pytest.mark.parametrize("placed_by", ["hello", "resume"])
+async def test_a_socket_notices_its_log_recreated_up_to_its_very_seq(
+    start_service: StartService, placed_by: str
+) -> None:
+    # The hello (or the resume's hello) places the socket on its log's epoch.
+    service = await start_service(hub_poll_interval=3600)
+    customer = f"re-{placed_by}"
+    stream = f"customer:{customer}"
+    await place(service, customer)
+    order_id = await place(service, customer)
+    query = "" if placed_by == "hello" else "&since=2"
+    async with connect(f"{service.ws_url}?token={token(customer)}{query}") as ws:
+        hello = await recv_json(ws)
+        assert (hello["type"], hello["head_seq"]) == ("hello", 2)
+        async with service.db.transaction() as session:
+            await session.execute(delete(StreamEvent).where(StreamEvent.stream == stream))
+            await session.execute(delete(Stream).where(Stream.name == stream))
+        for status in ("PREPARING", "READY"):
+            await write_without_publishing(service, order_id, OrderStatus(status))
+        assert await service.services.hub.poll_heads() == 1
+        reset = await recv_json(ws)
+        assert reset["type"] == "reset" and reset["head_seq"] == 2
+        assert reset["epoch"] != hello["epoch"]
+
+
 class ReadLog(Hooks):
     """Records every shared read the hub makes (its kind and streams) and every backlog page
     it reads (the stream, and the seqs read)."""
