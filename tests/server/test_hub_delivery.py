@@ -398,20 +398,27 @@ async def test_a_socket_reset_onto_a_snapshot_still_notices_when_its_log_is_recr
     assert sample(service, "ws_unfillable_gaps_total", cause="epoch", outcome="reset") == 1
 
 
-@pytest.mark.parametrize("placed_by", ["hello", "resume"])
+@pytest.mark.parametrize(
+    ("placed_by", "query", "first"),
+    [
+        ("hello", "", "hello"),
+        ("resume", "&since=2", "hello"),
+        ("reset", "&since=2&epoch=another", "reset"),  # a resume from another log's epoch
+    ],
+)
 async def test_a_socket_notices_its_log_recreated_up_to_its_very_seq(
-    start_service: StartService, placed_by: str
+    start_service: StartService, placed_by: str, query: str, first: str
 ) -> None:
-    # The hello (or the resume's hello) places the socket on its log's epoch.
+    # The hello (a fresh one, a resume's, or the reset of a resume) places the socket on its
+    # log's epoch.
     service = await start_service(hub_poll_interval=3600)
     customer = f"re-{placed_by}"
     stream = f"customer:{customer}"
     await place(service, customer)
     order_id = await place(service, customer)
-    query = "" if placed_by == "hello" else "&since=2"
     async with connect(f"{service.ws_url}?token={token(customer)}{query}") as ws:
         hello = await recv_json(ws)
-        assert (hello["type"], hello["head_seq"]) == ("hello", 2)
+        assert (hello["type"], hello["stream"], hello["head_seq"]) == (first, stream, 2)
         async with service.db.transaction() as session:
             await session.execute(delete(StreamEvent).where(StreamEvent.stream == stream))
             await session.execute(delete(Stream).where(Stream.name == stream))
@@ -596,3 +603,13 @@ async def test_a_pong_from_memory_reports_the_head_another_sockets_hello_read(
                     assert [e["seq"] for e in await recv_events(behind, 1)] == [2]
     finally:
         holds.release_all()
+
+
+async def test_a_resume_from_0_on_a_stream_never_written_to_is_a_hello_at_0(
+    service: Service,
+) -> None:
+    async with connect(f"{service.ws_url}?token={token('blank')}&since=0") as ws:
+        hello = await recv_json(ws)
+        assert (hello["type"], hello["stream"], hello["head_seq"]) == ("hello", "customer:blank", 0)
+        await place(service, "blank")  # the sentinel: the first event follows the hello
+        assert [e["seq"] for e in await recv_events(ws, 1)] == [1]
