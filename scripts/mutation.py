@@ -308,6 +308,11 @@ _LOGGED = (
     "equivalent: a resume's `problem` is only logged (the reset is sent for any problem), so "
     "its wording, or which of two problems is named, changes nothing a client or a counter sees."
 )
+_RECHECK = (
+    "equivalent: the second read is of a stream just created at seq 0, where the last-event "
+    "check cannot matter: it is only asked for with `since > 0`, which is past the head and a "
+    "reset (`ahead`) whatever the check finds."
+)
 _EQ_HUB: dict[str, str] = {
     _HUB + "_backfill__mutmut_65": (
         "equivalent: a page of exactly 500 makes one more read, which finds nothing (or the "
@@ -341,6 +346,8 @@ _EQ_HUB: dict[str, str] = {
         "equivalent: checking the event at seq 0 as well finds none there (seqs start at 1), "
         "so the answer is the same; it only asks the shared read for that id."
     ),
+    _HUB + "_start__mutmut_35": _RECHECK,
+    _HUB + "_start__mutmut_38": _RECHECK,
     _HUB + "_start__mutmut_47": _LOGGED,
     _HUB + "_start__mutmut_52": _LOGGED,
     _HUB + "_start__mutmut_53": _LOGGED,
