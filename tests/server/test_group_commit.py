@@ -8,16 +8,24 @@ the test checks from its records (queue order, COMMITs) that it did.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import asyncpg
 import httpx
+import orjson
 import pytest
 from sqlalchemy import select, text
 from sqlalchemy.ext.asyncio import AsyncSession
 
+from channels import Broker, create_broker
+from channels.base import SubscriptionLike
+from orders.db import Database
 from orders.hooks import Hooks
-from orders.models import Order, StreamEvent
+from orders.models import Event, Order, StreamEvent
+from orders.writes import Delivery, Publisher
+from server import protocol
 from tests.conftest import PG_DSN, Backend, Service, StartService
 from tests.support.asserts import assert_error
 from tests.support.clients import auth, order_body, token
@@ -257,3 +265,116 @@ async def test_a_full_queue_refuses_the_change_with_write_queue_full(
             assert_error(await task, 409, "invalid_transition")
     assert set((await statuses(service, order_ids)).values()) == {"CONFIRMED"}
     assert service.metrics.registry.get_sample_value("group_commit_overflow_total") == 1
+
+
+class CheckingBroker:
+    """The real broker; at the instant of each event's publish it reads the event from a
+    database connection of its own (committed or not), and it notes the flush marker."""
+
+    def __init__(self, inner: Broker, observer: Database) -> None:
+        self.inner = inner
+        self.observer = observer
+        #: (event id, whether it was committed when it reached the broker), in publish order.
+        self.checked: list[tuple[int, bool]] = []
+        self.flushed: set[int] = set()
+        self.flush = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self.inner.connected
+
+    async def connect(self) -> None:
+        await self.inner.connect()
+
+    async def disconnect(self) -> None:
+        await self.inner.disconnect()
+
+    async def publish(self, channel: str, data: str) -> None:
+        await self._check([(channel, data)])
+        await self.inner.publish(channel, data)
+
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        await self._check(messages)
+        await self.inner.publish_many(messages)
+
+    def subscribe(
+        self, *channels: str, maxsize: int = 256
+    ) -> AbstractAsyncContextManager[SubscriptionLike]:
+        return self.inner.subscribe(*channels, maxsize=maxsize)
+
+    async def _check(self, messages: Sequence[tuple[str, str]]) -> None:
+        for channel, data in messages:
+            if "_heartbeat:" in channel or "_probe" in channel:
+                continue
+            seq, event = protocol.unpack(data)
+            if channel.endswith(FLUSH_STREAM):
+                self.flushed.add(seq)
+                self.flush.set()
+                continue
+            payload = orjson.loads(event)
+            async with self.observer.read() as session:
+                stored = await session.get(Event, payload["event_id"])
+            self.checked.append((payload["event_id"], stored is not None))
+
+
+#: The private stream of the marker a held COMMIT sends through the app's publish queue.
+FLUSH_STREAM = "_test_flush"
+
+
+class FlushBeforeCommit(HoldFirstBatch):
+    """Holds every status-change COMMIT until a marker queued on the app's publisher, behind
+    anything published so far, has reached the broker: a publish made before the COMMIT then
+    reaches the broker while the event is not committed yet, on every run."""
+
+    def __init__(self, broker: CheckingBroker) -> None:
+        super().__init__()
+        self.broker = broker
+        self.publisher: Publisher | None = None
+        self.held = 0
+
+    async def before_commit(self, session: AsyncSession) -> None:
+        await super().before_commit(session)
+        if session.info.get("status_changes") is None:
+            return
+        assert self.publisher is not None, "the test hands in the app's publisher"
+        self.held += 1
+        marker = self.held
+        assert await self.publisher.publish([Delivery(FLUSH_STREAM, marker, "")], [])
+        async with asyncio.timeout(10):
+            while marker not in self.broker.flushed:
+                self.broker.flush.clear()
+                await self.broker.flush.wait()
+
+
+async def test_a_batch_is_committed_before_any_of_its_events_is_published_or_acknowledged(
+    backend: Backend, start_service: StartService
+) -> None:
+    inner = create_broker(backend.redis_url)
+    await inner.connect()
+    observer = Database(backend.database_url, pool_size=2)
+    try:
+        broker = CheckingBroker(inner, observer)
+        hooks = FlushBeforeCommit(broker)
+        service = await start_service(hooks=hooks, broker=broker, group_commit_lanes=1)
+        (services,) = service.inside
+        hooks.publisher = services.publisher
+        order_ids = [await create(service, f"cust-{i}") for i in range(4)]
+        created = len(broker.checked)
+
+        answers = list((await batch(service, hooks, order_ids, "PREPARING")).values())
+        answers.append(await move(service, order_ids[0], "READY"))  # a batch of one
+
+        # Two COMMITs, each held until everything queued before it had reached the broker.
+        assert hooks.commits == [hooks.queued, [order_ids[0]]]
+        assert broker.flushed == {1, 2}
+        # Five events, each published to the customer's and the store's stream, all committed.
+        moves = broker.checked[created:]
+        assert len(moves) == 2 * 5
+        assert [visible for _, visible in moves] == [True] * 10, moves
+        # And each 200 came after the COMMIT: the answer's event is in the log.
+        async with observer.read() as session:
+            for answer in answers:
+                assert await session.get(Event, event_of(answer)["event_id"]) is not None
+    finally:
+        await observer.dispose()
+        await inner.disconnect()
