@@ -97,3 +97,28 @@ async def test_a_bad_last_event_id_is_4400_or_400(service: Service, value: str) 
         "/api/events", params={"last_event_id": value}, headers=auth(token("rho"))
     )
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_query"
+
+
+async def test_a_websocket_resume_from_a_reused_first_seq_is_reset(service: Service) -> None:
+    # Seq 1 is a position like any other: restored back to seq 0, the stream's next event
+    # reuses it, and a client whose last event was the old seq 1 must be reset.
+    stream, customer = "customer:rho1", "rho1"
+    base = f"{service.ws_url}?token={token(customer)}"
+    r = await service.http.post("/api/orders", json=order_body(), headers=auth(token(customer)))
+    assert r.status_code == 201, r.text
+    async with connect(f"{base}&since=0") as ws:
+        epoch = (await recv_json(ws))["epoch"]
+        (old,) = await recv_events(ws, 1)
+    async with service.db.transaction() as session:
+        await session.execute(delete(StreamEvent).where(StreamEvent.stream == stream))
+        await session.execute(update(Stream).where(Stream.name == stream).values(head_seq=0))
+    r = await service.http.post("/api/orders", json=order_body(), headers=auth(token(customer)))
+    assert r.status_code == 201, r.text
+    base += f"&epoch={epoch}&since=1"
+    async with connect(f"{base}&last_event_id={old['event_id']}") as ws:
+        reset = await recv_json(ws)
+    assert (reset["type"], reset["stream"], reset["head_seq"]) == ("reset", stream, 1)
+    assert reset["head_event_id"] != old["event_id"]
+    async with connect(f"{base}&last_event_id={reset['head_event_id']}") as ws:
+        hello = await recv_json(ws)
+    assert hello["type"] == "hello" and hello["head_seq"] == 1
