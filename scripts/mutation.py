@@ -711,6 +711,13 @@ def keep_verdicts(target: Target) -> None:
     (VERDICTS / f"{target.slug}.json").write_text(json.dumps(data, indent=0, sort_keys=True))
 
 
+#: mutmut's exit codes for "survived" and "no tests": retested on every run.
+_SURVIVED_CODES = (0, 33)
+#: The code mutmut gives every mutant it had not tested yet when a run is interrupted (it calls
+#: it a timeout): such a mutant was never tested, so it is unchecked, never killed.
+_INTERRUPTED = 255
+
+
 def retest_survivors(work: Path) -> int:
     """Forget the verdict of every surviving mutant of an earlier run in ``work``.
 
@@ -719,13 +726,17 @@ def retest_survivors(work: Path) -> int:
     Killed mutants stay killed: a new test cannot revive them, and a changed function is
     re-tested by mutmut itself. Returns how many verdicts were forgotten.
     """
+    return _forget(work, (*_SURVIVED_CODES, _INTERRUPTED))
+
+
+def _forget(work: Path, codes: tuple[int, ...]) -> int:
+    """Set every verdict with one of ``codes`` back to unchecked; how many there were."""
     forgotten = 0
     for meta in (work / "mutants").rglob("*.meta"):
         data = json.loads(meta.read_text())
         verdicts = data.get("exit_code_by_key", {})
         for name, code in verdicts.items():
-            # mutmut's exit codes: 0 is "survived", 33 "no tests"
-            if code in (0, 33):
+            if code in codes:
                 verdicts[name] = None
                 forgotten += 1
         meta.write_text(json.dumps(data))
@@ -781,6 +792,9 @@ def run(target: Target, jobs: int, deadline: float | None) -> Result:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
     seconds = time.monotonic() - started
+    if stopped:
+        # What the stop left untested is marked 255 ("timeout"): unchecked, not killed.
+        _forget(work, (_INTERRUPTED,))
     if process.returncode != 0 and not stopped:
         tail = log.read_text(errors="replace")[-4000:]
         sys.exit(f"mutmut run failed ({process.returncode}) for {target.path}; see {log}\n{tail}")
