@@ -130,6 +130,7 @@ TARGETS: tuple[Target, ...] = (
             "tests/server/test_api_orders.py",
             "tests/server/test_hub.py",
             "tests/server/test_durability.py",
+            "tests/server/test_unknown_status.py",
             "tests/reconciler/test_relay.py",
         ),
     ),
