@@ -9,10 +9,11 @@ import orjson
 from sqlalchemy import func, select, update
 from websockets.asyncio.client import connect
 
-from channels import Message
+from channels import Message, create_broker
 from channels.base import SubscriptionLike
 from orders.models import Event, StreamEvent, utcnow
 from orders.workflow import OrderStatus
+from orders.writes import Publisher
 from reconciler.relay import Relay
 from server import protocol
 from tests.conftest import Service
@@ -55,6 +56,42 @@ async def until_sentinel_message(sub: SubscriptionLike, order_id: str) -> list[i
                 return seen
             seen.append(seq)
     raise AssertionError("subscription ended")
+
+
+async def test_the_probe_publishes_an_empty_message_on_the_probe_channel_of_each_streams_shard(
+    service: Service,
+) -> None:
+    prefix = service.settings.redis_channel_prefix
+    base = prefix + "_probe"
+    # The stream's own channel is its hash tag: on a Redis Cluster the probe lands on its shard.
+    shards = {f"{base}{{{service.publisher.channel(s)}}}" for s in ("customer:ann", "store:s-1")}
+    async with service.broker.subscribe(base, *sorted(shards)) as sub:
+
+        async def messages(count: int) -> list[Message]:
+            got: list[Message] = []
+            async with asyncio.timeout(5):
+                while len(got) < count:
+                    item = await sub.get()
+                    if isinstance(item, Message):
+                        got.append(item)
+            return got
+
+        assert await service.publisher.probe() is True
+        assert [(m.channel, m.data) for m in await messages(1)] == [(base, "")]
+        assert await service.publisher.probe("customer:ann", "store:s-1") is True
+        got = await messages(2)
+        assert {m.channel for m in got} == shards and {m.data for m in got} == {""}
+
+
+async def test_the_probe_of_a_broker_that_takes_nothing_is_false(service: Service) -> None:
+    down = Publisher(
+        service.db,
+        create_broker(None),  # never connected: every publish raises BrokerError
+        prefix=service.settings.redis_channel_prefix,
+        metrics=service.metrics,
+    )
+    assert await down.probe() is False
+    assert await down.probe("customer:ann") is False
 
 
 async def test_the_relay_waits_out_the_grace_period_then_publishes_each_straggler_once(

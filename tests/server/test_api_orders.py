@@ -8,15 +8,19 @@ from __future__ import annotations
 import asyncio
 import base64
 from collections.abc import AsyncIterator
+from datetime import datetime
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from orders.models import utcnow
+from orders.workflow import OrderStatus
 from tests.conftest import Service, StartService
 from tests.support.asserts import assert_error, counts
 from tests.support.clients import auth, order_body, token
+from tests.support.writes import write_without_publishing
 
 ALICE = token("alice")
 POS1 = token("pos-1", role="pos", store_id="store-1")
@@ -586,6 +590,17 @@ async def test_the_audit_trail_lists_every_change_oldest_first(service: Service)
     assert same.json() == body
 
 
+async def test_a_change_the_service_makes_itself_is_in_the_audit_trail_as_the_system(
+    service: Service,
+) -> None:
+    order = await create(service)
+    await write_without_publishing(service, order["id"], OrderStatus.PREPARING)
+    r = await service.http.get(f"/api/orders/{order['id']}/events", headers=auth(ALICE))
+    assert r.status_code == 200, r.text
+    last = r.json()["events"][-1]
+    assert (last["status"], last["source"], last["actor"]) == ("PREPARING", "system", "system")
+
+
 async def test_the_audit_trail_of_an_unknown_order_is_404(service: Service) -> None:
     assert_error(
         await service.http.get("/api/orders/ord_nope/events", headers=auth(ALICE)), 404, "not_found"
@@ -609,6 +624,26 @@ async def test_the_owner_cancels_a_confirmed_order_with_a_reason(service: Servic
     assert body["event"]["source"] == "customer"
     assert body["event"]["note"] == "changed my mind"
     assert await counts(service) == (1, 2)
+
+
+async def test_a_cancel_stamps_the_order_and_its_event_with_the_time_of_the_cancel(
+    service: Service,
+) -> None:
+    order = await create(service)
+    created = datetime.fromisoformat(order["created_at"])
+    # By the clock, not a fixed sleep: the cancel happens strictly after the creation.
+    async with asyncio.timeout(5):
+        while utcnow() <= created:
+            await asyncio.sleep(0.001)
+    r = await service.http.post(f"/api/orders/{order['id']}/cancel", headers=auth(ALICE))
+    assert r.status_code == 200, r.text
+    cancelled = r.json()
+    updated = datetime.fromisoformat(cancelled["order"]["updated_at"])
+    assert updated > created
+    assert cancelled["order"]["created_at"] == order["created_at"]
+    assert datetime.fromisoformat(cancelled["event"]["at"]) == updated
+    trail = await service.http.get(f"/api/orders/{order['id']}/events", headers=auth(ALICE))
+    assert [datetime.fromisoformat(e["at"]) for e in trail.json()["events"]] == [created, updated]
 
 
 async def test_the_owner_cancels_an_unpaid_order_without_a_body(service: Service) -> None:
