@@ -15,8 +15,10 @@ import httpx
 import orjson
 import pytest
 
+from channels import Message
 from orders.models import utcnow
 from orders.workflow import OrderStatus
+from server import protocol
 from tests.conftest import Service, StartService
 from tests.support.asserts import assert_error, counts
 from tests.support.clients import auth, order_body, token
@@ -644,6 +646,47 @@ async def test_a_cancel_stamps_the_order_and_its_event_with_the_time_of_the_canc
     assert datetime.fromisoformat(cancelled["event"]["at"]) == updated
     trail = await service.http.get(f"/api/orders/{order['id']}/events", headers=auth(ALICE))
     assert [datetime.fromisoformat(e["at"]) for e in trail.json()["events"]] == [created, updated]
+
+
+async def test_a_cancel_of_a_paid_order_refunds_it_in_the_same_change_and_publishes_every_event(
+    service: Service,
+) -> None:
+    order = await create(service)
+    r = await service.http.post(
+        f"/api/pos/orders/{order['id']}/payments",
+        json={"method": "cash", "amount": order["amount"]},
+        headers=auth(POS1),
+    )
+    assert r.status_code == 201, r.text
+    # On the broker itself: a hub could also fill the socket from the log, the publish cannot.
+    async with service.broker.subscribe(service.publisher.channel("customer:alice")) as sub:
+        r = await service.http.post(f"/api/orders/{order['id']}/cancel", headers=auth(ALICE))
+        assert r.status_code == 200, r.text
+        cancelled = r.json()
+        sentinel = (await create(service))["id"]
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(10):
+            while not events or events[-1]["order_id"] != sentinel:
+                item = await sub.get()
+                # The order's first three events (created, paid) may still be on their way.
+                if isinstance(item, Message) and protocol.unpack(item.data)[0] > 3:
+                    events.append(orjson.loads(protocol.unpack(item.data)[1]))
+    # The answer is the order as the refund left it, with the cancel as its event.
+    assert cancelled["order"]["status"] == "CANCELLED"
+    assert cancelled["order"]["payment_status"] == "REFUNDED"
+    assert cancelled["order"]["payment_summary"]["refunded"] == order["amount"]
+    assert cancelled["order"]["version"] == 4
+    assert (cancelled["event"]["status"], cancelled["event"]["event_id"]) == ("CANCELLED", 4)
+    # Every event of the change is published, in order, right after the commit; then the
+    # sentinel (the new order's first event).
+    assert [(e["seq"], e["kind"], e["status"]) for e in events] == [
+        (4, "order.status", "CANCELLED"),
+        (5, "refund.status", "SUCCEEDED"),
+        (6, "payment.status", "REFUNDED"),
+        (7, "receipt.issued", "ISSUED"),
+        (8, "order.status", "CONFIRMED"),
+    ]
+    assert events[-2]["order"] == cancelled["order"]
 
 
 async def test_the_owner_cancels_an_unpaid_order_without_a_body(service: Service) -> None:
