@@ -689,6 +689,18 @@ async def test_a_cancel_of_a_paid_order_refunds_it_in_the_same_change_and_publis
     assert events[-2]["order"] == cancelled["order"]
 
 
+async def test_an_admin_sees_and_cancels_anyones_order_as_the_system(service: Service) -> None:
+    order = await create(service)
+    admin = token("ops", role="admin")
+    got = await service.http.get(f"/api/orders/{order['id']}", headers=auth(admin))
+    assert got.status_code == 200, got.text
+    assert got.json()["order"] == order
+    r = await service.http.post(f"/api/orders/{order['id']}/cancel", headers=auth(admin))
+    assert r.status_code == 200, r.text
+    e = r.json()["event"]
+    assert (e["status"], e["source"], e["actor"]) == ("CANCELLED", "system", "admin:ops")
+
+
 async def test_the_owner_cancels_an_unpaid_order_without_a_body(service: Service) -> None:
     order = await create(service, method="online")
     r = await service.http.post(f"/api/orders/{order['id']}/cancel", headers=auth(ALICE))
