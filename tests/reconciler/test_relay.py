@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import timedelta
 
 import orjson
+import pytest
 from sqlalchemy import func, select, update
 from websockets.asyncio.client import connect
 
 from channels import Message, create_broker
 from channels.base import SubscriptionLike
+from orders.hooks import Hooks
+from orders.metrics import Metrics
 from orders.models import Event, StreamEvent, utcnow
 from orders.workflow import OrderStatus
-from orders.writes import Publisher
+from orders.writes import Delivery, Publisher
 from reconciler.relay import Relay
 from server import protocol
 from tests.conftest import Service
@@ -92,6 +96,58 @@ async def test_the_probe_of_a_broker_that_takes_nothing_is_false(service: Servic
     )
     assert await down.probe() is False
     assert await down.probe("customer:ann") is False
+
+
+class HoldFirstPublish(Hooks):
+    """Holds the sender on its first batch until released: the queue behind it fills."""
+
+    def __init__(self) -> None:
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+
+    async def before_publish(self, event_ids: Sequence[int]) -> None:
+        if not self.holding.is_set():
+            self.holding.set()
+            await self.release.wait()
+
+
+async def test_a_full_publish_queue_leaves_the_event_to_the_relay_and_takes_the_next_later(
+    service: Service,
+) -> None:
+    with pytest.raises(ValueError):
+        Publisher(service.db, service.broker, prefix="q:", metrics=Metrics(), queue_size=0)
+    hold, metrics = HoldFirstPublish(), Metrics()
+    publisher = Publisher(
+        service.db, service.broker, prefix="q:", metrics=metrics, queue_size=1, hooks=hold
+    )
+
+    def delivery(seq: int) -> list[Delivery]:
+        return [Delivery("customer:qa", seq, orjson.dumps({"n": seq}).decode())]
+
+    async with service.broker.subscribe("q:customer:qa") as sub, publisher:
+        assert await publisher.publish(delivery(1), [1]) is True
+        async with asyncio.timeout(5):
+            await hold.holding.wait()  # the sender has taken seq 1: the queue is empty
+        assert await publisher.publish(delivery(2), [2]) is True
+        assert publisher.queued == 1
+        # Full: seq 3 is left to the relay, and counted.
+        assert await publisher.publish(delivery(3), [3]) is False
+        assert metrics.registry.get_sample_value("publish_queue_overflow_total") == 1
+        hold.release.set()
+        seqs: list[int] = []
+        async with asyncio.timeout(5):
+            while seqs != [1, 2]:
+                item = await sub.get()
+                if isinstance(item, Message):
+                    seqs.append(protocol.unpack(item.data)[0])
+        # Room again: the next is queued and published after the others (the sentinel).
+        assert await publisher.publish(delivery(4), [4]) is True
+        async with asyncio.timeout(5):
+            while seqs[-1] != 4:
+                item = await sub.get()
+                if isinstance(item, Message):
+                    seqs.append(protocol.unpack(item.data)[0])
+    assert seqs == [1, 2, 4]
 
 
 async def test_the_relay_waits_out_the_grace_period_then_publishes_each_straggler_once(
