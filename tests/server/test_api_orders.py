@@ -20,8 +20,10 @@ from orders.models import utcnow
 from orders.workflow import OrderStatus
 from server import protocol
 from tests.conftest import Service, StartService
+from tests.payments.helpers import online_order, payment_row, start_payment, wait_for_payment
 from tests.support.asserts import assert_error, counts
 from tests.support.clients import auth, order_body, token
+from tests.support.sandbox import running_sandbox
 from tests.support.writes import write_without_publishing
 
 ALICE = token("alice")
@@ -687,6 +689,44 @@ async def test_a_cancel_of_a_paid_order_refunds_it_in_the_same_change_and_publis
         (8, "order.status", "CONFIRMED"),
     ]
     assert events[-2]["order"] == cancelled["order"]
+
+
+async def test_a_cancel_whose_only_refund_goes_to_a_gateway_publishes_its_request_with_it(
+    start_service: StartService,
+) -> None:
+    async with running_sandbox() as sandbox:
+        service = await start_service(**sandbox.settings())
+        order_id = await online_order(service)
+        started = await start_payment(service, order_id)
+        payment = await payment_row(service, started["payment"]["id"])
+        await sandbox.act(payment.gateway_ref, "approve")
+        await wait_for_payment(service, payment.id, "COMPLETED")
+        # On the broker itself: a hub could also fill a socket from the log, the publish cannot.
+        async with service.broker.subscribe(service.publisher.channel("customer:alice")) as sub:
+            r = await service.http.post(f"/api/orders/{order_id}/cancel", headers=auth(ALICE))
+            assert r.status_code == 200, r.text
+            cancel_id = r.json()["event"]["event_id"]
+            sentinel = (await create(service))["id"]
+            events: list[dict[str, Any]] = []
+            async with asyncio.timeout(10):
+                while not events or events[-1]["order_id"] != sentinel:
+                    item = await sub.get()
+                    if isinstance(item, Message):
+                        events.append(orjson.loads(protocol.unpack(item.data)[1]))
+    # The payment's own events may still have been on their way when the subscription began.
+    after = [e for e in events if e["event_id"] >= cancel_id]
+    # The change added one event of its own (the refund requested): it goes out with the
+    # cancel, then what the gateway's answer wrote, then the sentinel.
+    assert [(e["kind"], e["status"]) for e in after] == [
+        ("order.status", "CANCELLED"),
+        ("refund.status", "REQUESTED"),
+        ("refund.status", "SUCCEEDED"),
+        ("payment.status", "REFUNDED"),
+        ("receipt.issued", "ISSUED"),
+        ("order.status", "CONFIRMED"),
+    ]
+    first = after[0]["seq"]
+    assert [e["seq"] for e in after] == list(range(first, first + 6))
 
 
 async def test_an_admin_sees_and_cancels_anyones_order_as_the_system(service: Service) -> None:
