@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
 from datetime import datetime
 from typing import Any
@@ -68,6 +69,23 @@ async def test_a_cash_order_is_created_confirmed_for_the_caller(service: Service
     assert order["version"] == 1
     assert order["expires_at"] is None
     assert await counts(service) == (1, 1)
+
+
+async def test_each_write_is_counted_by_kind_and_source_and_timed_within_its_request(
+    service: Service,
+) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    started = time.perf_counter()
+    order = await create(service)
+    r = await service.http.post(f"/api/orders/{order['id']}/cancel", headers=auth(ALICE))
+    assert r.status_code == 200, r.text
+    elapsed = time.perf_counter() - started
+    assert sample("events_written_total", kind="order.status", source="customer") == 2
+    assert sample("write_seconds_count") == 2
+    # Each write's time is measured inside the request: together they fit in the two requests.
+    assert 0 < sample("write_seconds_sum") <= elapsed
 
 
 async def test_an_online_order_starts_waiting_for_payment_with_an_expiry(service: Service) -> None:
