@@ -9,7 +9,7 @@ import asyncio
 import base64
 import time
 from collections.abc import AsyncIterator
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
@@ -62,7 +62,9 @@ async def test_a_cash_order_is_created_confirmed_for_the_caller(service: Service
     assert order["customer_id"] == "alice"
     assert order["store_id"] == "store-1"
     assert order["status"] == "CONFIRMED"
-    assert order["payment_method"] == "cash"
+    assert order["payment_method"] == "cash" and order["payment_status"] == "CASH"
+    assert order["needs_review"] is False
+    assert order["created_at"] == order["updated_at"]
     assert order["amount"] == 2 * 1500 + 3 * 999
     assert order["currency"] == "INR"
     assert order["items"] == body["items"]
@@ -91,8 +93,10 @@ async def test_each_write_is_counted_by_kind_and_source_and_timed_within_its_req
 async def test_an_online_order_starts_waiting_for_payment_with_an_expiry(service: Service) -> None:
     order = await create(service, method="online")
     assert order["status"] == "PENDING_PAYMENT"
-    assert order["payment_method"] == "online"
-    assert order["expires_at"] is not None
+    assert order["payment_method"] == "online" and order["payment_status"] == "UNPAID"
+    created = datetime.fromisoformat(order["created_at"])
+    expiry = timedelta(seconds=service.settings.order_expiry_seconds)
+    assert datetime.fromisoformat(order["expires_at"]) == created + expiry
 
 
 async def test_payment_method_defaults_to_online(service: Service) -> None:
