@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import orjson
 import pytest
@@ -99,16 +100,32 @@ async def test_the_probe_of_a_broker_that_takes_nothing_is_false(service: Servic
 
 
 class HoldFirstPublish(Hooks):
-    """Holds the sender on its first batch until released: the queue behind it fills."""
+    """Holds the sender on its first batch (``every``: on every batch) until released, so the
+    queue behind it fills; counts the held batches that were cancelled instead."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, every: bool = False) -> None:
+        self.every = every
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
+        self.cancelled = 0
 
     async def before_publish(self, event_ids: Sequence[int]) -> None:
-        if not self.holding.is_set():
+        if self.every or not self.holding.is_set():
             self.holding.set()
-            await self.release.wait()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+
+
+def publisher_tasks(before: set[asyncio.Task[Any]]) -> list[str]:
+    """The publisher background tasks started since ``before`` and still running."""
+    return [
+        t.get_name()
+        for t in asyncio.all_tasks() - before
+        if not t.done() and t.get_name().startswith("publish-")
+    ]
 
 
 async def test_a_full_publish_queue_leaves_the_event_to_the_relay_and_takes_the_next_later(
@@ -148,6 +165,59 @@ async def test_a_full_publish_queue_leaves_the_event_to_the_relay_and_takes_the_
                 if isinstance(item, Message):
                     seqs.append(protocol.unpack(item.data)[0])
     assert seqs == [1, 2, 4]
+
+
+async def test_at_shutdown_the_queued_events_still_go_out_and_the_batch_in_flight_is_the_relays(
+    service: Service,
+) -> None:
+    hold = HoldFirstPublish()
+    publisher = Publisher(service.db, service.broker, prefix="q:", metrics=Metrics(), hooks=hold)
+
+    def delivery(seq: int) -> list[Delivery]:
+        return [Delivery("customer:qz", seq, orjson.dumps({"n": seq}).decode())]
+
+    async with service.broker.subscribe("q:customer:qz") as sub:
+        before = asyncio.all_tasks()
+        async with publisher:
+            assert sorted(publisher_tasks(before)) == ["publish-marker", "publish-sender"]
+            assert await publisher.publish(delivery(1), [1]) is True
+            async with asyncio.timeout(5):
+                await hold.holding.wait()  # the sender is stuck on seq 1's batch
+            assert await publisher.publish(delivery(2), [2]) is True
+            assert publisher.queued == 1
+        # Closed: the stuck batch was abandoned (the relay has it), the queue was drained, and
+        # no background task is left running.
+        assert hold.cancelled == 1
+        assert publisher.queued == 0
+        assert publisher_tasks(before) == []
+        # Outside the context a publish goes out at once: the sentinel.
+        assert await publisher.publish(delivery(3), [3]) is True
+        seqs: list[int] = []
+        async with asyncio.timeout(5):
+            while not seqs or seqs[-1] != 3:
+                item = await sub.get()
+                if isinstance(item, Message):
+                    seqs.append(protocol.unpack(item.data)[0])
+    assert seqs == [2, 3]
+
+
+async def test_a_broker_that_takes_nothing_holds_up_shutdown_only_for_the_drain_timeout(
+    service: Service,
+) -> None:
+    hold = HoldFirstPublish(every=True)
+    publisher = Publisher(
+        service.db, service.broker, prefix="q:", metrics=Metrics(), drain_timeout=0.05, hooks=hold
+    )
+    delivery = [Delivery("customer:qy", 1, "{}")]
+    # Only a drain without its bound could reach this (the held batch never finishes).
+    async with asyncio.timeout(10):
+        async with publisher:
+            assert await publisher.publish(delivery, [1]) is True
+            await hold.holding.wait()
+            assert await publisher.publish(delivery, [2]) is True
+    # The sender's batch and the drain's were both given up; what was queued is the relay's.
+    assert hold.cancelled == 2
+    assert publisher.queued == 0
 
 
 async def test_the_relay_waits_out_the_grace_period_then_publishes_each_straggler_once(
