@@ -88,15 +88,21 @@ async def test_the_probe_publishes_an_empty_message_on_the_probe_channel_of_each
         assert {m.channel for m in got} == shards and {m.data for m in got} == {""}
 
 
-async def test_the_probe_of_a_broker_that_takes_nothing_is_false(service: Service) -> None:
+async def test_a_broker_that_takes_nothing_fails_the_probe_and_the_publish(
+    service: Service,
+) -> None:
+    metrics = Metrics()
     down = Publisher(
         service.db,
         create_broker(None),  # never connected: every publish raises BrokerError
         prefix=service.settings.redis_channel_prefix,
-        metrics=service.metrics,
+        metrics=metrics,
     )
     assert await down.probe() is False
     assert await down.probe("customer:ann") is False
+    # A publish it cannot take is left to the relay: False, and counted as a failure.
+    assert await down.publish([Delivery("customer:ann", 1, "{}")], [1]) is False
+    assert metrics.registry.get_sample_value("publish_failures_total") == 1
 
 
 class HoldFirstPublish(Hooks):
