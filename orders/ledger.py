@@ -16,12 +16,12 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
 from orders import documents, money
-from orders.models import orders_table, payments_table, webhook_receipts_table
+from orders.models import events_table, orders_table, payments_table, webhook_receipts_table
 from orders.payments import LIVE, PAID, FailurePolicy, PaymentStatus, order_after_payment
 from orders.workflow import Mover, OrderStatus, can_move
 from orders.writes import ORDER_STATUS, Actor, Delivery, Publisher, append_event
@@ -129,6 +129,36 @@ class Ledger:
             note=f"payment {payment_id} {payment.value}",
         )
         return target
+
+    async def observe(
+        self,
+        *,
+        kind: str,
+        from_status: str,
+        to_status: str,
+        actor: Actor,
+        now: datetime,
+        data: dict[str, Any],
+    ) -> None:
+        """Log, for the audit trail only, what a gateway said that changed nothing.
+
+        The row is on no stream and marked published, so the relay never sends it: a refused
+        or repeated observation is kept for review, not shown to the customer.
+        """
+        await self.conn.execute(
+            insert(events_table),
+            {
+                "order_id": self.order.id,
+                "kind": kind,
+                "from_status": from_status,
+                "to_status": to_status,
+                "source": actor.source,
+                "actor": actor.name,
+                "data": data,
+                "created_at": now,
+                "published_at": now,
+            },
+        )
 
     async def save(self) -> None:
         """Write the order row as changed."""

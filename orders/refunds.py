@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import func, insert, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncSession
 
@@ -49,7 +49,7 @@ from orders import documents, money, receipts
 from orders.actors import Role
 from orders.errors import Conflict, Invalid, NotFound
 from orders.ledger import Ledger, Receipt, insert_receipt, set_receipt_outcome
-from orders.models import events_table, orders_table, payments_table, refunds_table, utcnow
+from orders.models import orders_table, payments_table, refunds_table, utcnow
 from orders.payments import (
     PAID,
     Evidence,
@@ -556,24 +556,18 @@ class Refunds:
                     logger.error("refund %s: %s; refused, order flagged", refund_id, refused)
                     ledger.change(now, needs_review=True)
                     await ledger.save()
-                await conn.execute(
-                    insert(events_table),
-                    {
-                        "order_id": ledger.order.id,
-                        "kind": REFUND_OBSERVATION,
-                        "from_status": current.value,
-                        "to_status": state.status.value,
-                        "source": actor.source,
-                        "actor": actor.name,
-                        "data": {
-                            "refund_id": refund_id,
-                            "verdict": verdict,
-                            "reason": refused or decision.reason,
-                            "evidence": evidence.name.lower(),
-                            "gateway_status": state.gateway_status,
-                        },
-                        "created_at": now,
-                        "published_at": now,
+                await ledger.observe(
+                    kind=REFUND_OBSERVATION,
+                    from_status=current.value,
+                    to_status=state.status.value,
+                    actor=actor,
+                    now=now,
+                    data={
+                        "refund_id": refund_id,
+                        "verdict": verdict,
+                        "reason": refused or decision.reason,
+                        "evidence": evidence.name.lower(),
+                        "gateway_status": state.gateway_status,
                     },
                 )
             if receipt_id is not None:
@@ -653,8 +647,12 @@ class Refunds:
         refund_state = event.refund
         refund_id: str | None = None
         if refund_state is not None:
+            # Our own reference as the adapter read it off the event (the typed field every
+            # adapter fills), else the one in the refund's state.
             refund_id = await self._refund_for(
-                event.gateway, refund_state.reference, refund_state.refund_ref
+                event.gateway,
+                event.refund_reference or refund_state.reference,
+                refund_state.refund_ref,
             )
         elif event.state is not None and event.ref:
             # PhonePe v1 calls back about a refund as about a payment, under the refund's id.

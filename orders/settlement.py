@@ -56,15 +56,10 @@ from orders.actors import Role
 from orders.db import Database
 from orders.errors import Conflict, GatewayRefused, GatewayUnreachable, Invalid, NotFound
 from orders.hooks import NO_HOOKS, Hooks
-from orders.ledger import LOCK_ORDER as _LOCK_ORDER
-from orders.ledger import LOCK_PAYMENTS as _LOCK_PAYMENTS
 from orders.ledger import PAYMENT_BY_ID as _PAYMENT_BY_ID
-from orders.ledger import UPDATE_ORDER as _UPDATE_ORDER
 from orders.ledger import Ledger, Receipt, insert_receipt, set_receipt_outcome
-from orders.ledger import order_row as _order_row
-from orders.ledger import order_values as _order_values
 from orders.metrics import Metrics
-from orders.models import events_table, payments_table, refunds_table, utcnow
+from orders.models import payments_table, refunds_table, utcnow
 from orders.payments import (
     LIVE,
     PAID,
@@ -84,9 +79,7 @@ from orders.writes import (
     ORDER_ID,
     ORDER_STATUS,
     Actor,
-    Delivery,
     Publisher,
-    append_event,
     visible_to,
 )
 
@@ -230,14 +223,11 @@ class Settlement:
             raise NotFound("no such order")
         now = self.clock()
         schedule = self.schedule(gateway_name)
-        deliveries: tuple[Delivery, ...] = ()
-        event_ids: list[int] = []
         async with self.db.transaction() as session:
-            conn = await session.connection()
-            row = (await conn.execute(_LOCK_ORDER, {"order_id": order_id})).first()
-            if row is None:
+            ledger = await Ledger.lock(session, order_id)
+            if ledger is None:
                 raise NotFound("no such order")
-            order = _order_row(row._mapping)
+            order = ledger.order
             principal = actor.principal
             if principal is None or principal.role is not Role.CUSTOMER:
                 raise NotFound("no such order")
@@ -251,7 +241,7 @@ class Settlement:
                     code="not_payable",
                     status=order.status,
                 )
-            payments = (await conn.execute(_LOCK_PAYMENTS, {"order_id": order_id})).all()
+            payments = await ledger.payments()
             paid = sum(p.amount for p in payments if p.status in PAID)
             if paid >= order.amount:
                 raise Conflict("the order is already paid", code="already_paid")
@@ -299,28 +289,20 @@ class Settlement:
                     "first_check": first,
                     "check_failures": 0,
                 }
-                await conn.execute(insert(payments_table), values)
-                new_row = (await conn.execute(_PAYMENT_BY_ID, {"payment_id": payment_id})).one()
-                order = dataclasses.replace(
-                    order,
-                    payment_status=P.INITIATED.value,
-                    version=order.version + 1,
-                    updated_at=now,
-                )
-                await conn.execute(_UPDATE_ORDER, _order_values(order))
-                event, deliveries = await append_event(
-                    session,
-                    order,
+                await ledger.conn.execute(insert(payments_table), values)
+                new_row = await ledger.lock_payment(payment_id)
+                ledger.change(now, payment_status=P.INITIATED.value)
+                await ledger.save()
+                await ledger.append(
                     kind=PAYMENT_STATUS,
                     from_status=None,
                     to_status=P.INITIATED.value,
                     actor=actor,
                     extra={"payment": payment_view(new_row)},
                 )
-                event_ids.append(event.id)
-        if deliveries:
+        if ledger.deliveries:
             self.metrics.events_written.labels(kind=PAYMENT_STATUS, source=actor.source).inc()
-            await self.publisher.publish(deliveries, event_ids)
+        await ledger.publish(self.publisher)
         request = PaymentRequest(
             reference=payment_id,
             amount=amount,
@@ -627,24 +609,18 @@ class Settlement:
                         ledger, actor=actor, tax_rate_bp=self.receipt_tax_rate_bp
                     )
             else:
-                await conn.execute(
-                    insert(events_table),
-                    {
-                        "order_id": ledger.order.id,
-                        "kind": PAYMENT_OBSERVATION,
-                        "from_status": current.value,
-                        "to_status": state.status.value,
-                        "source": actor.source,
-                        "actor": actor.name,
-                        "data": {
-                            "payment_id": payment_id,
-                            "verdict": verdict,
-                            "reason": refused or decision.reason,
-                            "evidence": evidence.name.lower(),
-                            "gateway_status": state.gateway_status,
-                        },
-                        "created_at": now,
-                        "published_at": now,
+                await ledger.observe(
+                    kind=PAYMENT_OBSERVATION,
+                    from_status=current.value,
+                    to_status=state.status.value,
+                    actor=actor,
+                    now=now,
+                    data={
+                        "payment_id": payment_id,
+                        "verdict": verdict,
+                        "reason": refused or decision.reason,
+                        "evidence": evidence.name.lower(),
+                        "gateway_status": state.gateway_status,
                     },
                 )
             if receipt_id is not None:

@@ -20,6 +20,8 @@ Environment: ``MUTATION_JOBS`` (mutants tested at once, default 1), ``MUTATION_B
 mutants with the fastest tests first, so a partial result leans to those), ``MUTATION_FRESH``
 (set: throw away the module's earlier verdicts; by default a rerun keeps the killed mutants of
 unchanged functions, tests every survivor again and goes on with the unchecked ones).
+The verdicts are also kept in ``scripts/mutation-verdicts/`` (committed): a new clone goes on
+from there too.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 WORK = ROOT / ".mutation"
+#: mutmut's verdicts per module, committed, so that a fresh clone goes on from the last run.
+VERDICTS = ROOT / "scripts" / "mutation-verdicts"
 DOC = ROOT / "docs" / "testing.md"
 MUTMUT = ROOT / ".venv" / "bin" / "mutmut"
 
@@ -381,6 +385,8 @@ class Result:
     statuses: dict[str, str]
     diffs: dict[str, str]
     seconds: float
+    #: It went on from earlier verdicts: its time adds to the time recorded for the module.
+    resumed: bool = False
 
     @property
     def killed(self) -> int:
@@ -495,8 +501,37 @@ def prepare(target: Target, jobs: int) -> Path:
     (work / "pyproject.toml").write_text(
         pyproject.replace(header, header + "\n".join(own) + "\n", 1)
     )
+    seed_verdicts(target, work)
     retest_survivors(work)
     return work
+
+
+def _meta(target: Target, work: Path) -> Path:
+    """Where mutmut keeps the verdicts of ``target``'s mutants in its copy ``work``."""
+    return work / "mutants" / (target.path + ".meta")
+
+
+def seed_verdicts(target: Target, work: Path) -> None:
+    """Give a new copy the verdicts committed in ``scripts/mutation-verdicts/``.
+
+    mutmut keeps a verdict only while its function's source hash is unchanged, so what it
+    takes from here is exactly what still holds for the code as it is.
+    """
+    kept = VERDICTS / f"{target.slug}.json"
+    meta = _meta(target, work)
+    if kept.exists() and not meta.exists() and not os.environ.get("MUTATION_FRESH"):
+        meta.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(kept, meta)
+
+
+def keep_verdicts(target: Target) -> None:
+    """Commit-ready copy of the module's verdicts (killed ones; survivors are retested anyway)."""
+    meta = _meta(target, WORK / target.slug)
+    if not meta.exists():
+        return
+    data = json.loads(meta.read_text())
+    VERDICTS.mkdir(parents=True, exist_ok=True)
+    (VERDICTS / f"{target.slug}.json").write_text(json.dumps(data, indent=0, sort_keys=True))
 
 
 def retest_survivors(work: Path) -> int:
@@ -542,6 +577,8 @@ def mutmut(work: Path, *args: str, quiet: bool = True) -> str:
 
 def run(target: Target, jobs: int, deadline: float | None) -> Result:
     """Mutate ``target``, test its mutants, and stop at ``deadline`` (monotonic) if one is set."""
+    resumed = (WORK / target.slug).exists() or (VERDICTS / f"{target.slug}.json").exists()
+    resumed = resumed and not os.environ.get("MUTATION_FRESH")
     work = prepare(target, jobs)
     started = time.monotonic()
     print(f"== {target.path} ({GROUPS[target.group]}): {', '.join(target.tests)}", flush=True)
@@ -582,7 +619,8 @@ def run(target: Target, jobs: int, deadline: float | None) -> Result:
         if wanted and not any(w.fullmatch(name) for w in wanted):
             continue
         statuses[name] = status
-    result = Result(base_target(target), statuses, {}, seconds)
+    keep_verdicts(target)
+    result = Result(base_target(target), statuses, {}, seconds, resumed)
     missed = [
         name
         for name, status in statuses.items()
@@ -680,12 +718,15 @@ def write_report(results: list[Result]) -> None:
     modules = {m["path"]: m.group(0) for m in MODULE.finditer(block)}
     date = dt.date.today().isoformat()
     for result in results:
+        earlier = MODULE.match(modules.get(result.target.path, ""))
+        if result.resumed and earlier:
+            result = dataclasses.replace(result, seconds=result.seconds + int(earlier["seconds"]))
         modules[result.target.path] = render_module(result, date)
     order = [t.path for t in TARGETS]
     entries = sorted(modules.items(), key=lambda kv: order.index(kv[0]) if kv[0] in order else 99)
     parsed = [MODULE.match(entry) for _, entry in entries]
     rows = [
-        "| group | module | killed | of | score | goal | time |",
+        "| group | module | killed | of | score | goal | time (all runs) |",
         "|---|---|---|---|---|---|---|",
     ]
     for group, label in GROUPS.items():
@@ -726,6 +767,8 @@ def main() -> int:
     )
     args = parser.parse_args()
     if args.table:
+        for target in TARGETS:
+            keep_verdicts(target)
         write_report([])
         return 0
     targets = select(args.names)

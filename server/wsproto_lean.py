@@ -101,8 +101,9 @@ _TIMER_CLOSE = 3  # abort the TCP connection when due
 class _Wheel:
     """One timer for every connection of a server: buckets of connections by due tick.
 
-    A connection is in at most two buckets (a stale entry is skipped: it fires only if the
-    connection's ``_tick`` still names that bucket), so rescheduling never searches a list.
+    A connection is in at most one bucket: rescheduling or closing takes it out of the one it
+    was in (a dict per bucket, so that is O(1)), so a closed connection is freed at once
+    rather than when its old tick comes round.
     """
 
     __slots__ = ("_loop", "_resolution", "_buckets", "_handle")
@@ -110,7 +111,7 @@ class _Wheel:
     def __init__(self, loop: asyncio.AbstractEventLoop, resolution: float) -> None:
         self._loop = loop
         self._resolution = resolution
-        self._buckets: dict[int, list[LeanWebSocketProtocol]] = {}
+        self._buckets: dict[int, dict[LeanWebSocketProtocol, None]] = {}
         self._handle: asyncio.TimerHandle | None = None
 
     def schedule(self, proto: LeanWebSocketProtocol, delay: float) -> int:
@@ -118,12 +119,20 @@ class _Wheel:
         tick = int((self._loop.time() + delay) / self._resolution) + 1
         bucket = self._buckets.get(tick)
         if bucket is None:
-            self._buckets[tick] = [proto]
+            self._buckets[tick] = {proto: None}
             if self._handle is None or tick * self._resolution < self._handle.when():
                 self._arm(tick)
         else:
-            bucket.append(proto)
+            bucket[proto] = None
         return tick
+
+    def cancel(self, proto: LeanWebSocketProtocol, tick: int) -> None:
+        """Take ``proto`` out of the bucket of ``tick`` (0: it is in none)."""
+        bucket = self._buckets.get(tick)
+        if bucket is not None:
+            bucket.pop(proto, None)
+            if not bucket:
+                del self._buckets[tick]  # the timer, if armed for it, finds nothing due
 
     def _arm(self, tick: int) -> None:
         if self._handle is not None:
@@ -136,8 +145,7 @@ class _Wheel:
         now = int(self._loop.time() / self._resolution + 0.5)
         for tick in sorted(t for t in self._buckets if t <= now):
             for proto in self._buckets.pop(tick):
-                if proto._tick == tick:
-                    proto._timer_due()
+                proto._timer_due()
         if self._buckets:
             self._arm(min(self._buckets))
 
@@ -305,7 +313,8 @@ class LeanWebSocketProtocol(asyncio.Protocol):
         """The socket is gone: tell the app, wake a blocked send, and forget the connection."""
         self._shared.connections.discard(self)
         self._state = _CLOSED
-        self._tick = 0  # any wheel entry is now stale
+        self._shared.wheel.cancel(self, self._tick)
+        self._tick = 0
         self._ping = None
         if self._disconnect is None:
             close = self._ws.close_rcvd
@@ -711,6 +720,7 @@ class LeanWebSocketProtocol(asyncio.Protocol):
     # -- the wheel -----------------------------------------------------------------------
 
     def _schedule(self, timer: int, delay: float | None) -> None:
+        self._shared.wheel.cancel(self, self._tick)
         if delay is None or self._state == _CLOSED:
             self._tick = 0
             self._timer = _TIMER_NONE

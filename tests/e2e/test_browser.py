@@ -195,6 +195,32 @@ async def demo_token(http: httpx.AsyncClient, sub: str, **claims: str) -> str:
     return token
 
 
+async def cash_order_over_rest(
+    http: httpx.AsyncClient,
+    customer: str,
+    *,
+    sku: str,
+    name: str,
+    quantity: int,
+    unit_price: int,
+) -> str:
+    """A cash order of one line placed by ``customer`` over REST; its id."""
+    token = await demo_token(http, customer)
+    created = await http.post(
+        "/api/orders",
+        json={
+            "store_id": STORE,
+            "currency": "INR",
+            "payment_method": "cash",
+            "items": [{"sku": sku, "name": name, "quantity": quantity, "unit_price": unit_price}],
+        },
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert created.status_code == 201, created.text
+    order_id: str = created.json()["order"]["id"]
+    return order_id
+
+
 async def pos_moves(http: httpx.AsyncClient, order_id: str, status: str, terminal: str) -> None:
     """Another terminal of the store moves the order over REST."""
     token = await demo_token(http, terminal, role="pos", store_id=STORE)
@@ -320,21 +346,9 @@ async def test_the_pos_board_shows_a_409_plainly_when_another_terminal_got_there
 ) -> None:
     errors = PageErrors()
     async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
-        token = await demo_token(http, "carol")
-        created = await http.post(
-            "/api/orders",
-            json={
-                "store_id": STORE,
-                "currency": "INR",
-                "payment_method": "cash",
-                "items": [
-                    {"sku": "idli", "name": "Idli sambar", "quantity": 3, "unit_price": 8000}
-                ],
-            },
-            headers={"Authorization": f"Bearer {token}"},
+        order_id = await cash_order_over_rest(
+            http, "carol", sku="idli", name="Idli sambar", quantity=3, unit_price=8000
         )
-        assert created.status_code == 201, created.text
-        order_id: str = created.json()["order"]["id"]
 
         pos = await open_page(browser, errors, "pos", width=1500)
         await pos_signs_in(pos, server.http)
@@ -566,20 +580,9 @@ async def test_a_partial_refund_on_the_pos_board_shows_the_new_totals_on_the_cus
     async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
         await record_cash_over_rest(http, order_id, 28000)
         # Another customer's cash order, still owed: the board shows both money buttons.
-        token = await demo_token(http, "hugo")
-        owing = await http.post(
-            "/api/orders",
-            json={
-                "store_id": STORE,
-                "currency": "INR",
-                "payment_method": "cash",
-                "items": [
-                    {"sku": "wrap", "name": "Paneer tikka wrap", "quantity": 1, "unit_price": 16000}
-                ],
-            },
-            headers={"Authorization": f"Bearer {token}"},
+        owing_id = await cash_order_over_rest(
+            http, "hugo", sku="wrap", name="Paneer tikka wrap", quantity=1, unit_price=16000
         )
-        assert owing.status_code == 201, owing.text
     await expect_customer_money(customer, "₹280.00", "₹0.00", "₹0.00")
 
     pos = await open_page(browser, errors, "pos", width=1500)
@@ -587,7 +590,7 @@ async def test_a_partial_refund_on_the_pos_board_shows_the_new_totals_on_the_cus
     await pos_signs_in(pos, server.http)
     card = pos.locator(f'.order-card[data-order-id="{order_id}"]')
     await expect_card_money(card, paid=28000, refunded=0, outstanding=0)
-    owing_card = pos.locator(f'.order-card[data-order-id="{owing.json()["order"]["id"]}"]')
+    owing_card = pos.locator(f'.order-card[data-order-id="{owing_id}"]')
     await expect_card_money(owing_card, paid=0, refunded=0, outstanding=16000)
     await expect(owing_card.get_by_role("button", name="Record payment")).to_be_visible()
     await screenshot(pos, "pos-money-buttons")  # docs/screenshots/pos-money.png
@@ -638,21 +641,9 @@ async def test_the_money_dialog_can_be_cancelled_and_shows_the_servers_refusal(
 ) -> None:
     errors = PageErrors()
     async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
-        token = await demo_token(http, "hana")
-        created = await http.post(
-            "/api/orders",
-            json={
-                "store_id": STORE,
-                "currency": "INR",
-                "payment_method": "cash",
-                "items": [
-                    {"sku": "lassi", "name": "Mango lassi", "quantity": 2, "unit_price": 9000}
-                ],
-            },
-            headers={"Authorization": f"Bearer {token}"},
+        order_id = await cash_order_over_rest(
+            http, "hana", sku="lassi", name="Mango lassi", quantity=2, unit_price=9000
         )
-        assert created.status_code == 201, created.text
-        order_id: str = created.json()["order"]["id"]
         await record_cash_over_rest(http, order_id, 18000)
 
         pos = await open_page(browser, errors, "pos", width=1500)
@@ -754,21 +745,9 @@ async def test_a_lost_answer_to_a_recorded_payment_is_retried_with_its_key_and_p
 ) -> None:
     errors = PageErrors()
     async with httpx.AsyncClient(base_url=server.http, timeout=10) as http:
-        token = await demo_token(http, "ivan")
-        created = await http.post(
-            "/api/orders",
-            json={
-                "store_id": STORE,
-                "currency": "INR",
-                "payment_method": "cash",
-                "items": [
-                    {"sku": "idli", "name": "Idli sambar", "quantity": 1, "unit_price": 8000}
-                ],
-            },
-            headers={"Authorization": f"Bearer {token}"},
+        order_id = await cash_order_over_rest(
+            http, "ivan", sku="idli", name="Idli sambar", quantity=1, unit_price=8000
         )
-        assert created.status_code == 201, created.text
-        order_id: str = created.json()["order"]["id"]
 
         pos = await open_page(browser, errors, "pos", width=1500)
         posts = Posts(pos)

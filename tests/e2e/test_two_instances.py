@@ -134,3 +134,78 @@ async def test_sigterm_closes_sockets_with_1012_and_exits_cleanly(pg_backend: Ba
         assert await expect_close(ws, timeout=15) == 1012
         # uvicorn re-raises the signal after its graceful shutdown: "terminated by SIGTERM".
         assert await asyncio.to_thread(a.process.wait, 15) in (0, -signal.SIGTERM)
+
+
+def _batches_of_more_than_one(metrics: str) -> float:
+    """How many group-commit batches of the process applied two changes or more."""
+    count = alone = 0.0
+    for line in metrics.splitlines():
+        if line.startswith("group_commit_batch_size_count"):
+            count = float(line.split()[-1])
+        elif line.startswith('group_commit_batch_size_bucket{le="1.0"}'):
+            alone = float(line.split()[-1])
+    return count - alone
+
+
+async def test_two_processes_group_committing_to_one_store_keep_its_stream_whole_and_in_order(
+    pg_backend: Backend,
+) -> None:
+    """DESIGN §1 order and no gap, with two web processes each batching one store's changes.
+
+    Every order walks its path with each move sent to the other process than the last, all
+    orders at once, so both processes' group commits hold batches of the same store at the same
+    time. One lane per process puts every change of the store in the same queue there.
+    """
+    env = pg_backend.env(GROUP_COMMIT_LANES="1")
+    customers = [token(f"gc-{i}") for i in range(16)]
+    walk = ["PREPARING", "READY", "OUT_FOR_DELIVERY", "DELIVERED"]
+    async with (
+        serve_subprocess(env) as a,
+        serve_subprocess(env) as b,
+        httpx.AsyncClient(timeout=30) as http,
+        connect(f"{a.ws}/ws", additional_headers=auth(POS)) as store,
+    ):
+        assert (await recv_json(store))["type"] == "hello"
+        created = [
+            await http.post(f"{b.http}/api/orders", json=order_body(), headers=auth(customer))
+            for customer in customers
+        ]
+        assert all(r.status_code == 201 for r in created), [r.text for r in created]
+        order_ids = [r.json()["order"]["id"] for r in created]
+
+        async def walk_order(index: int, order_id: str) -> None:
+            for step, status in enumerate(walk):
+                base = (a, b)[(index + step) % 2].http
+                r = await http.post(
+                    f"{base}/api/pos/orders/{order_id}/status",
+                    json={"status": status},
+                    headers=auth(POS),
+                )
+                assert r.status_code == 200, r.text
+
+        await asyncio.gather(*(walk_order(i, o) for i, o in enumerate(order_ids)))
+
+        async def sentinel() -> str:
+            r = await http.post(
+                f"{a.http}/api/orders", json=order_body(), headers=auth(customers[0])
+            )
+            assert r.status_code == 201, r.text
+            return str(r.json()["order"]["id"])
+
+        delivered = [m for m in await until_sentinel(store, sentinel) if m["type"] == "event"]
+        # The race this test names happened: each process committed batches of two or more.
+        for process in (a, b):
+            text = (await http.get(f"{process.http}/metrics")).text
+            assert _batches_of_more_than_one(text) >= 1, f"no batch of two at {process.http}"
+        logged = await http.get(f"{a.http}/api/events", params={"since": 0}, headers=auth(POS))
+        assert logged.status_code == 200, logged.text
+    seqs = [m["seq"] for m in delivered]
+    # Whole and in order: contiguous seqs, each once, the moves of every order in its path.
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs))), seqs
+    assert len(delivered) == len(order_ids) * (1 + len(walk))
+    for order_id in order_ids:
+        statuses = [m["status"] for m in delivered if m["order_id"] == order_id]
+        assert statuses == ["CONFIRMED", *walk], (order_id, statuses)
+    # What was delivered live is what the log holds, seq for seq.
+    log = {e["seq"]: e["event_id"] for e in logged.json()["events"]}
+    assert all(log[m["seq"]] == m["event_id"] for m in delivered)

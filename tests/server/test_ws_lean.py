@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import gc
 import inspect
 import os
 import secrets
@@ -409,6 +410,26 @@ async def test_a_peer_that_answers_pings_stays_and_one_that_does_not_is_dropped(
             # The answering peer went through the same rounds and is still served.
             await alive.send("still here")
             assert await asyncio.wait_for(alive.recv(), 5) == "still here"
+
+
+async def test_a_closed_connection_is_released_at_once_not_when_its_ping_was_due() -> None:
+    probe = Probe()
+    # A ping a minute away: a closed connection left on the timer wheel would live that long.
+    async with lean(probe, ws_ping_interval=60, ws_ping_timeout=60) as running:
+        async with connect(running.ws + "/echo", ping_interval=None) as ws:
+            await recv_json(ws)
+            (proto,) = protocols(running)
+            # (No weak reference: the protocol's __slots__ leave that out, 8 bytes a socket.)
+            its_id = id(proto)
+            del proto
+            await ws.close(1000)
+        assert await probe.disconnected() == ("echo", 1000, "")
+        await until(lambda: not protocols(running))
+        assert running.server is not None
+        await until(lambda: not running.server.server_state.tasks)
+        gc.collect()
+        left = [o for o in gc.get_objects() if isinstance(o, LeanWebSocketProtocol)]
+        assert its_id not in map(id, left), gc.get_referrers(*left)
 
 
 # -- back-pressure -------------------------------------------------------------------------
