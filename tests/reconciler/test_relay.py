@@ -153,6 +153,7 @@ async def test_a_full_publish_queue_leaves_the_event_to_the_relay_and_takes_the_
             await hold.holding.wait()  # the sender has taken seq 1: the queue is empty
         assert await publisher.publish(delivery(2), [2]) is True
         assert publisher.queued == 1
+        assert metrics.registry.get_sample_value("publish_queue_depth") == 1
         # Full: seq 3 is left to the relay, and counted.
         assert await publisher.publish(delivery(3), [3]) is False
         assert metrics.registry.get_sample_value("publish_queue_overflow_total") == 1
