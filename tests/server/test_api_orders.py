@@ -117,6 +117,9 @@ async def test_a_pos_terminal_creates_a_walk_in_order_for_its_own_store(service:
         "/api/orders", json=order_body("store-1"), headers=auth(POS1)
     )
     assert same_store.status_code == 201, same_store.text
+    other = await service.http.post("/api/orders", json=order_body("store-2"), headers=auth(POS1))
+    assert_error(other, 403, "forbidden")
+    assert await counts(service) == (2, 2)
 
 
 async def test_a_hundred_items_is_the_most_one_order_may_hold(service: Service) -> None:
