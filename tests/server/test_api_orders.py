@@ -754,6 +754,22 @@ async def test_a_cancel_whose_only_refund_goes_to_a_gateway_publishes_its_reques
     assert [e["seq"] for e in after] == list(range(first, first + 6))
 
 
+async def test_someone_elses_order_cannot_be_cancelled_or_moved_and_looks_like_no_order(
+    service: Service,
+) -> None:
+    order = await create(service)
+    bob, store2 = token("bob"), token("pos-2", role="pos", store_id="store-2")
+    for tok, path, body in [
+        (bob, f"/api/orders/{order['id']}/cancel", None),
+        (store2, f"/api/orders/{order['id']}/cancel", None),
+        (store2, f"/api/pos/orders/{order['id']}/status", {"status": "PREPARING"}),
+    ]:
+        assert_error(await service.http.post(path, json=body, headers=auth(tok)), 404, "not_found")
+    assert await counts(service) == (1, 1)
+    got = await service.http.get(f"/api/orders/{order['id']}", headers=auth(ALICE))
+    assert got.json()["order"] == order
+
+
 async def test_an_admin_sees_and_cancels_anyones_order_as_the_system(service: Service) -> None:
     order = await create(service)
     admin = token("ops", role="admin")
