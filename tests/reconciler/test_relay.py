@@ -114,8 +114,10 @@ class HoldFirstPublish(Hooks):
         self.holding = asyncio.Event()
         self.release = asyncio.Event()
         self.cancelled = 0
+        self.batches: list[list[int]] = []
 
     async def before_publish(self, event_ids: Sequence[int]) -> None:
+        self.batches.append(list(event_ids))
         if self.every or not self.holding.is_set():
             self.holding.set()
             try:
@@ -172,6 +174,8 @@ async def test_a_full_publish_queue_leaves_the_event_to_the_relay_and_takes_the_
                 if isinstance(item, Message):
                     seqs.append(protocol.unpack(item.data)[0])
     assert seqs == [1, 2, 4]
+    # The hook saw each batch's event ids (what the relay would be left with had it failed).
+    assert hold.batches == [[1], [2], [4]]
 
 
 async def test_at_shutdown_the_queued_events_still_go_out_and_the_batch_in_flight_is_the_relays(
