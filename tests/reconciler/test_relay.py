@@ -22,6 +22,7 @@ from orders.writes import Delivery, Publisher
 from reconciler.relay import Relay
 from server import protocol
 from tests.conftest import Service
+from tests.reconciler.test_relay_poison import unpublished_ids
 from tests.support.clients import auth, order_body, recv_events, recv_json, token, until_sentinel
 from tests.support.writes import write_without_publishing
 
@@ -229,6 +230,20 @@ async def test_a_broker_that_takes_nothing_holds_up_shutdown_only_for_the_drain_
     # The sender's batch and the drain's were both given up; what was queued is the relay's.
     assert hold.cancelled == 2
     assert publisher.queued == 0
+
+
+async def test_outside_a_context_a_publish_goes_out_and_marks_exactly_its_events_at_once(
+    service: Service,
+) -> None:
+    orders = [await new_order(service, "ola"), await new_order(service, "ola")]
+    for order_id in orders:
+        await write_without_publishing(service, order_id, OrderStatus.PREPARING)
+    await until_unpublished(service, 2)
+    first, second = await unpublished_ids(service)
+    publisher = Publisher(service.db, service.broker, prefix="q:", metrics=Metrics())
+    assert await publisher.publish([Delivery("customer:ola", 3, "{}")], [first]) is True
+    # Marked before publish returned, and only the event it published.
+    assert await unpublished_ids(service) == [second]
 
 
 async def test_the_relay_waits_out_the_grace_period_then_publishes_each_straggler_once(
