@@ -313,6 +313,10 @@ _EQ_WRITES: dict[str, str] = {
         "returned the order it was handed and the payment rows are read in the same transaction, "
         "so the rebuilt snapshot is the event's and `tuple(more)` the same deliveries."
     ),
+    "orders.writes.x_change_order_status__mutmut_107": (
+        "equivalent: no caller reads a status change's `Written.deliveries` (Refunds.change_status "
+        "passes it on unread); the publish above used the deliveries themselves."
+    ),
     "orders.writes.x_check_move__mutmut_18": (
         "equivalent: only the wording of the 409's human message changes; its code, status and "
         "allowed list are pinned by tests/server/test_unknown_status.py."
