@@ -56,8 +56,12 @@ class RedisBroker:
         max_reconnect_delay: float = 5.0,
         subscribe_timeout: float = 5.0,
         health_check_interval: float = 10.0,
+        publish_timeout: float = _PUBLISH_TIMEOUT,
     ) -> None:
-        """Create a broker for ``url`` (a client is made and owned) or on a given ``client``."""
+        """Create a broker for ``url`` (a client is made and owned) or on a given ``client``.
+
+        ``publish_timeout``: how long a PUBLISH on the owned client waits for Redis's answer.
+        """
         if (url is None) == (client is None):
             raise ValueError("RedisBroker needs exactly one of url or client")
         if subscribe_timeout <= 0 or health_check_interval <= 0:
@@ -77,7 +81,7 @@ class RedisBroker:
                 url,
                 max_connections=_MAX_PUBLISH_CONNECTIONS,
                 socket_connect_timeout=CONNECT_TIMEOUT,
-                socket_timeout=_PUBLISH_TIMEOUT,
+                socket_timeout=publish_timeout,
                 retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
             )
             self._owns_client = True

@@ -148,6 +148,7 @@ TARGETS: tuple[Target, ...] = (
             "tests/server/test_api_pos.py",
             "tests/server/test_prune.py",
             "tests/reconciler/test_relay.py",
+            "tests/server/test_streams.py",
         ),
     ),
     Target(
@@ -355,8 +356,182 @@ _EQ_WRITES: dict[str, str] = {
         "tests/reconciler/test_relay.py)."
     ),
 }
-_EQ_GROUPCOMMIT: dict[str, str] = {}
-_EQ_STREAMS: dict[str, str] = {}
+_GC = "orders.groupcommit.xǁGroupCommitǁ"
+_GC_DEFAULT = (
+    "equivalent: a default no caller uses — the app passes max_batch, max_queued and lanes "
+    "from the settings, and the tests construct it with all three."
+)
+_GC_SHUTDOWN_TEXT = (
+    "equivalent: only the wording of the shutdown refusal's message changes; the 503, its "
+    "`overloaded` code and Retry-After are what the tests check."
+)
+_GC_STRICT = (
+    "equivalent: `_run` returns exactly one outcome per change it was given (one per change "
+    "in `apply_changes`, one appended per change when applied one by one), so a strict zip "
+    "never finds lengths that differ."
+)
+_GC_CLEANUP = (
+    "equivalent: the worker leaves its loop only with its queue empty, and while it is the "
+    "lane's registered worker the lane's queue is its own; an empty deque left in `_queues` "
+    "is simply reused by the next change of the lane (`setdefault`), so nothing differs."
+)
+_GC_INVALIDATE = (
+    "near-equivalent: with the explicit invalidate skipped, the transaction's rollback on the "
+    "dead connection fails and SQLAlchemy discards the connection itself; the connection-lost "
+    "test (whose retry needs a live connection) passes with this mutant applied by hand."
+)
+_GC_NOT_COMMITTED = (
+    "equivalent: `_NotCommitted` never leaves the module and its own message is never read — "
+    "`_run` catches it and raises or returns its `cause`."
+)
+_GC_STATEMENT_TEXT = (
+    "equivalent: a StatementFailed's message only reaches the log; the answer is the fixed "
+    "503 `database_unavailable` (`handle_database_error`), which the tests check."
+)
+_GC_ITEMS = (
+    "equivalent: the branch is never taken — SQLAlchemy's asyncpg dialect registers the "
+    "engine's json_deserializer as the json codec, so `items` arrives decoded (`_read__mutmut_29`"
+    " and `_30`, which would make `OrderRow(**values)` raise if it ran, survive too)."
+)
+_EQ_GROUPCOMMIT: dict[str, str] = {
+    **{f"orders.groupcommit.x__read__mutmut_{n}": _GC_ITEMS for n in range(28, 34)},
+    "orders.groupcommit.x_apply_changes__mutmut_4": (
+        "equivalent: `seqs` is read only for the applied changes, and when there is one "
+        "`_write` has replaced the initial value."
+    ),
+    "orders.groupcommit.x__read__mutmut_53": _GC_STATEMENT_TEXT,
+    "orders.groupcommit.x__read__mutmut_54": _GC_STATEMENT_TEXT,
+    "orders.groupcommit.x__write__mutmut_73": _GC_STATEMENT_TEXT,
+    "orders.groupcommit.x__write__mutmut_74": _GC_STATEMENT_TEXT,
+    "orders.groupcommit.xǁ_NotCommittedǁ__init____mutmut_1": _GC_NOT_COMMITTED,
+    "orders.groupcommit.xǁ_NotCommittedǁ__init____mutmut_2": _GC_NOT_COMMITTED,
+    _GC + "__init____mutmut_1": _GC_DEFAULT,
+    _GC + "__init____mutmut_2": _GC_DEFAULT,
+    _GC + "__init____mutmut_3": _GC_DEFAULT,
+    _GC + "_queue__mutmut_18": "equivalent: only the worker task's name (for debugging) changes.",
+    _GC + "_queue__mutmut_20": "equivalent: only the worker task's name (for debugging) changes.",
+    _GC + "close__mutmut_7": _GC_SHUTDOWN_TEXT,
+    _GC + "close__mutmut_8": _GC_SHUTDOWN_TEXT,
+    _GC + "_drain__mutmut_17": _GC_SHUTDOWN_TEXT,
+    _GC + "_drain__mutmut_18": _GC_SHUTDOWN_TEXT,
+    _GC + "_drain__mutmut_24": _GC_STRICT,
+    _GC + "_drain__mutmut_27": _GC_STRICT,
+    _GC + "_drain__mutmut_28": _GC_STRICT,
+    _GC + "_drain__mutmut_33": _GC_CLEANUP,
+    _GC + "_drain__mutmut_34": _GC_CLEANUP,
+    _GC + "_drain__mutmut_35": _GC_CLEANUP,
+    _GC + "_drain__mutmut_36": _GC_CLEANUP,
+    _GC + "change_status__mutmut_28": (
+        "equivalent: a principal has a store_id exactly when it is a POS terminal (auth refuses "
+        "a POS token without one and gives other roles none), so `or` and `and` between the "
+        "role test and the store test decide alike."
+    ),
+    "orders.groupcommit.x__event__mutmut_3": (
+        "equivalent: the summary reads the status only to owe nothing on a CANCELLED or EXPIRED "
+        "order, and neither comes here (the POS may not expire an order; cancels take the "
+        "refunding path, `Refunds.change_status`)."
+    ),
+    "orders.groupcommit.x__read__mutmut_49": _GC_INVALIDATE,
+    "orders.groupcommit.x__write__mutmut_69": _GC_INVALIDATE,
+    "orders.groupcommit.x__failed__mutmut_1": (
+        "equivalent: `conn.invalidate()` of a connection whose driver is closed does not raise "
+        "(the connection-lost test passes with this mutant applied by hand), so the suppress "
+        "never has anything to catch."
+    ),
+}
+_ST = "orders.streams.x_"
+_ST_SQL_CASE = (
+    "equivalent: only the case of SQL keywords and unquoted identifiers changes, which both "
+    "PostgreSQL (folding them to lower case) and SQLite read the same."
+)
+_ST_NO_SEQ_ZERO = (
+    "equivalent: seq 0 is the position before a stream's first event (seqs start at 1), so no "
+    "row is ever there and asking for it finds nothing either way."
+)
+_ST_OVERLAP = (
+    "equivalent: chunks of 501 at steps of 500 overlap by one name, which is read (or inserted "
+    "and skipped on conflict) twice with the same outcome."
+)
+_ST_STEP_ONE = (
+    "equivalent: a step of 1 instead of 500 starts a 500-name chunk at every name, so every "
+    "name is still covered, the overlaps read again or skipped on conflict: the same outcome "
+    "in many more statements."
+)
+_ST_ON_CONFLICT_ANY = (
+    "equivalent: `ON CONFLICT DO NOTHING` without a target skips any unique violation, and the "
+    "streams table has one unique key only, its primary key `name`."
+)
+_EQ_STREAMS: dict[str, str] = {
+    _ST + "_append_statements__mutmut_10": _ST_SQL_CASE,
+    _ST + "_append_statements__mutmut_11": _ST_SQL_CASE,
+    _ST + "_append_statements__mutmut_13": _ST_SQL_CASE,
+    _ST + "_upsert_sql__mutmut_6": _ST_SQL_CASE,
+    _ST + "_upsert_sql__mutmut_7": _ST_SQL_CASE,
+    _ST + "_upsert_sql__mutmut_9": _ST_SQL_CASE,
+    _ST + "_upsert_sql__mutmut_10": _ST_SQL_CASE
+    + " (The CTE's columns are read back lower case on PostgreSQL, by position on SQLite.)",
+    _ST + "_insert__mutmut_2": (
+        "equivalent: PostgreSQL's `Insert` compiles to the same `INSERT ... ON CONFLICT (name) "
+        "DO NOTHING` on SQLite (SQLite's on PostgreSQL does not, and that mutant is killed)."
+    ),
+    _ST + "append_to_streams__mutmut_2": (
+        "equivalent: a missed statement cache builds the same statements for this call."
+    ),
+    _ST + "append_to_streams__mutmut_14": (
+        "equivalent: PostgreSQL takes SQLite's two statements (upsert, then the positions), "
+        "plain SQL it speaks as well: the same seqs, rows and row locks held to commit, one "
+        "round trip more."
+    ),
+    _ST + "append_to_streams__mutmut_15": "equivalent: as `append_to_streams__mutmut_14`.",
+    _ST + "ensure_stream__mutmut_1": (
+        "equivalent: without the first read every call inserts with `ON CONFLICT DO NOTHING`, "
+        "which leaves an existing stream as it is, and the read after it returns the same head."
+    ),
+    _ST + "ensure_stream__mutmut_3": (
+        "equivalent: the first read looks for `name IS NULL`, finds nothing, and the call goes "
+        "the way of `ensure_stream__mutmut_1`."
+    ),
+    _ST + "ensure_stream__mutmut_10": _ST_ON_CONFLICT_ANY,
+    _ST + "ensure_stream__mutmut_16": (
+        "equivalent: `head_seq` left out takes its column default, 0."
+    ),
+    _ST + "ensure_stream__mutmut_18": (
+        "equivalent: `pruned_seq` left out takes its column default, 0."
+    ),
+    _ST + "ensure_streams__mutmut_16": _ST_ON_CONFLICT_ANY,
+    _ST + "ensure_streams__mutmut_12": _ST_STEP_ONE,
+    _ST + "ensure_streams__mutmut_30": _ST_OVERLAP,
+    _ST + "event_ids_at__mutmut_11": _ST_STEP_ONE,
+    _ST + "read_heads__mutmut_9": _ST_STEP_ONE,
+    _ST + "event_id_at__mutmut_1": _ST_NO_SEQ_ZERO,
+    _ST + "event_ids_at__mutmut_3": _ST_NO_SEQ_ZERO,
+    _ST + "event_ids_at__mutmut_29": _ST_OVERLAP,
+    _ST + "read_heads__mutmut_14": _ST_OVERLAP,
+    _ST + "open_orders_of__mutmut_18": (
+        "equivalent: the kind's label is only ever compared with `customer`, so any other "
+        "label for a store stream means the store column all the same."
+    ),
+    _ST + "open_orders_of__mutmut_19": "equivalent: as `open_orders_of__mutmut_18`.",
+    _ST + "open_orders_of__mutmut_21": (
+        "equivalent: with a limit of 0 the query runs and ranks nothing at or below 0, so every "
+        "stream's list stays empty, as the early return leaves it."
+    ),
+    _ST + "open_orders_of__mutmut_24": (
+        "equivalent: `break` for `continue` on a kind with no keys, which cannot happen: a kind "
+        "is only added with a key."
+    ),
+    _ST + "prune__mutmut_2": (
+        "equivalent: the default chunk only sets how many events each round takes; the batch's "
+        "oldest events by id go either way, and each stream's final cut is the same."
+    ),
+    _ST + "prune__mutmut_5": (
+        "equivalent: once the batch is full the extra round asks for `LIMIT 0`, finds nothing "
+        "and stops, as the loop's own condition would."
+    ),
+    _ST + "prune__mutmut_43": (
+        "equivalent: raising `pruned_seq` when it already equals the cut writes the same value."
+    ),
+}
 _EQ_HUB: dict[str, str] = {
     "server.hub.xǁHubǁ_backfill__mutmut_15": (
         "equivalent: without a limit the first read takes the whole backlog at once; the "

@@ -5,7 +5,9 @@ CPython's full collection walks every tracked object: at 10,000 connections that
 as a connection gain nothing from being scanned again and again, so after a burst of new
 connections they are moved out of the collector's sight with ``gc.freeze()``. Reference counting
 still frees them when their connection ends; only garbage *cycles* among frozen objects would
-wait, so every ``thaw_interval`` the frozen set is handed back to the collector.
+wait, so every ``thaw_interval`` the frozen set is handed back to the collector, and when the
+policy stops (the app shuts down) whatever it froze is handed back too: nothing it froze outlives
+it unseen by the collector.
 """
 
 from __future__ import annotations
@@ -36,26 +38,40 @@ class GcPolicy:
         self._check_every = check_every
         self._frozen_at_opened = 0
         self._last_thaw = time.monotonic()
+        #: Whether objects this policy froze are still frozen (no thaw since its last freeze).
+        self._holding = False
 
     def step(self) -> str | None:
         """One decision: "freeze", "thaw", or None; applied to the collector."""
         now = time.monotonic()
         if self._thaw_interval > 0 and now - self._last_thaw >= self._thaw_interval:
             self._last_thaw = now
-            gc.unfreeze()
+            self._thaw()
             return "thaw"
         opened = self._opened_total()
         if opened - self._frozen_at_opened >= self._freeze_after:
             self._frozen_at_opened = opened
-            gc.freeze()
+            self._freeze()
             return "freeze"
         return None
 
     async def run(self) -> None:
-        """Apply the policy until cancelled."""
-        gc.freeze()  # what start-up built (modules, the app) lives as long as the process
-        while True:
-            await asyncio.sleep(self._check_every)
-            decision = self.step()
-            if decision:
-                logger.debug("gc %s: %d objects frozen", decision, gc.get_freeze_count())
+        """Apply the policy until cancelled; then hand back what it froze."""
+        try:
+            self._freeze()  # what start-up built (modules, the app) lives as long as the app
+            while True:
+                await asyncio.sleep(self._check_every)
+                decision = self.step()
+                if decision:
+                    logger.debug("gc %s: %d objects frozen", decision, gc.get_freeze_count())
+        finally:
+            if self._holding:
+                self._thaw()
+
+    def _freeze(self) -> None:
+        gc.freeze()
+        self._holding = True
+
+    def _thaw(self) -> None:
+        gc.unfreeze()
+        self._holding = False

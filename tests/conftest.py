@@ -254,12 +254,16 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
             *,
             relay: bool = False,
             broker: Broker | None = None,
+            owns_broker: bool = False,
             hooks: Hooks = NO_HOOKS,
             **overrides: Any,
         ) -> Service:
             settings = backend.settings(**overrides)
             if broker is None:
                 broker = create_broker(settings.redis_url)
+                owns_broker = True
+            if owns_broker:
+                # Connected here and disconnected after the service has stopped.
                 await broker.connect()
                 stack.push_async_callback(broker.disconnect)
             metrics = Metrics()
@@ -285,6 +289,12 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
             app = create_app(
                 settings, broker=broker, metrics=metrics, background=background, hooks=hooks
             )
+            # The test's own connection pool outlives the app: a test's hooks may use it inside
+            # the app's transactions, up to the app's last (its shutdown's), so it is disposed
+            # after the server stopped — disposed first, a connection still out would be
+            # returned to the discarded pool and never closed (an unclosed aiosqlite connection).
+            db = Database(settings.database_url, pool_size=4)
+            stack.push_async_callback(db.dispose)
             running = await stack.enter_async_context(
                 serve_in_process(
                     app,
@@ -295,8 +305,6 @@ async def start_service(backend: Backend) -> AsyncIterator[StartService]:
             http = await stack.enter_async_context(
                 httpx.AsyncClient(base_url=running.http, timeout=10, limits=IDLE_BEFORE_SERVER)
             )
-            db = Database(settings.database_url, pool_size=4)
-            stack.push_async_callback(db.dispose)
             publisher = Publisher(db, broker, prefix=settings.redis_channel_prefix, metrics=metrics)
             return Service(running, http, settings, broker, metrics, db, publisher, inside)
 

@@ -656,8 +656,11 @@ describe("the client against the real server", { timeout: 300_000 }, () => {
     await waitFor(() => client.status.state === "stopped", "stopped");
     assert.equal(client.status.code, CloseCode.FORBIDDEN);
     assert.match(client.status.error ?? "", /4403/);
-    await sleep(300);
-    assert.equal(client.status.state, "stopped", "no reconnect after 4403");
+    // No reconnect after 4403, judged without a silence window: the main loop has ended by
+    // itself (a loop that went on would stay running), so nothing is left that could reconnect.
+    await waitFor(() => !client._running, "the client's main loop to end");
+    assert.equal(client.status.state, "stopped");
+    assert.equal(client.stats.connects, 1, "no reconnect after 4403");
   });
 });
 

@@ -318,7 +318,12 @@ async def test_v2_concurrent_calls_share_one_token_fetch() -> None:
     client = httpx.AsyncClient(transport=httpx.MockTransport(handler))
     gateway = PhonePeGateway(V2, client=client, clock=clock)
     calls = [asyncio.create_task(gateway.fetch_status("MO1")) for _ in range(10)]
-    await asyncio.sleep(0.05)
+    # Everything here is in memory (MockTransport): each call reaches its wait — the token
+    # request or the lock behind it — within a few event-loop iterations, whatever the
+    # machine's speed. Counting iterations, not seconds, makes that hold on every run.
+    for _ in range(100):
+        await asyncio.sleep(0)
+    assert len(recorder.sent("POST", TOKEN_PATH)) == 1 and not any(c.done() for c in calls)
     release.set()
     async with asyncio.timeout(5):
         states = await asyncio.gather(*calls)

@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections import Counter
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from contextlib import AbstractAsyncContextManager
 from typing import Any
 
 import pytest
 from sqlalchemy import delete, update
 from websockets.asyncio.client import connect
 
-from channels import Message
+from channels import Broker, Message, create_broker
+from channels.base import Gap, Received, SubscriptionLike
 from orders.models import Stream, StreamEvent
-from tests.conftest import Service, StartService
+from tests.conftest import Backend, Service, StartService
 from tests.support.asserts import assert_error
 from tests.support.clients import auth, order_body, recv_events, recv_json, token
 
@@ -119,20 +124,133 @@ async def test_rest_gives_the_same_events_as_the_websocket(service: Service) -> 
     assert (await events(service, since="0"))["events"] == live
 
 
-async def _longpoll_started(service: Service, count: int) -> None:
-    """Wait until ``count`` long-poll requests have reached the endpoint."""
-    async with asyncio.timeout(10):
-        while (service.metrics.registry.get_sample_value("longpoll_requests_total") or 0) < count:
-            await asyncio.sleep(0.02)
+class WaitingSubscription:
+    """A real subscription that counts, per channel, the readers parked in ``get()``."""
+
+    def __init__(self, inner: SubscriptionLike, broker: WatchingBroker) -> None:
+        self.inner = inner
+        self.broker = broker
+
+    @property
+    def channels(self) -> frozenset[str]:
+        return self.inner.channels
+
+    @property
+    def overflowed(self) -> bool:
+        return self.inner.overflowed
+
+    async def get(self) -> Received:
+        if (ready := self.inner.get_nowait()) is not None:
+            return ready
+        for channel in self.channels:
+            self.broker.waiting[channel] += 1
+        self.broker.changed.set()
+        try:
+            return await self.inner.get()
+        finally:
+            for channel in self.channels:
+                self.broker.waiting[channel] -= 1
+
+    def put_gap(self, gap: Gap) -> None:
+        self.inner.put_gap(gap)
+
+    def get_nowait(self) -> Received | None:
+        return self.inner.get_nowait()
+
+    def __aiter__(self) -> AsyncIterator[Received]:
+        return self
+
+    async def __anext__(self) -> Received:
+        return await self.get()
+
+
+class WatchingBroker:
+    """The real broker; it tells a test when a long-poll is parked waiting for a message.
+
+    A long-poll subscribes, re-reads, and only then waits in ``get()``: a write made while
+    ``waiting`` counts it can only reach it as a broker message — never by a read.
+    """
+
+    def __init__(self, inner: Broker) -> None:
+        self.inner = inner
+        self.waiting: Counter[str] = Counter()
+        self.changed = asyncio.Event()
+
+    @property
+    def connected(self) -> bool:
+        return self.inner.connected
+
+    async def connect(self) -> None:
+        await self.inner.connect()
+
+    async def disconnect(self) -> None:
+        await self.inner.disconnect()
+
+    async def publish(self, channel: str, data: str) -> None:
+        await self.inner.publish(channel, data)
+
+    async def publish_many(self, messages: Sequence[tuple[str, str]]) -> None:
+        await self.inner.publish_many(messages)
+
+    def subscribe(
+        self, *channels: str, maxsize: int = 256
+    ) -> AbstractAsyncContextManager[SubscriptionLike]:
+        return self._subscription(channels, maxsize)
+
+    @contextlib.asynccontextmanager
+    async def _subscription(
+        self, channels: tuple[str, ...], maxsize: int
+    ) -> AsyncIterator[SubscriptionLike]:
+        async with self.inner.subscribe(*channels, maxsize=maxsize) as sub:
+            yield WaitingSubscription(sub, self)
+
+    async def until_waiting(self, channel: str, count: int = 1) -> None:
+        """Wait until ``count`` readers of ``channel`` are parked in ``get()``."""
+        async with asyncio.timeout(10):
+            while self.waiting[channel] < count:
+                self.changed.clear()
+                await self.changed.wait()
+
+
+Watched = tuple[Service, WatchingBroker]
+
+
+@pytest.fixture
+async def start_watched(
+    backend: Backend, start_service: StartService
+) -> AsyncIterator[Callable[..., Awaitable[Watched]]]:
+    """Start the app (with settings ``overrides``) on a broker that reports parked long-polls."""
+    inner = create_broker(backend.redis_url)
+    await inner.connect()
+    try:
+        broker = WatchingBroker(inner)
+
+        async def start(**overrides: Any) -> Watched:
+            return await start_service(broker=broker, **overrides), broker
+
+        yield start
+    finally:
+        await inner.disconnect()
+
+
+@pytest.fixture
+async def watched(start_watched: Callable[..., Awaitable[Watched]]) -> Watched:
+    """The app with default test settings on a broker that reports parked long-polls."""
+    return await start_watched()
+
+
+def channel_of(service: Service, stream: str) -> str:
+    return service.settings.redis_channel_prefix + stream
 
 
 async def test_a_long_poll_returns_as_soon_as_another_task_writes_an_event(
-    service: Service,
+    watched: Watched,
 ) -> None:
+    service, broker = watched
     order_id = await create(service)
     poll = asyncio.create_task(events(service, since="1", wait="30"))
-    await _longpoll_started(service, 1)
-    await asyncio.sleep(0.2)  # let it subscribe; an earlier write is found by its re-read anyway
+    # Parked on its subscription, read done: only the write's message can wake it.
+    await broker.until_waiting(channel_of(service, "customer:alice"))
     await move(service, order_id, "PREPARING")
     # Well inside the 30 s wait: it was woken by the write, not by its deadline.
     body = await asyncio.wait_for(poll, 20)
@@ -141,21 +259,24 @@ async def test_a_long_poll_returns_as_soon_as_another_task_writes_an_event(
     assert body["head_seq"] == 2
 
 
-async def test_a_long_poll_on_a_fresh_stream_returns_the_first_event(service: Service) -> None:
+async def test_a_long_poll_on_a_fresh_stream_returns_the_first_event(
+    watched: Watched,
+) -> None:
+    service, broker = watched
     poll = asyncio.create_task(events(service, since="0", wait="30"))
-    await _longpoll_started(service, 1)
-    await asyncio.sleep(0.2)
+    await broker.until_waiting(channel_of(service, "customer:alice"))
     order_id = await create(service)
     body = await asyncio.wait_for(poll, 20)
     assert [(e["seq"], e["order_id"]) for e in body["events"]] == [(1, order_id)]
 
 
-async def test_a_long_poll_is_not_woken_by_another_customers_events(service: Service) -> None:
+async def test_a_long_poll_is_not_woken_by_another_customers_events(watched: Watched) -> None:
+    service, broker = watched
     await create(service, BOB)
     # At Bob's head, so the poll really waits (since=0 would return at once).
     poll = asyncio.create_task(events(service, BOB, since="1", wait="30"))
-    await _longpoll_started(service, 1)
-    alice_channel = service.settings.redis_channel_prefix + "customer:alice"
+    await broker.until_waiting(channel_of(service, "customer:bob"))  # parked before Alice writes
+    alice_channel = channel_of(service, "customer:alice")
     async with service.broker.subscribe(alice_channel) as probe:
         await move(service, await create(service), "PREPARING")
         # Alice's two events have been fanned out by this process's broker (a probe on the
@@ -311,15 +432,16 @@ async def _reset_log_of(service: Service, stream: str, head_seq: int, **values: 
 
 @pytest.mark.parametrize("change", ["epoch", "pruned"])
 async def test_a_long_poll_whose_position_goes_away_while_it_waits_resets(
-    service: Service, change: str
+    watched: Watched, change: str
 ) -> None:
+    service, broker = watched
     await create(service)
     await create(service)
     first = await events(service, since="0")
     assert first["head_seq"] == 2
     poll = asyncio.create_task(events(service, since="2", epoch=first["epoch"], wait="30"))
-    await _longpoll_started(service, 2)
-    await asyncio.sleep(0.2)  # let it subscribe (an earlier change is found by its re-read)
+    # Waiting, its position checked: the change below happens while it waits.
+    await broker.until_waiting(channel_of(service, "customer:alice"))
     if change == "epoch":
         # The log was reset (a restore): a new epoch whose seqs start again from 0.
         await _reset_log_of(service, "customer:alice", epoch="a-new-epoch", head_seq=0)
@@ -335,13 +457,13 @@ async def test_a_long_poll_whose_position_goes_away_while_it_waits_resets(
 
 
 async def test_long_polls_over_the_per_user_cap_get_429_with_retry_after(
-    start_service: StartService,
+    start_watched: Callable[..., Awaitable[Watched]],
 ) -> None:
-    service = await start_service(longpoll_max_per_user=2)
+    service, broker = await start_watched(longpoll_max_per_user=2)
     await create(service)
     polls = [asyncio.create_task(events(service, since="1", wait="30")) for _ in range(2)]
-    await _longpoll_started(service, 2)
-    await asyncio.sleep(0.2)
+    # Both in flight (counted against the cap) and waiting.
+    await broker.until_waiting(channel_of(service, "customer:alice"), 2)
     r = await service.http.get(
         "/api/events", params={"since": "1", "wait": "30"}, headers=auth(ALICE)
     )

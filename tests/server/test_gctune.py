@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import gc
 import time
 import weakref
@@ -59,10 +61,6 @@ class Node:
         self.other: Node | None = None
 
 
-# The thaw and gc.collect() below collect the whole process's frozen garbage, including what
-# earlier tests left behind (CI saw an aiosqlite connection some earlier test never closed,
-# frozen by an app's policy): its "deleted before being closed" warning is not this test's subject.
-@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_what_the_policy_froze_is_freed_by_reference_counting_and_its_thaw_frees_cycles() -> None:
     opened = Opened()
     policy = GcPolicy(opened_total=opened, freeze_after=1, thaw_interval=0.05)
@@ -81,3 +79,46 @@ def test_what_the_policy_froze_is_freed_by_reference_counting_and_its_thaw_frees
     assert policy.step() == "thaw"
     gc.collect()
     assert cyclic_ref() is None, "after the policy's thaw the collector frees the cycle"
+
+
+async def test_what_the_running_policy_froze_goes_back_to_the_collector_when_it_stops() -> None:
+    opened = Opened()
+    policy = GcPolicy(opened_total=opened, check_every=3600)
+    cyclic = Node()
+    cyclic.other = cyclic
+    cyclic_ref = weakref.ref(cyclic)
+    task = asyncio.create_task(policy.run())
+    await asyncio.sleep(0)  # one loop iteration: the task runs up to its first sleep
+    assert gc.get_freeze_count() > 0, "the policy freezes what start-up built"
+    del cyclic
+    gc.collect()
+    assert cyclic_ref() is not None, "a cycle the policy froze waits"
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert gc.get_freeze_count() == 0, "stopped, the policy holds nothing frozen"
+    gc.collect()
+    assert cyclic_ref() is None, "what an app left behind is collected once it stopped"
+
+
+async def test_a_policy_that_stops_after_its_thaw_leaves_others_frozen_objects_alone() -> None:
+    opened = Opened()
+    policy = GcPolicy(opened_total=opened, thaw_interval=0.05, check_every=3600)
+    task = asyncio.create_task(policy.run())
+    await asyncio.sleep(0)  # one loop iteration: the task runs up to its first sleep
+    assert gc.get_freeze_count() > 0
+    deadline = time.monotonic() + 0.05
+    while time.monotonic() <= deadline:  # the thaw interval, by the clock
+        await asyncio.sleep(0.01)
+    assert policy.step() == "thaw"
+    cyclic = Node()
+    cyclic.other = cyclic
+    cyclic_ref = weakref.ref(cyclic)
+    gc.freeze()  # frozen by someone else after the policy's thaw
+    del cyclic
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert gc.get_freeze_count() > 0
+    gc.collect()
+    assert cyclic_ref() is not None, "the policy hands back only what it still holds"

@@ -16,6 +16,7 @@ import httpx
 import orjson
 import pytest
 from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncSession
 from websockets.asyncio.client import ClientConnection, connect
 
 from channels import Broker, Message, create_broker
@@ -24,7 +25,7 @@ from orders.db import Database
 from orders.hooks import Hooks
 from orders.models import Event, Order, StreamEvent
 from orders.workflow import OrderStatus, PaymentMethod
-from orders.writes import Actor, create_order
+from orders.writes import Actor, Delivery, Publisher, create_order
 from server import protocol
 from server.auth import Principal, Role
 from tests.conftest import Backend, Service, StartService
@@ -545,6 +546,9 @@ class CommitCheckingBroker:
         self.inner = inner
         self.db = db
         self.checked: list[tuple[int, bool]] = []
+        #: The flush markers (``FlushBeforeCommit``) that reached the broker.
+        self.flushed: set[int] = set()
+        self.flush = asyncio.Event()
 
     @property
     def connected(self) -> bool:
@@ -573,11 +577,41 @@ class CommitCheckingBroker:
         for channel, data in messages:
             if "_heartbeat:" in channel:
                 continue
+            if channel.endswith(FLUSH_STREAM):
+                self.flushed.add(protocol.unpack(data)[0])
+                self.flush.set()
+                continue
             payload = orjson.loads(protocol.unpack(data)[1])
             async with self.db.read() as session:
                 stored = await session.get(Event, payload["event_id"])
             visible = stored is not None and stored.to_status == payload["status"]
             self.checked.append((payload["event_id"], visible))
+
+
+#: The private stream of the marker a held COMMIT sends through the app's publish queue.
+FLUSH_STREAM = "_test_flush"
+
+
+class FlushBeforeCommit(Hooks):
+    """Holds every COMMIT until a marker queued on the app's publisher, behind anything queued
+    so far, has reached the broker: a publish made before the COMMIT then reaches the broker,
+    and its check, while the transaction is still open — on every run, not when a race says."""
+
+    def __init__(self, broker: CommitCheckingBroker) -> None:
+        self.broker = broker
+        self.publisher: Publisher | None = None
+        self.held = 0
+
+    async def before_commit(self, session: AsyncSession) -> None:
+        if self.publisher is None:
+            return
+        self.held += 1
+        marker = self.held
+        assert await self.publisher.publish([Delivery(FLUSH_STREAM, marker, "")], [])
+        async with asyncio.timeout(10):
+            while marker not in self.broker.flushed:
+                self.broker.flush.clear()
+                await self.broker.flush.wait()
 
 
 async def test_an_event_is_committed_before_it_is_published_or_acknowledged(
@@ -588,7 +622,10 @@ async def test_an_event_is_committed_before_it_is_published_or_acknowledged(
     observer = Database(backend.database_url, pool_size=2)
     try:
         checker = CommitCheckingBroker(inner, observer)
-        service = await start_service(broker=checker)
+        hooks = FlushBeforeCommit(checker)
+        service = await start_service(broker=checker, hooks=hooks)
+        (services,) = service.inside
+        hooks.publisher = services.publisher
         order_id = await place(service, "quin")
         responses = [await move(service, order_id, status) for status in FLOW]
         other = await place(service, "quin")
@@ -599,6 +636,8 @@ async def test_an_event_is_committed_before_it_is_published_or_acknowledged(
         # Seven events, each published to the customer's and the store's stream.
         assert len(checker.checked) == 2 * 7
         assert [visible for _, visible in checker.checked] == [True] * 14, checker.checked
+        # Every write's COMMIT was held until what was queued before it had been published.
+        assert hooks.held >= 7 and checker.flushed == set(range(1, hooks.held + 1))
         # And each 2xx came after the commit: the answer's event is in the log.
         async with observer.read() as session:
             for r in responses:

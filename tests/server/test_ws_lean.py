@@ -176,6 +176,23 @@ async def read_until_eof(sock: socket.socket, timeout: float = 5.0) -> bytes:
             data += chunk
 
 
+async def read_first_frame(sock: socket.socket, timeout: float = 5.0) -> bytes:
+    """Read the 101 response and the server's first frame (a small one); its payload."""
+    loop = asyncio.get_running_loop()
+    sock.setblocking(False)
+    data = b""
+    async with asyncio.timeout(timeout):
+        while True:
+            head, _, rest = data.partition(b"\r\n\r\n")
+            if len(rest) >= 2 and len(rest) >= 2 + (rest[1] & 0x7F):
+                assert rest[1] & 0x7F < 126, "test frames are small"
+                assert head.startswith(b"HTTP/1.1 101 ")
+                return rest[2 : 2 + (rest[1] & 0x7F)]
+            chunk = await loop.sock_recv(sock, 65536)
+            assert chunk, "the server closed before its first frame"
+            data += chunk
+
+
 def server_frames(data: bytes) -> list[tuple[int, bytes]]:
     """Split unmasked server frames (payloads under 126 bytes) into (opcode, payload)."""
     frames = []
@@ -323,7 +340,9 @@ async def test_the_apps_receive_queue_is_bounded_by_pausing_the_socket() -> None
             await ws.send(f"{i:04d}" + secrets.token_hex(498))  # 2 MB in all
         (proto,) = protocols(running)
         await until(lambda: proto._paused_reading)
-        await asyncio.sleep(0.2)
+        # The transport has stopped reading the socket: nothing more reaches Python until it
+        # resumes, so the inbox seen now is as large as it gets, however long we look.
+        assert not proto._transport.is_reading()
         # What waits in Python is ws_max_queue messages plus what one socket read (256 KiB)
         # held; the rest stays in the kernel's buffers.
         assert proto._inbox is not None and len(proto._inbox) <= 8 + 256 * 1024 // 1000 + 1
@@ -375,7 +394,7 @@ async def test_an_abrupt_tcp_reset_is_a_1006_disconnect_and_leaves_nothing() -> 
     async with lean(probe) as running:
         sock = await raw_handshake(running, "/echo")
         await until(lambda: len(protocols(running)) == 1)
-        await asyncio.sleep(0.1)
+        await read_first_frame(sock)  # the app accepted and sent its hello: the socket is open
         # SO_LINGER 0: close() sends a RST, not a FIN.
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         sock.close()
@@ -444,13 +463,17 @@ async def test_a_client_that_stops_reading_blocks_the_apps_sends_with_bounded_me
         async with connect(running.ws + "/flood", sock=sock, max_queue=1, max_size=None) as ws:
             await asyncio.wait_for(ws.recv(), 5)
             (proto,) = protocols(running)
-            await until(lambda: proto._paused_writing)
+            # The app's next send is parked on the drain future, which only the transport's
+            # resume_writing (its buffer drained below the low-water mark, so the client read)
+            # completes: no silence window is needed to know it sends nothing more.
+            await until(lambda: proto._paused_writing and proto._drain is not None)
             stuck_at = probe.sent
-            await asyncio.sleep(0.5)
-            # The app's send waits for the socket; the buffer stays at the transport's
-            # high-water mark plus one message, however long the client does not read.
-            assert probe.sent == stuck_at
+            drain = proto._drain
+            assert drain is not None and not drain.done() and proto._paused_writing
+            # The buffer stays at the transport's high-water mark plus one message, however
+            # long the client does not read.
             assert proto._transport.get_write_buffer_size() <= 64 * 1024 + 16 * 1024
+            assert probe.sent == stuck_at
         # The client went away: the blocked send ends with a disconnect, not a hang.
         _, code, _ = await probe.disconnected()
         assert code in (1000, 1006)

@@ -44,6 +44,8 @@ class Proxy:
         self.port = 0
         self.connections_total = 0
         self.cuts = 0
+        #: Chunks read from one side and held back by the black hole right now.
+        self.held = 0
         self._cut_pattern: bytes | None = None
         self._flowing = asyncio.Event()
         self._flowing.set()
@@ -139,7 +141,12 @@ class Proxy:
         """Copy ``reader`` to ``writer``; ``outbound`` is the link when this is client → target."""
         with contextlib.suppress(OSError):
             while data := await reader.read(65_536):
-                await self._flowing.wait()
+                if not self._flowing.is_set():
+                    self.held += 1
+                    try:
+                        await self._flowing.wait()
+                    finally:
+                        self.held -= 1
                 if self.latency:
                     await asyncio.sleep(self.latency)
                 writer.write(data)
