@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import timedelta
+from typing import Any
 
 import orjson
+import pytest
 from sqlalchemy import func, select, update
 from websockets.asyncio.client import connect
 
-from channels import Message
+from channels import Message, create_broker
 from channels.base import SubscriptionLike
+from orders.hooks import Hooks
+from orders.metrics import Metrics
 from orders.models import Event, StreamEvent, utcnow
 from orders.workflow import OrderStatus
+from orders.writes import Delivery, Publisher
 from reconciler.relay import Relay
 from server import protocol
 from tests.conftest import Service
+from tests.reconciler.test_relay_poison import unpublished_ids
 from tests.support.clients import auth, order_body, recv_events, recv_json, token, until_sentinel
 from tests.support.writes import write_without_publishing
 
@@ -55,6 +62,188 @@ async def until_sentinel_message(sub: SubscriptionLike, order_id: str) -> list[i
                 return seen
             seen.append(seq)
     raise AssertionError("subscription ended")
+
+
+async def test_the_probe_publishes_an_empty_message_on_the_probe_channel_of_each_streams_shard(
+    service: Service,
+) -> None:
+    prefix = service.settings.redis_channel_prefix
+    base = prefix + "_probe"
+    # The stream's own channel is its hash tag: on a Redis Cluster the probe lands on its shard.
+    shards = {f"{base}{{{service.publisher.channel(s)}}}" for s in ("customer:ann", "store:s-1")}
+    async with service.broker.subscribe(base, *sorted(shards)) as sub:
+
+        async def messages(count: int) -> list[Message]:
+            got: list[Message] = []
+            async with asyncio.timeout(5):
+                while len(got) < count:
+                    item = await sub.get()
+                    if isinstance(item, Message):
+                        got.append(item)
+            return got
+
+        assert await service.publisher.probe() is True
+        assert [(m.channel, m.data) for m in await messages(1)] == [(base, "")]
+        assert await service.publisher.probe("customer:ann", "store:s-1") is True
+        got = await messages(2)
+        assert {m.channel for m in got} == shards and {m.data for m in got} == {""}
+
+
+async def test_a_broker_that_takes_nothing_fails_the_probe_and_the_publish(
+    service: Service,
+) -> None:
+    metrics = Metrics()
+    down = Publisher(
+        service.db,
+        create_broker(None),  # never connected: every publish raises BrokerError
+        prefix=service.settings.redis_channel_prefix,
+        metrics=metrics,
+    )
+    assert await down.probe() is False
+    assert await down.probe("customer:ann") is False
+    # A publish it cannot take is left to the relay: False, and counted as a failure.
+    assert await down.publish([Delivery("customer:ann", 1, "{}")], [1]) is False
+    assert metrics.registry.get_sample_value("publish_failures_total") == 1
+
+
+class HoldFirstPublish(Hooks):
+    """Holds the sender on its first batch (``every``: on every batch) until released, so the
+    queue behind it fills; counts the held batches that were cancelled instead."""
+
+    def __init__(self, *, every: bool = False) -> None:
+        self.every = every
+        self.holding = asyncio.Event()
+        self.release = asyncio.Event()
+        self.cancelled = 0
+        self.batches: list[list[int]] = []
+
+    async def before_publish(self, event_ids: Sequence[int]) -> None:
+        self.batches.append(list(event_ids))
+        if self.every or not self.holding.is_set():
+            self.holding.set()
+            try:
+                await self.release.wait()
+            except asyncio.CancelledError:
+                self.cancelled += 1
+                raise
+
+
+def publisher_tasks(before: set[asyncio.Task[Any]]) -> list[str]:
+    """The publisher background tasks started since ``before`` and still running."""
+    return [
+        t.get_name()
+        for t in asyncio.all_tasks() - before
+        if not t.done() and t.get_name().startswith("publish-")
+    ]
+
+
+async def test_a_full_publish_queue_leaves_the_event_to_the_relay_and_takes_the_next_later(
+    service: Service,
+) -> None:
+    with pytest.raises(ValueError):
+        Publisher(service.db, service.broker, prefix="q:", metrics=Metrics(), queue_size=0)
+    hold, metrics = HoldFirstPublish(), Metrics()
+    publisher = Publisher(
+        service.db, service.broker, prefix="q:", metrics=metrics, queue_size=1, hooks=hold
+    )
+
+    def delivery(seq: int) -> list[Delivery]:
+        return [Delivery("customer:qa", seq, orjson.dumps({"n": seq}).decode())]
+
+    async with service.broker.subscribe("q:customer:qa") as sub, publisher:
+        assert await publisher.publish(delivery(1), [1]) is True
+        async with asyncio.timeout(5):
+            await hold.holding.wait()  # the sender has taken seq 1: the queue is empty
+        assert await publisher.publish(delivery(2), [2]) is True
+        assert publisher.queued == 1
+        assert metrics.registry.get_sample_value("publish_queue_depth") == 1
+        # Full: seq 3 is left to the relay, and counted.
+        assert await publisher.publish(delivery(3), [3]) is False
+        assert metrics.registry.get_sample_value("publish_queue_overflow_total") == 1
+        hold.release.set()
+        seqs: list[int] = []
+        async with asyncio.timeout(5):
+            while seqs != [1, 2]:
+                item = await sub.get()
+                if isinstance(item, Message):
+                    seqs.append(protocol.unpack(item.data)[0])
+        # Room again: the next is queued and published after the others (the sentinel).
+        assert await publisher.publish(delivery(4), [4]) is True
+        async with asyncio.timeout(5):
+            while seqs[-1] != 4:
+                item = await sub.get()
+                if isinstance(item, Message):
+                    seqs.append(protocol.unpack(item.data)[0])
+    assert seqs == [1, 2, 4]
+    # The hook saw each batch's event ids (what the relay would be left with had it failed).
+    assert hold.batches == [[1], [2], [4]]
+
+
+async def test_at_shutdown_the_queued_events_still_go_out_and_the_batch_in_flight_is_the_relays(
+    service: Service,
+) -> None:
+    hold = HoldFirstPublish()
+    publisher = Publisher(service.db, service.broker, prefix="q:", metrics=Metrics(), hooks=hold)
+
+    def delivery(seq: int) -> list[Delivery]:
+        return [Delivery("customer:qz", seq, orjson.dumps({"n": seq}).decode())]
+
+    async with service.broker.subscribe("q:customer:qz") as sub:
+        before = asyncio.all_tasks()
+        async with publisher:
+            assert sorted(publisher_tasks(before)) == ["publish-marker", "publish-sender"]
+            assert await publisher.publish(delivery(1), [1]) is True
+            async with asyncio.timeout(5):
+                await hold.holding.wait()  # the sender is stuck on seq 1's batch
+            assert await publisher.publish(delivery(2), [2]) is True
+            assert publisher.queued == 1
+        # Closed: the stuck batch was abandoned (the relay has it), the queue was drained, and
+        # no background task is left running.
+        assert hold.cancelled == 1
+        assert publisher.queued == 0
+        assert publisher_tasks(before) == []
+        # Outside the context a publish goes out at once: the sentinel.
+        assert await publisher.publish(delivery(3), [3]) is True
+        seqs: list[int] = []
+        async with asyncio.timeout(5):
+            while not seqs or seqs[-1] != 3:
+                item = await sub.get()
+                if isinstance(item, Message):
+                    seqs.append(protocol.unpack(item.data)[0])
+    assert seqs == [2, 3]
+
+
+async def test_a_broker_that_takes_nothing_holds_up_shutdown_only_for_the_drain_timeout(
+    service: Service,
+) -> None:
+    hold = HoldFirstPublish(every=True)
+    publisher = Publisher(
+        service.db, service.broker, prefix="q:", metrics=Metrics(), drain_timeout=0.05, hooks=hold
+    )
+    delivery = [Delivery("customer:qy", 1, "{}")]
+    # Only a drain without its bound could reach this (the held batch never finishes).
+    async with asyncio.timeout(10):
+        async with publisher:
+            assert await publisher.publish(delivery, [1]) is True
+            await hold.holding.wait()
+            assert await publisher.publish(delivery, [2]) is True
+    # The sender's batch and the drain's were both given up; what was queued is the relay's.
+    assert hold.cancelled == 2
+    assert publisher.queued == 0
+
+
+async def test_outside_a_context_a_publish_goes_out_and_marks_exactly_its_events_at_once(
+    service: Service,
+) -> None:
+    orders = [await new_order(service, "ola"), await new_order(service, "ola")]
+    for order_id in orders:
+        await write_without_publishing(service, order_id, OrderStatus.PREPARING)
+    await until_unpublished(service, 2)
+    first, second = await unpublished_ids(service)
+    publisher = Publisher(service.db, service.broker, prefix="q:", metrics=Metrics())
+    assert await publisher.publish([Delivery("customer:ola", 3, "{}")], [first]) is True
+    # Marked before publish returned, and only the event it published.
+    assert await unpublished_ids(service) == [second]
 
 
 async def test_the_relay_waits_out_the_grace_period_then_publishes_each_straggler_once(

@@ -7,16 +7,25 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import time
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta
 from typing import Any
 
 import httpx
 import orjson
 import pytest
 
+from channels import Message
+from orders.models import utcnow
+from orders.workflow import OrderStatus
+from server import protocol
 from tests.conftest import Service, StartService
+from tests.payments.helpers import online_order, payment_row, start_payment, wait_for_payment
 from tests.support.asserts import assert_error, counts
 from tests.support.clients import auth, order_body, token
+from tests.support.sandbox import running_sandbox
+from tests.support.writes import write_without_publishing
 
 ALICE = token("alice")
 POS1 = token("pos-1", role="pos", store_id="store-1")
@@ -53,7 +62,9 @@ async def test_a_cash_order_is_created_confirmed_for_the_caller(service: Service
     assert order["customer_id"] == "alice"
     assert order["store_id"] == "store-1"
     assert order["status"] == "CONFIRMED"
-    assert order["payment_method"] == "cash"
+    assert order["payment_method"] == "cash" and order["payment_status"] == "CASH"
+    assert order["needs_review"] is False
+    assert order["created_at"] == order["updated_at"]
     assert order["amount"] == 2 * 1500 + 3 * 999
     assert order["currency"] == "INR"
     assert order["items"] == body["items"]
@@ -62,11 +73,30 @@ async def test_a_cash_order_is_created_confirmed_for_the_caller(service: Service
     assert await counts(service) == (1, 1)
 
 
+async def test_each_write_is_counted_by_kind_and_source_and_timed_within_its_request(
+    service: Service,
+) -> None:
+    def sample(name: str, **labels: str) -> float:
+        return service.metrics.registry.get_sample_value(name, labels) or 0.0
+
+    started = time.perf_counter()
+    order = await create(service)
+    r = await service.http.post(f"/api/orders/{order['id']}/cancel", headers=auth(ALICE))
+    assert r.status_code == 200, r.text
+    elapsed = time.perf_counter() - started
+    assert sample("events_written_total", kind="order.status", source="customer") == 2
+    assert sample("write_seconds_count") == 2
+    # Each write's time is measured inside the request: together they fit in the two requests.
+    assert 0 < sample("write_seconds_sum") <= elapsed
+
+
 async def test_an_online_order_starts_waiting_for_payment_with_an_expiry(service: Service) -> None:
     order = await create(service, method="online")
     assert order["status"] == "PENDING_PAYMENT"
-    assert order["payment_method"] == "online"
-    assert order["expires_at"] is not None
+    assert order["payment_method"] == "online" and order["payment_status"] == "UNPAID"
+    created = datetime.fromisoformat(order["created_at"])
+    expiry = timedelta(seconds=service.settings.order_expiry_seconds)
+    assert datetime.fromisoformat(order["expires_at"]) == created + expiry
 
 
 async def test_payment_method_defaults_to_online(service: Service) -> None:
@@ -87,6 +117,9 @@ async def test_a_pos_terminal_creates_a_walk_in_order_for_its_own_store(service:
         "/api/orders", json=order_body("store-1"), headers=auth(POS1)
     )
     assert same_store.status_code == 201, same_store.text
+    other = await service.http.post("/api/orders", json=order_body("store-2"), headers=auth(POS1))
+    assert_error(other, 403, "forbidden")
+    assert await counts(service) == (2, 2)
 
 
 async def test_a_hundred_items_is_the_most_one_order_may_hold(service: Service) -> None:
@@ -586,6 +619,17 @@ async def test_the_audit_trail_lists_every_change_oldest_first(service: Service)
     assert same.json() == body
 
 
+async def test_a_change_the_service_makes_itself_is_in_the_audit_trail_as_the_system(
+    service: Service,
+) -> None:
+    order = await create(service)
+    await write_without_publishing(service, order["id"], OrderStatus.PREPARING)
+    r = await service.http.get(f"/api/orders/{order['id']}/events", headers=auth(ALICE))
+    assert r.status_code == 200, r.text
+    last = r.json()["events"][-1]
+    assert (last["status"], last["source"], last["actor"]) == ("PREPARING", "system", "system")
+
+
 async def test_the_audit_trail_of_an_unknown_order_is_404(service: Service) -> None:
     assert_error(
         await service.http.get("/api/orders/ord_nope/events", headers=auth(ALICE)), 404, "not_found"
@@ -609,6 +653,133 @@ async def test_the_owner_cancels_a_confirmed_order_with_a_reason(service: Servic
     assert body["event"]["source"] == "customer"
     assert body["event"]["note"] == "changed my mind"
     assert await counts(service) == (1, 2)
+
+
+async def test_a_cancel_stamps_the_order_and_its_event_with_the_time_of_the_cancel(
+    service: Service,
+) -> None:
+    order = await create(service)
+    created = datetime.fromisoformat(order["created_at"])
+    # By the clock, not a fixed sleep: the cancel happens strictly after the creation.
+    async with asyncio.timeout(5):
+        while utcnow() <= created:
+            await asyncio.sleep(0.001)
+    r = await service.http.post(f"/api/orders/{order['id']}/cancel", headers=auth(ALICE))
+    assert r.status_code == 200, r.text
+    cancelled = r.json()
+    updated = datetime.fromisoformat(cancelled["order"]["updated_at"])
+    assert updated > created
+    assert cancelled["order"]["created_at"] == order["created_at"]
+    assert datetime.fromisoformat(cancelled["event"]["at"]) == updated
+    trail = await service.http.get(f"/api/orders/{order['id']}/events", headers=auth(ALICE))
+    assert [datetime.fromisoformat(e["at"]) for e in trail.json()["events"]] == [created, updated]
+
+
+async def test_a_cancel_of_a_paid_order_refunds_it_in_the_same_change_and_publishes_every_event(
+    service: Service,
+) -> None:
+    order = await create(service)
+    r = await service.http.post(
+        f"/api/pos/orders/{order['id']}/payments",
+        json={"method": "cash", "amount": order["amount"]},
+        headers=auth(POS1),
+    )
+    assert r.status_code == 201, r.text
+    # On the broker itself: a hub could also fill the socket from the log, the publish cannot.
+    async with service.broker.subscribe(service.publisher.channel("customer:alice")) as sub:
+        r = await service.http.post(f"/api/orders/{order['id']}/cancel", headers=auth(ALICE))
+        assert r.status_code == 200, r.text
+        cancelled = r.json()
+        sentinel = (await create(service))["id"]
+        events: list[dict[str, Any]] = []
+        async with asyncio.timeout(10):
+            while not events or events[-1]["order_id"] != sentinel:
+                item = await sub.get()
+                # The order's first three events (created, paid) may still be on their way.
+                if isinstance(item, Message) and protocol.unpack(item.data)[0] > 3:
+                    events.append(orjson.loads(protocol.unpack(item.data)[1]))
+    # The answer is the order as the refund left it, with the cancel as its event.
+    assert cancelled["order"]["status"] == "CANCELLED"
+    assert cancelled["order"]["payment_status"] == "REFUNDED"
+    assert cancelled["order"]["payment_summary"]["refunded"] == order["amount"]
+    assert cancelled["order"]["version"] == 4
+    assert (cancelled["event"]["status"], cancelled["event"]["event_id"]) == ("CANCELLED", 4)
+    # Every event of the change is published, in order, right after the commit; then the
+    # sentinel (the new order's first event).
+    assert [(e["seq"], e["kind"], e["status"]) for e in events] == [
+        (4, "order.status", "CANCELLED"),
+        (5, "refund.status", "SUCCEEDED"),
+        (6, "payment.status", "REFUNDED"),
+        (7, "receipt.issued", "ISSUED"),
+        (8, "order.status", "CONFIRMED"),
+    ]
+    assert events[-2]["order"] == cancelled["order"]
+
+
+async def test_a_cancel_whose_only_refund_goes_to_a_gateway_publishes_its_request_with_it(
+    start_service: StartService,
+) -> None:
+    async with running_sandbox() as sandbox:
+        service = await start_service(**sandbox.settings())
+        order_id = await online_order(service)
+        started = await start_payment(service, order_id)
+        payment = await payment_row(service, started["payment"]["id"])
+        await sandbox.act(payment.gateway_ref, "approve")
+        await wait_for_payment(service, payment.id, "COMPLETED")
+        # On the broker itself: a hub could also fill a socket from the log, the publish cannot.
+        async with service.broker.subscribe(service.publisher.channel("customer:alice")) as sub:
+            r = await service.http.post(f"/api/orders/{order_id}/cancel", headers=auth(ALICE))
+            assert r.status_code == 200, r.text
+            cancel_id = r.json()["event"]["event_id"]
+            sentinel = (await create(service))["id"]
+            events: list[dict[str, Any]] = []
+            async with asyncio.timeout(10):
+                while not events or events[-1]["order_id"] != sentinel:
+                    item = await sub.get()
+                    if isinstance(item, Message):
+                        events.append(orjson.loads(protocol.unpack(item.data)[1]))
+    # The payment's own events may still have been on their way when the subscription began.
+    after = [e for e in events if e["event_id"] >= cancel_id]
+    # The change added one event of its own (the refund requested): it goes out with the
+    # cancel, then what the gateway's answer wrote, then the sentinel.
+    assert [(e["kind"], e["status"]) for e in after] == [
+        ("order.status", "CANCELLED"),
+        ("refund.status", "REQUESTED"),
+        ("refund.status", "SUCCEEDED"),
+        ("payment.status", "REFUNDED"),
+        ("receipt.issued", "ISSUED"),
+        ("order.status", "CONFIRMED"),
+    ]
+    first = after[0]["seq"]
+    assert [e["seq"] for e in after] == list(range(first, first + 6))
+
+
+async def test_someone_elses_order_cannot_be_cancelled_or_moved_and_looks_like_no_order(
+    service: Service,
+) -> None:
+    order = await create(service)
+    bob, store2 = token("bob"), token("pos-2", role="pos", store_id="store-2")
+    for tok, path, body in [
+        (bob, f"/api/orders/{order['id']}/cancel", None),
+        (store2, f"/api/orders/{order['id']}/cancel", None),
+        (store2, f"/api/pos/orders/{order['id']}/status", {"status": "PREPARING"}),
+    ]:
+        assert_error(await service.http.post(path, json=body, headers=auth(tok)), 404, "not_found")
+    assert await counts(service) == (1, 1)
+    got = await service.http.get(f"/api/orders/{order['id']}", headers=auth(ALICE))
+    assert got.json()["order"] == order
+
+
+async def test_an_admin_sees_and_cancels_anyones_order_as_the_system(service: Service) -> None:
+    order = await create(service)
+    admin = token("ops", role="admin")
+    got = await service.http.get(f"/api/orders/{order['id']}", headers=auth(admin))
+    assert got.status_code == 200, got.text
+    assert got.json()["order"] == order
+    r = await service.http.post(f"/api/orders/{order['id']}/cancel", headers=auth(admin))
+    assert r.status_code == 200, r.text
+    e = r.json()["event"]
+    assert (e["status"], e["source"], e["actor"]) == ("CANCELLED", "system", "admin:ops")
 
 
 async def test_the_owner_cancels_an_unpaid_order_without_a_body(service: Service) -> None:
@@ -641,7 +812,7 @@ async def test_a_customer_cannot_cancel_once_preparation_started_and_is_told_wha
     error = assert_conflict(
         await service.http.post(f"/api/orders/{order['id']}/cancel", headers=auth(ALICE))
     )
-    assert error["allowed"] == []
+    assert error["status"] == "PREPARING" and error["allowed"] == []
     assert await counts(service) == before
 
 
@@ -665,7 +836,7 @@ async def test_cancelling_twice_is_409_and_changes_nothing(service: Service) -> 
     error = assert_conflict(
         await service.http.post(f"/api/orders/{order['id']}/cancel", headers=auth(ALICE))
     )
-    assert error["allowed"] == []
+    assert error["status"] == "CANCELLED" and error["allowed"] == []
     assert await counts(service) == before
 
 

@@ -97,14 +97,16 @@ async def test_the_store_confirms_an_unpaid_order(service: Service) -> None:
     assert r.json()["event"]["previous_status"] == "PENDING_PAYMENT"
 
 
-def assert_conflict(response: httpx.Response, allowed: list[str]) -> None:
-    """A 409 invalid_transition whose ``allowed`` is exactly ``allowed``, in order."""
+def assert_conflict(response: httpx.Response, status: str, allowed: list[str]) -> None:
+    """A 409 invalid_transition naming the order's current ``status``, whose ``allowed`` is
+    exactly ``allowed``, in order."""
     assert response.status_code == 409, response.text
     body = response.json()
     assert set(body) == {"error"}, body
     error = body["error"]
     assert error["code"] == "invalid_transition"
     assert isinstance(error["message"], str) and error["message"]
+    assert error["status"] == status
     assert error["allowed"] == allowed
 
 
@@ -136,7 +138,8 @@ async def test_an_invalid_transition_is_409_listing_exactly_what_is_allowed_and_
         assert (await move(service, order_id, status)).status_code == 200
     before_order = await current(service, order_id)
     before_counts = await counts(service)
-    assert_conflict(await move(service, order_id, target), allowed)
+    status = setup[-1] if setup else "CONFIRMED"
+    assert_conflict(await move(service, order_id, target), status, allowed)
     assert await current(service, order_id) == before_order
     assert await counts(service) == before_counts
 
@@ -149,7 +152,7 @@ async def test_an_unpaid_order_cannot_be_prepared_or_expired_by_the_store(
     service: Service, target: str, allowed: list[str]
 ) -> None:
     order_id = await create(service, method="online")
-    assert_conflict(await move(service, order_id, target), allowed)
+    assert_conflict(await move(service, order_id, target), "PENDING_PAYMENT", allowed)
     assert (await current(service, order_id))["status"] == "PENDING_PAYMENT"
     assert await counts(service) == (1, 1)
 
